@@ -1,0 +1,1 @@
+"""Plugin API, runners, device management and the reference plugins."""

@@ -1,0 +1,273 @@
+"""The plugin contract: what a plugin receives, what it returns, and the device it runs on.
+
+Plugins know nothing of networking or DICOM encoding; the output builders know nothing of the
+plugin's framework. Everything here is a frozen dataclass validated at construction, so a
+plugin that returns a mask of the wrong shape fails inside the plugin's job with a message
+that says what is wrong, not later inside a SEG builder.
+
+Codes are ``pydicom.sr.coding.Code`` (what highdicom accepts everywhere); units are UCUM
+codes, e.g. ``Code("mm", "UCUM", "millimeter")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+from pydicom.sr.coding import Code
+
+if TYPE_CHECKING:
+    import highdicom
+    from pydicom import Dataset
+
+__all__ = [
+    "AlgorithmIdentification",
+    "Code",
+    "Device",
+    "DeviceKind",
+    "Finding",
+    "Findings",
+    "Measurement",
+    "Plugin",
+    "PluginInput",
+    "QualitativeEvaluation",
+    "Report",
+    "Segment",
+    "SourceFrame",
+]
+
+
+class DeviceKind(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a plugin runs: the CPU, or one CUDA device with an optional memory cap."""
+
+    kind: DeviceKind = DeviceKind.CPU
+    index: int = 0
+    memory_limit_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"device index must be >= 0, got {self.index}")
+        if self.memory_limit_bytes is not None and self.memory_limit_bytes <= 0:
+            raise ValueError("memory_limit_bytes must be positive or None")
+
+    @property
+    def torch_name(self) -> str:
+        return "cpu" if self.kind is DeviceKind.CPU else f"cuda:{self.index}"
+
+    def __str__(self) -> str:
+        return self.torch_name
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One 2D frame of the input: which instance (and frame of it) ``pixels[i]`` came from."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None = None  # 1-based, for multi-frame instances only
+
+
+@dataclass(frozen=True)
+class PluginInput:
+    """The selected series, decoded, with its geometry and provenance.
+
+    ``pixels`` has shape (frames, rows, columns) as float32 with the modality LUT applied
+    (Hounsfield units for CT) and MONOCHROME1 inverted so that larger is brighter.
+    ``sources[i]`` names the instance (and frame) ``pixels[i]`` came from; every mask a
+    plugin returns has the same first three dimensions, frame for frame.
+    For cross-sectional series ``volume`` is the highdicom Volume of the same frames in the
+    same order (its array equals ``pixels``); it is None for projection radiographs and for
+    series whose geometry is not a regular volume (e.g. gantry tilt with uneven spacing).
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    pixels: np.ndarray
+    sources: tuple[SourceFrame, ...]
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) in mm
+    headers: tuple[Dataset, ...] = ()  # source headers without pixel data, one per instance
+    volume: highdicom.Volume | None = None
+    photometric_interpretation: str = "MONOCHROME2"  # as the source stored it
+    prior: Mapping[str, Findings] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 3:
+            raise ValueError(
+                f"PluginInput.pixels must be (frames, rows, columns); got shape {self.pixels.shape}"
+            )
+        if len(self.sources) != self.pixels.shape[0]:
+            raise ValueError(
+                f"PluginInput has {self.pixels.shape[0]} frames but {len(self.sources)} sources"
+            )
+        if any(s <= 0 for s in self.pixel_spacing):
+            raise ValueError(f"pixel spacing must be positive, got {self.pixel_spacing}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.pixels.shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment: a mask over the input frames with its SNOMED category and type.
+
+    ``mask`` is bool (BINARY SEG) or float in [0, 1] (FRACTIONAL SEG where the manifest asks
+    for it) with shape ``PluginInput.shape``. ``key`` is unique within one Findings and is how
+    a Finding points at its segment.
+    """
+
+    key: str
+    label: str
+    category: Code
+    type: Code
+    mask: np.ndarray
+    anatomic_site: Code | None = None
+    color_rgb: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("Segment.key must not be empty")
+        if self.mask.ndim != 3:
+            raise ValueError(
+                f"segment {self.key!r}: mask must be (frames, rows, columns), "
+                f"got shape {self.mask.shape}"
+            )
+        if self.mask.dtype != np.bool_ and not np.issubdtype(self.mask.dtype, np.floating):
+            raise ValueError(
+                f"segment {self.key!r}: mask must be bool or float in [0, 1], "
+                f"got {self.mask.dtype}"
+            )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A numeric measurement: concept, value and UCUM unit."""
+
+    concept: Code
+    value: float
+    unit: Code
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.value):
+            raise ValueError(f"measurement {self.concept.meaning!r} is not finite: {self.value}")
+        if self.unit.scheme_designator != "UCUM":
+            raise ValueError(
+                f"measurement {self.concept.meaning!r}: unit must be a UCUM code, "
+                f"got scheme {self.unit.scheme_designator!r}"
+            )
+
+
+@dataclass(frozen=True)
+class QualitativeEvaluation:
+    """A coded answer to a coded question (e.g. Cardiomegaly: Present), with confidence."""
+
+    concept: Code
+    value: Code
+    confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One measurement group of the TID 1500 report: a tracked finding and what was measured.
+
+    ``segment_key`` names the Segment that delineates it (None for findings without a mask).
+    """
+
+    tracking_id: str
+    finding_type: Code
+    finding_site: Code | None = None
+    segment_key: str | None = None
+    measurements: tuple[Measurement, ...] = ()
+    evaluations: tuple[QualitativeEvaluation, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.tracking_id:
+            raise ValueError("Finding.tracking_id must not be empty")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Draft report text for a text SR: Findings and Impression sections."""
+
+    findings: str
+    impression: str
+
+    def __post_init__(self) -> None:
+        if not self.findings.strip() or not self.impression.strip():
+            raise ValueError("a Report needs both findings and impression text")
+
+
+@dataclass(frozen=True)
+class AlgorithmIdentification:
+    name: str
+    version: str
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.version:
+            raise ValueError("algorithm name and version must not be empty")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Everything one plugin run found in one series.
+
+    ``study_measurements`` / ``study_evaluations`` are study-level results (nodule count,
+    cardiothoracic ratio) reported as their own measurement group.
+    """
+
+    algorithm: AlgorithmIdentification
+    segments: tuple[Segment, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    study_measurements: tuple[Measurement, ...] = ()
+    study_evaluations: tuple[QualitativeEvaluation, ...] = ()
+    report: Report | None = None
+
+    def __post_init__(self) -> None:
+        keys = [s.key for s in self.segments]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"segment keys must be unique, got {keys}")
+        shapes = {s.mask.shape for s in self.segments}
+        if len(shapes) > 1:
+            raise ValueError(f"all segment masks must have one shape, got {sorted(shapes)}")
+        tracking = [f.tracking_id for f in self.findings]
+        if len(tracking) != len(set(tracking)):
+            raise ValueError(f"finding tracking ids must be unique, got {tracking}")
+        for finding in self.findings:
+            if finding.segment_key is not None and finding.segment_key not in keys:
+                raise ValueError(
+                    f"finding {finding.tracking_id!r} names segment {finding.segment_key!r}, "
+                    f"which is not among the segments {keys}"
+                )
+
+    def segment(self, key: str) -> Segment:
+        for candidate in self.segments:
+            if candidate.key == key:
+                return candidate
+        raise KeyError(key)
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What the runtime calls. ``load`` runs once per worker; the model then stays warm."""
+
+    name: str
+    version: str
+
+    def load(self, device: Device) -> None: ...
+
+    def run(self, series: PluginInput) -> Findings: ...

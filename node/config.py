@@ -1,0 +1,247 @@
+"""node.yaml: the node's configuration, validated at load time.
+
+Every section is a frozen pydantic model with ``extra="forbid"`` so a typo in the file is an
+error that names the field, not a silently ignored setting. Paths in the file are relative to
+the file's own folder, so ``ainode serve --config /etc/ainode/node.yaml`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not AE_TITLE_PATTERN.match(value) or not value.strip():
+        raise ValueError(
+            f"AE title {value!r} must be 1-16 printable ASCII characters without a backslash"
+        )
+    return value.strip()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenerConfig(_Section):
+    """Where the SCP listens and how much it accepts at once."""
+
+    ae_title: str = "AINODE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(16, ge=1, le=1024)
+    max_pdu: int = Field(0, ge=0, description="maximum PDU length we receive; 0 = unlimited")
+    acse_timeout_s: float = Field(30, gt=0)
+    dimse_timeout_s: float = Field(60, gt=0)
+    network_timeout_s: float = Field(120, gt=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class AllowedCaller(_Section):
+    """One calling AE title allowed to associate, optionally pinned to a source host."""
+
+    ae_title: str
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class AccessConfig(_Section):
+    """Who may send. ``accept_any`` is for lab use: it skips the allow-list."""
+
+    accept_any: bool = False
+    callers: tuple[AllowedCaller, ...] = ()
+
+    @model_validator(mode="after")
+    def _need_callers(self) -> AccessConfig:
+        if not self.accept_any and not self.callers:
+            raise ValueError(
+                "access.callers is empty and access.accept_any is false: nobody could send; "
+                "list the calling AE titles or set accept_any: true for lab use"
+            )
+        return self
+
+
+class StorageConfig(_Section):
+    """Where the spool and the index live."""
+
+    data_dir: Path = Path("data")
+    min_free_mb: int = Field(
+        512, ge=0, description="below this much free disk, C-STORE answers 0xA700"
+    )
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "ainode.sqlite3"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+
+class StabilityConfig(_Section):
+    """When a study counts as complete ("stable")."""
+
+    stable_after_s: float = Field(15.0, gt=0)
+    after_release_s: float | None = Field(
+        2.0,
+        ge=0,
+        description="quiet time after the delivering association is released; null = ignore "
+        "releases and wait the full stable_after_s",
+    )
+    poll_interval_s: float = Field(0.5, gt=0)
+
+
+class DeviceConfig(_Section):
+    """GPU slots the executor may hand out; an empty list means CPU only."""
+
+    gpus: tuple[int, ...] = ()
+    slots_per_gpu: int = Field(1, ge=1, le=16)
+
+
+class JobsConfig(_Section):
+    """The local executor and its retry policy."""
+
+    workers: int = Field(2, ge=1, le=64)
+    timeout_s: float = Field(900, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff_s: float = Field(10, ge=0)
+    backoff_max_s: float = Field(600, ge=0)
+
+
+class OutputKind(StrEnum):
+    SEG = "seg"
+    SR = "sr"
+    TEXT_SR = "text_sr"
+    BURNED_IN_SC = "burned_in_sc"
+
+
+class OutputsConfig(_Section):
+    """How result series are labelled."""
+
+    series_number_base: int = Field(9000, ge=1, le=2**31 - 1)
+    not_for_diagnostic_use: bool = True
+    institution_name: str | None = None
+
+
+class DicomDestination(_Section):
+    """A DICOM peer that receives results with C-STORE."""
+
+    kind: Literal["dicom"] = "dicom"
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    shadow: bool = Field(False, description="receives results of shadow routes only")
+    send_as: tuple[OutputKind, ...] = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
+    timeout_s: float = Field(30, gt=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class FolderDestination(_Section):
+    """A folder that receives results as Part-10 files (tests, air-gapped sites)."""
+
+    kind: Literal["folder"] = "folder"
+    path: Path
+    shadow: bool = False
+    send_as: tuple[OutputKind, ...] = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
+
+
+Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="kind")]
+
+
+class DispatchConfig(_Section):
+    """Outbox retry policy."""
+
+    max_attempts: int = Field(10, ge=1)
+    backoff_s: float = Field(5, ge=0)
+    backoff_max_s: float = Field(600, ge=0)
+    calling_ae_title: str = "AINODE"
+
+    _ae = field_validator("calling_ae_title")(_check_ae_title)
+
+
+class HttpConfig(_Section):
+    """Status page and Prometheus metrics; port 0 disables it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+
+
+class NodeConfig(_Section):
+    """The whole of node.yaml."""
+
+    listener: ListenerConfig = ListenerConfig()
+    access: AccessConfig = AccessConfig(accept_any=True)
+    storage: StorageConfig = StorageConfig()
+    stability: StabilityConfig = StabilityConfig()
+    routes_file: Path = Path("routes.yaml")
+    plugin_dirs: tuple[Path, ...] = ()
+    devices: DeviceConfig = DeviceConfig()
+    jobs: JobsConfig = JobsConfig()
+    outputs: OutputsConfig = OutputsConfig()
+    destinations: dict[str, Destination] = {}
+    dispatch: DispatchConfig = DispatchConfig()
+    http: HttpConfig = HttpConfig()
+
+    def resolved(self, base: Path) -> NodeConfig:
+        """Return a copy with every relative path made absolute against ``base``."""
+
+        def absolute(path: Path) -> Path:
+            return path if path.is_absolute() else (base / path).resolve()
+
+        destinations = {
+            name: (
+                dest.model_copy(update={"path": absolute(dest.path)})
+                if isinstance(dest, FolderDestination)
+                else dest
+            )
+            for name, dest in self.destinations.items()
+        }
+        return self.model_copy(
+            update={
+                "storage": self.storage.model_copy(
+                    update={"data_dir": absolute(self.storage.data_dir)}
+                ),
+                "routes_file": absolute(self.routes_file),
+                "plugin_dirs": tuple(absolute(p) for p in self.plugin_dirs),
+                "destinations": destinations,
+            }
+        )
+
+
+class ConfigError(Exception):
+    """node.yaml cannot be used; the message names the file and the field."""
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read, validate and resolve node.yaml; raise ConfigError with a readable message."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        config = NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+    return config.resolved(path.resolve().parent)

@@ -1,0 +1,1 @@
+"""Route rules: schema, matching, body-part normalisation, series selection, explain."""

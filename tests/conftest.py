@@ -1,0 +1,113 @@
+"""Shared fixtures: where the corpus and the real DICOM peers are, free ports, deadlines.
+
+Tests that need an external tool or the shared corpus skip with a reason that says what to
+install or where to put it; CI installs everything (``make test``), so there nothing skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("AINODE_SHARED", REPO.parent / "shared"))
+
+
+def corpus_path() -> Path:
+    return Path(os.environ.get("AINODE_CORPUS", SHARED / "dicom-corpus"))
+
+
+def validator_path() -> Path:
+    return Path(os.environ.get("AINODE_VALIDATOR", SHARED / "tools" / "validate-dicom"))
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """The DCMTK binary ``name``: pynetdicom installs Python apps with the same names
+    (storescu, storescp, echoscu) that can shadow DCMTK's on PATH, so look in /usr/bin first
+    and check the version banner."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and Path(candidate).exists():
+            banner = subprocess.run(
+                [candidate, "--version"], capture_output=True, text=True, check=False
+            ).stdout
+            if "dcmtk" in banner.lower():
+                return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("AINODE_SLOW") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: set AINODE_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    path = corpus_path()
+    if not (path / "CATALOG.md").exists():
+        pytest.skip(f"DICOM corpus not found at {path} (set AINODE_CORPUS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> Callable[[str], str]:
+    if dcmtk_tool("storescu") is None:
+        pytest.skip("DCMTK not installed: apt-get install dcmtk")
+
+    def tool(name: str) -> str:
+        path = dcmtk_tool(name)
+        assert path, f"DCMTK tool {name} missing"
+        return path
+
+    return tool
+
+
+@pytest.fixture(scope="session")
+def validate_dicom() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ../shared/tools/validate-dicom; returns the completed process (check returncode)."""
+    path = validator_path()
+    if not path.exists():
+        pytest.skip(f"validator not found at {path} (set AINODE_VALIDATOR)")
+    if shutil.which("dciodvfy") is None or dcmtk_tool("dsrdump") is None:
+        pytest.skip("validator needs dicom3tools and dcmtk: apt-get install dicom3tools dcmtk")
+
+    def run(*paths: Path, sources: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+        args = ["bash", str(path)]
+        for source in sources:
+            args += ["-s", str(source)]
+        args += [str(p) for p in paths]
+        env = dict(os.environ, VALIDATE_PYTHON=os.environ.get("VALIDATE_PYTHON", sys.executable))
+        return subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+
+    return run
