@@ -145,8 +145,7 @@ class Segment:
             )
         if self.mask.dtype != np.bool_ and not np.issubdtype(self.mask.dtype, np.floating):
             raise ValueError(
-                f"segment {self.key!r}: mask must be bool or float in [0, 1], "
-                f"got {self.mask.dtype}"
+                f"segment {self.key!r}: mask must be bool or float in [0, 1], got {self.mask.dtype}"
             )
 
 

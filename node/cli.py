@@ -15,6 +15,11 @@ from node import __version__
 
 COMMAND_MODULES = (
     "node.commands",
+    "models.cli",
+    "routers.cli",
+    "node.jobs.cli",
+    "node.dispatch.cli",
+    "node.demo",
 )
 
 

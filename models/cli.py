@@ -1,0 +1,148 @@
+"""``ainode plugins list|check`` and ``ainode shadow report``.
+
+``plugins list`` shows every installed plugin version with its runner, the device it would
+run on with this node's GPU configuration, and whether it is ready or broken. ``plugins
+check`` validates every manifest (schema, model file and sha256, entry module, codes,
+isolated interpreter) and exits 1 when any has an error, so it can gate a deployment.
+Paths are printed relative to the current folder where they lie under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from models.discovery import Catalog, discover
+from models.manifest import PluginManifest, Severity, check_manifest
+
+DEFAULT_CONFIG = Path("config/node.yaml")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    plugins = subparsers.add_parser("plugins", help="installed AI plugins")
+    actions = plugins.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("list", cmd_list, "name, version, runner, device and state of every plugin"),
+        ("check", cmd_check, "validate every manifest; exit 1 on errors"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
+        action.add_argument(
+            "--plugin-dir",
+            type=Path,
+            action="append",
+            dest="plugin_dirs",
+            metavar="DIR",
+            help="search DIR instead of node.yaml's plugin_dirs (repeatable)",
+        )
+        action.add_argument(
+            "--no-entry-points",
+            action="store_true",
+            help="ignore plugins installed as Python entry points",
+        )
+        action.set_defaults(func=handler)
+
+    shadow = subparsers.add_parser("shadow", help="production versus shadow plugins")
+    shadow_actions = shadow.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
+    report = shadow_actions.add_parser("report", help="agreement of shadow with production")
+    report.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
+    report.add_argument("--plugin", help="only pairs involving this plugin")
+    report.set_defaults(func=cmd_shadow_report)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _catalog_and_gpus(args: argparse.Namespace) -> tuple[Catalog, tuple[int, ...]] | None:
+    from node.config import ConfigError, load_node_config
+
+    config = None
+    if args.plugin_dirs is None or args.config.exists():
+        try:
+            config = load_node_config(args.config)
+        except ConfigError as exc:
+            print(f"ainode: bad configuration: {exc}", file=sys.stderr)
+            return None
+    gpus = config.devices.gpus if config is not None else ()
+    plugin_dirs = args.plugin_dirs or (config.plugin_dirs if config is not None else ())
+    return discover(plugin_dirs, entry_points=not args.no_entry_points), gpus
+
+
+def _device(manifest: PluginManifest, gpus: tuple[int, ...]) -> str:
+    share = manifest.resources.gpu
+    device = f"cuda ×{share:g}" if share and gpus else "cpu"
+    return f"{device} (isolated)" if manifest.isolated else device
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    found = _catalog_and_gpus(args)
+    if found is None:
+        return 2
+    catalog, gpus = found
+    if gpus:
+        from models.devices import cuda_device_count
+
+        gpus = tuple(g for g in gpus if g < cuda_device_count())
+    rows = [("NAME", "VERSION", "RUNNER", "DEVICE", "STATE")]
+    for manifest in catalog.manifests:
+        errors = [p for p in check_manifest(manifest) if p.severity is Severity.ERROR]
+        state = "broken" if errors else "ready"
+        rows.append(
+            (manifest.name, manifest.version, manifest.runner.value, _device(manifest, gpus), state)
+        )
+    for problem in catalog.problems:
+        rows.append((_shown(Path(problem.source)), "-", "-", "-", "broken"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    found = _catalog_and_gpus(args)
+    if found is None:
+        return 2
+    catalog, _ = found
+    broken = len(catalog.problems)
+    for manifest in catalog.manifests:
+        problems = check_manifest(manifest)
+        errors = [p for p in problems if p.severity is Severity.ERROR]
+        broken += bool(errors)
+        verdict = f"{len(errors)} error(s)" if errors else "ok"
+        print(f"{manifest.key} ({_shown(manifest.directory)}): {verdict}")
+        for problem in problems:
+            print(f"  {problem}")
+    for problem in catalog.problems:
+        print(f"{_shown(Path(problem.source))}: broken")
+        for line in problem.problems:
+            print(f"  error: {line}")
+    total = len(catalog.manifests) + len(catalog.problems)
+    print(f"{total} manifest(s): {total - broken} ok, {broken} broken")
+    return 1 if broken else 0
+
+
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    from models.shadow import agreement_report, masks_dir_for
+    from node.config import ConfigError, load_node_config
+    from node.db import connect
+
+    try:
+        config = load_node_config(args.config)
+    except ConfigError as exc:
+        print(f"ainode: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    conn = connect(config.storage.database_path)
+    try:
+        report = agreement_report(
+            conn, masks_dir_for(config.storage.data_dir), plugin=args.plugin
+        )
+    finally:
+        conn.close()
+    print(report.format())
+    return 0

@@ -1,0 +1,420 @@
+"""Plugins in their own interpreter: a vendor's torch or onnxruntime never touches ours.
+
+A manifest naming ``python: /opt/vendor/venv/bin/python`` runs in a child process of that
+interpreter (``python -m models.isolation_worker``, with this repository on PYTHONPATH). The
+child needs numpy, pydicom, pydantic and PyYAML (what ``models.api`` and ``models.manifest``
+import) plus whatever the plugin itself needs; a venv made with
+``--system-site-packages`` has them.
+
+Protocol (child stdin/stdout; the child's own stdout is redirected to stderr so a vendor's
+``print`` cannot corrupt it). Every message, both ways, is::
+
+    8 bytes   big-endian length N of the header
+    N bytes   UTF-8 JSON header; header["arrays"] lists {"dtype", "shape"} of the arrays
+    ...       each array's C-order bytes, in that order, back to back
+
+Requests are ``{"op": "load", "manifest": DIR, "device": {...}}`` and
+``{"op": "run", "input": {...}}``; replies are ``{"ok": true, ...}`` or
+``{"ok": false, "error": TEXT, "out_of_memory": BOOL}``. A load reply names the child's
+interpreter and Python version; a run reply carries ``"findings"``. Arrays are referred to
+in the JSON by their index, ``{"array": i}``. Everything is plain JSON and raw numpy bytes:
+no pickle, so the two sides may run different numpy and Python versions.
+
+If the child dies (crash, ``kill -9``, out of memory) the host starts a new one, loads the
+plugin again and retries the job (``retries`` times).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.coding import Code
+
+from models.api import (
+    AlgorithmIdentification,
+    Device,
+    DeviceKind,
+    Finding,
+    Findings,
+    Measurement,
+    PluginInput,
+    QualitativeEvaluation,
+    Report,
+    Segment,
+    SourceFrame,
+)
+from models.devices import GpuOutOfMemory
+from models.manifest import PluginManifest
+
+__all__ = [
+    "IsolatedPlugin",
+    "WorkerCrashed",
+    "WorkerError",
+    "decode_findings",
+    "decode_input",
+    "encode_findings",
+    "encode_input",
+    "read_message",
+    "write_message",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_LENGTH = struct.Struct(">Q")
+
+log = logging.getLogger(__name__)
+
+
+class WorkerCrashed(RuntimeError):
+    """The isolated interpreter exited or closed its pipe in the middle of a request."""
+
+
+class WorkerError(RuntimeError):
+    """The plugin raised inside the isolated interpreter; the message is its error."""
+
+
+# -- framing -----------------------------------------------------------------------------------
+
+
+def write_message(stream: IO[bytes], header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    header = {**header, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays]}
+    data = json.dumps(header).encode("utf-8")
+    stream.write(_LENGTH.pack(len(data)))
+    stream.write(data)
+    for array in arrays:
+        stream.write(memoryview(array).cast("B"))
+    stream.flush()
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(stream: IO[bytes]) -> tuple[dict[str, Any], list[np.ndarray]] | None:
+    """One message, or None at end of stream (the other side is gone)."""
+    prefix = _read_exactly(stream, _LENGTH.size)
+    if prefix is None:
+        return None
+    raw = _read_exactly(stream, _LENGTH.unpack(prefix)[0])
+    if raw is None:
+        return None
+    header = json.loads(raw)
+    arrays = []
+    for spec in header.pop("arrays"):
+        dtype = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        data = _read_exactly(stream, count * dtype.itemsize) if count else b""
+        if data is None:
+            return None
+        arrays.append(np.frombuffer(data, dtype=dtype).reshape(spec["shape"]).copy())
+    return header, arrays
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def _code(code: Code | None) -> list[str] | None:
+    return None if code is None else [code.value, code.scheme_designator, code.meaning]
+
+
+def _uncode(value: list[str] | None) -> Code | None:
+    return None if value is None else Code(value[0], value[1], value[2])
+
+
+def _measurement(m: Measurement) -> dict[str, Any]:
+    return {"concept": _code(m.concept), "value": m.value, "unit": _code(m.unit)}
+
+
+def _evaluation(e: QualitativeEvaluation) -> dict[str, Any]:
+    return {"concept": _code(e.concept), "value": _code(e.value), "confidence": e.confidence}
+
+
+def _unmeasurement(d: dict[str, Any]) -> Measurement:
+    return Measurement(_uncode(d["concept"]), d["value"], _uncode(d["unit"]))  # type: ignore[arg-type]
+
+
+def _unevaluation(d: dict[str, Any]) -> QualitativeEvaluation:
+    return QualitativeEvaluation(
+        _uncode(d["concept"]),
+        _uncode(d["value"]),
+        d["confidence"],  # type: ignore[arg-type]
+    )
+
+
+def encode_findings(findings: Findings, arrays: list[np.ndarray]) -> dict[str, Any]:
+    """Findings → JSON, appending segment masks to ``arrays``."""
+    segments = []
+    for segment in findings.segments:
+        arrays.append(segment.mask)
+        segments.append(
+            {
+                "key": segment.key,
+                "label": segment.label,
+                "category": _code(segment.category),
+                "type": _code(segment.type),
+                "anatomic_site": _code(segment.anatomic_site),
+                "color_rgb": segment.color_rgb,
+                "mask": {"array": len(arrays) - 1},
+            }
+        )
+    return {
+        "algorithm": [findings.algorithm.name, findings.algorithm.version],
+        "segments": segments,
+        "findings": [
+            {
+                "tracking_id": f.tracking_id,
+                "finding_type": _code(f.finding_type),
+                "finding_site": _code(f.finding_site),
+                "segment_key": f.segment_key,
+                "measurements": [_measurement(m) for m in f.measurements],
+                "evaluations": [_evaluation(e) for e in f.evaluations],
+            }
+            for f in findings.findings
+        ],
+        "study_measurements": [_measurement(m) for m in findings.study_measurements],
+        "study_evaluations": [_evaluation(e) for e in findings.study_evaluations],
+        "report": None
+        if findings.report is None
+        else [findings.report.findings, findings.report.impression],
+    }
+
+
+def decode_findings(data: dict[str, Any], arrays: list[np.ndarray]) -> Findings:
+    return Findings(
+        algorithm=AlgorithmIdentification(*data["algorithm"]),
+        segments=tuple(
+            Segment(
+                key=s["key"],
+                label=s["label"],
+                category=_uncode(s["category"]),  # type: ignore[arg-type]
+                type=_uncode(s["type"]),  # type: ignore[arg-type]
+                mask=arrays[s["mask"]["array"]],
+                anatomic_site=_uncode(s["anatomic_site"]),
+                color_rgb=None if s["color_rgb"] is None else tuple(s["color_rgb"]),
+            )
+            for s in data["segments"]
+        ),
+        findings=tuple(
+            Finding(
+                tracking_id=f["tracking_id"],
+                finding_type=_uncode(f["finding_type"]),  # type: ignore[arg-type]
+                finding_site=_uncode(f["finding_site"]),
+                segment_key=f["segment_key"],
+                measurements=tuple(_unmeasurement(m) for m in f["measurements"]),
+                evaluations=tuple(_unevaluation(e) for e in f["evaluations"]),
+            )
+            for f in data["findings"]
+        ),
+        study_measurements=tuple(_unmeasurement(m) for m in data["study_measurements"]),
+        study_evaluations=tuple(_unevaluation(e) for e in data["study_evaluations"]),
+        report=None if data["report"] is None else Report(*data["report"]),
+    )
+
+
+def encode_input(series: PluginInput, arrays: list[np.ndarray]) -> dict[str, Any]:
+    """PluginInput → JSON, appending pixels (and prior masks) to ``arrays``."""
+    arrays.append(series.pixels)
+    volume = None
+    if series.volume is not None:
+        volume = {
+            "affine": series.volume.affine.tolist(),
+            "coordinate_system": series.volume.coordinate_system.value,
+            "frame_of_reference_uid": series.volume.frame_of_reference_uid,
+        }
+    return {
+        "study_instance_uid": series.study_instance_uid,
+        "series_instance_uid": series.series_instance_uid,
+        "modality": series.modality,
+        "pixels": {"array": len(arrays) - 1},
+        "sources": [[s.sop_class_uid, s.sop_instance_uid, s.frame_number] for s in series.sources],
+        "pixel_spacing": list(series.pixel_spacing),
+        "headers": [h.to_json_dict(suppress_invalid_tags=True) for h in series.headers],
+        "volume": volume,
+        "photometric_interpretation": series.photometric_interpretation,
+        "prior": {name: encode_findings(f, arrays) for name, f in series.prior.items()},
+    }
+
+
+def decode_input(data: dict[str, Any], arrays: list[np.ndarray]) -> PluginInput:
+    from types import MappingProxyType
+
+    pixels = arrays[data["pixels"]["array"]]
+    volume = None
+    if data["volume"] is not None:
+        import highdicom
+
+        volume = highdicom.Volume(
+            array=pixels,
+            affine=np.asarray(data["volume"]["affine"]),
+            coordinate_system=data["volume"]["coordinate_system"],
+            frame_of_reference_uid=data["volume"]["frame_of_reference_uid"],
+        )
+    return PluginInput(
+        study_instance_uid=data["study_instance_uid"],
+        series_instance_uid=data["series_instance_uid"],
+        modality=data["modality"],
+        pixels=pixels,
+        sources=tuple(SourceFrame(*s) for s in data["sources"]),
+        pixel_spacing=tuple(data["pixel_spacing"]),  # type: ignore[arg-type]
+        headers=tuple(Dataset.from_json(h) for h in data["headers"]),
+        volume=volume,
+        photometric_interpretation=data["photometric_interpretation"],
+        prior=MappingProxyType(
+            {name: decode_findings(f, arrays) for name, f in data["prior"].items()}
+        ),
+    )
+
+
+def encode_device(device: Device) -> dict[str, Any]:
+    return {
+        "kind": device.kind.value,
+        "index": device.index,
+        "memory_limit_bytes": device.memory_limit_bytes,
+    }
+
+
+def decode_device(data: Mapping[str, Any]) -> Device:
+    return Device(DeviceKind(data["kind"]), data["index"], data["memory_limit_bytes"])
+
+
+# -- host side ---------------------------------------------------------------------------------
+
+
+class IsolatedPlugin:
+    """A Plugin whose ``load`` and ``run`` happen in a child process of ``manifest.python``."""
+
+    def __init__(self, manifest: PluginManifest, *, retries: int = 1) -> None:
+        if manifest.python is None:
+            raise ValueError(f"{manifest.key} names no isolated interpreter (python:)")
+        self.manifest = manifest
+        self.name = manifest.name
+        self.version = manifest.version
+        self.retries = retries
+        self.interpreter: str | None = None
+        self.python_version: str | None = None
+        self.restarts = 0
+        self._device: Device | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._killed = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def _start(self) -> None:
+        assert self._device is not None
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        self._process = subprocess.Popen(
+            [str(self.manifest.python), "-m", "models.isolation_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=REPO_ROOT,
+            env=env,
+        )
+        reply, _ = self._request(
+            {
+                "op": "load",
+                "manifest": str(self.manifest.directory),
+                "device": encode_device(self._device),
+            },
+            [],
+        )
+        self.interpreter = reply["interpreter"]
+        self.python_version = reply["python_version"]
+        log.info(
+            "isolated %s: worker pid %s on %s (%s)",
+            self.manifest.key,
+            self._process.pid,
+            self.interpreter,
+            self._device,
+        )
+
+    def _request(
+        self, header: dict[str, Any], arrays: list[np.ndarray]
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        process = self._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        try:
+            write_message(process.stdin, header, arrays)
+            message = read_message(process.stdout)
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            message = None
+            log.warning("isolated %s: pipe error %s", self.manifest.key, exc)
+        if message is None:
+            code = process.wait()
+            self._process = None
+            raise WorkerCrashed(
+                f"isolated worker of {self.manifest.key} (pid {process.pid}) exited with "
+                f"status {code} during {header['op']}"
+            )
+        reply, reply_arrays = message
+        if not reply["ok"]:
+            if reply.get("out_of_memory"):
+                raise GpuOutOfMemory(reply["error"])
+            raise WorkerError(reply["error"])
+        return reply, reply_arrays
+
+    def load(self, device: Device) -> None:
+        with self._lock:
+            self._device = device
+            self._start()
+
+    def run(self, series: PluginInput) -> Findings:
+        with self._lock:
+            arrays: list[np.ndarray] = []
+            request = {"op": "run", "input": encode_input(series, arrays)}
+            self._killed = False
+            for attempt in range(self.retries + 1):
+                if self._process is None:
+                    self.restarts += 1
+                    self._start()
+                try:
+                    reply, reply_arrays = self._request(request, arrays)
+                except WorkerCrashed as exc:
+                    if attempt == self.retries or self._killed:
+                        raise
+                    log.warning("%s; restarting it and retrying the job", exc)
+                    continue
+                return decode_findings(reply["findings"], reply_arrays)
+            raise AssertionError("unreachable")
+
+    def kill(self) -> None:
+        """Stop the child now (job timeout); the next ``run`` starts a new one."""
+        self._killed = True
+        process = self._process
+        if process is not None:
+            process.kill()
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,573 @@
+"""``plugin.yaml``: what a plugin is, what it accepts and what it needs, validated at load time.
+
+A manifest sits in the plugin's own folder beside its model file. Loading one checks the
+schema (every section forbids unknown keys, so a typo is an error that names the field);
+``check_manifest`` goes further and checks the things a schema cannot: the model file exists
+and matches its sha256, the entry module exists, the codes are known to pydicom's code
+dictionaries, and an isolated interpreter is executable.
+
+Example (every section but name/version/runner is optional)::
+
+    name: dx-chest                  # lowercase-dashed
+    version: 1.0.0
+    description: Lung fields on chest radiographs
+    runner: onnx                    # onnx | torchscript | python
+    entry: plugin:DxChestPlugin     # "<module file in the plugin dir>:<class>", built as
+                                    # Class(manifest); optional for onnx/torchscript, where the
+                                    # generic manifest-driven plugin runs the model
+    model: {file: model.onnx, sha256: 3f5a...}
+    input: {modalities: [CR, DX], dimensionality: 2d}
+    preprocessing:
+      window: {center: 40, width: 400}           # clip to the window, scale to [0, 1]
+      normalise: {mode: zscore}                  # zscore | minmax | fixed (mean, std)
+      resample: {spacing: [1.0, 1.0]}            # mm: (row, column) or (slice, row, column)
+      orientation: LPS                           # 3d only: reorient the volume first
+      size: [256, 256]                           # resize every frame/volume to this
+      tiling: {size: [64, 128, 128], overlap: 0.25, blend: gaussian}   # sliding window
+      layout: NCHW                               # NCHW | NHWC | NCDHW | NDHWC
+      input_name: image                          # default: the model's first input
+    postprocessing:
+      activation: softmax                        # softmax | sigmoid | none
+      threshold: 0.5                             # sigmoid: per-channel threshold
+      connected_components: {min_voxels: 10, keep_largest: 2}
+    outputs:
+      segments:
+        - label: 1                               # class index (softmax) or channel (sigmoid)
+          name: Left lung
+          category: {value: "123037004", scheme: SCT, meaning: Anatomical Structure}
+          type: {value: "44029006", scheme: SCT, meaning: Left lung}
+      fractional: false
+    resources: {gpu: 1, memory_mb: 2048, cpu_fallback_on_oom: true}
+    needs: [dx-chest]                            # run these first; their Findings arrive in
+                                                 # PluginInput.prior
+    python: /opt/vendor-venv/bin/python          # run in an isolated interpreter
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydicom.sr.coding import Code
+
+__all__ = [
+    "KNOWN_SCHEMES",
+    "MANIFEST_FILE",
+    "Activation",
+    "Blend",
+    "CheckProblem",
+    "CodeSpec",
+    "ConnectedComponents",
+    "Dimensionality",
+    "InputSpec",
+    "Layout",
+    "ManifestError",
+    "ModelFile",
+    "Normalisation",
+    "NormaliseMode",
+    "Outputs",
+    "PluginManifest",
+    "Postprocessing",
+    "Preprocessing",
+    "Resample",
+    "Resources",
+    "RunnerKind",
+    "SegmentSpec",
+    "Severity",
+    "Tiling",
+    "Window",
+    "check_manifest",
+    "is_snomed_identifier",
+    "load_manifest",
+    "sha256_of",
+]
+
+MANIFEST_FILE = "plugin.yaml"
+NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+VERSION_PATTERN = re.compile(r"^\d+(\.\d+){0,2}([.+-][0-9A-Za-z.+-]+)?$")
+ENTRY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_]\w*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunnerKind(StrEnum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    PYTHON = "python"
+
+
+class Dimensionality(StrEnum):
+    """2d: the model sees one frame at a time (frames are a batch); 3d: the whole volume."""
+
+    TWO_D = "2d"
+    THREE_D = "3d"
+
+
+class Layout(StrEnum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+    NCDHW = "NCDHW"
+    NDHWC = "NDHWC"
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.value) - 2
+
+
+class NormaliseMode(StrEnum):
+    ZSCORE = "zscore"  # per input: (x - mean) / std
+    MINMAX = "minmax"  # per input: to [0, 1]
+    FIXED = "fixed"  # (x - mean) / std with the manifest's mean and std
+
+
+class Activation(StrEnum):
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    NONE = "none"
+
+
+class Blend(StrEnum):
+    GAUSSIAN = "gaussian"
+    CONSTANT = "constant"
+
+
+class CodeSpec(_Strict):
+    """A coded concept as written in YAML; ``.code`` is the pydicom Code."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    @field_validator("value", "scheme", "meaning", mode="before")
+    @classmethod
+    def _as_text(cls, value: object) -> object:
+        # YAML reads SNOMED codes such as 123037004 as integers.
+        return str(value) if isinstance(value, int) else value
+
+    @property
+    def code(self) -> Code:
+        return Code(self.value, self.scheme, self.meaning)
+
+
+class ModelFile(_Strict):
+    file: str
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("sha256 must be 64 hexadecimal digits (sha256sum of the model file)")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError("model.file must be a path inside the plugin folder")
+        return value
+
+
+class InputSpec(_Strict):
+    modalities: tuple[str, ...] = ()
+    dimensionality: Dimensionality = Dimensionality.TWO_D
+    min_frames: int = Field(1, ge=1)
+    max_pixel_spacing_mm: float | None = Field(None, gt=0)
+
+
+class Window(_Strict):
+    center: float
+    width: float = Field(gt=0)
+
+
+class Normalisation(_Strict):
+    mode: NormaliseMode = NormaliseMode.ZSCORE
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+
+
+class Resample(_Strict):
+    spacing: tuple[float, ...]
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) not in (2, 3) or any(v <= 0 for v in value):
+            raise ValueError("resample.spacing is 2 or 3 positive numbers in mm")
+        return value
+
+
+class Tiling(_Strict):
+    size: tuple[int, ...]
+    overlap: float = Field(0.25, ge=0, lt=1)
+    blend: Blend = Blend.GAUSSIAN
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) not in (2, 3) or any(v < 1 for v in value):
+            raise ValueError("tiling.size is 2 or 3 positive integers")
+        return value
+
+
+class Preprocessing(_Strict):
+    window: Window | None = None
+    normalise: Normalisation | None = None
+    resample: Resample | None = None
+    orientation: str | None = None
+    size: tuple[int, ...] | None = None
+    tiling: Tiling | None = None
+    layout: Layout = Layout.NCHW
+    input_name: str | None = None
+    channels: int = Field(1, ge=1, description="the frame is repeated to this many channels")
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.upper().replace("S", "H").replace("I", "F")  # highdicom's letters
+        axes = {"L": 0, "R": 0, "P": 1, "A": 1, "H": 2, "F": 2}
+        if (
+            len(value) != 3
+            or any(c not in axes for c in value)
+            or len({axes[c] for c in value}) != 3
+        ):
+            raise ValueError(
+                "orientation is three letters, one each of L/R, A/P and S/I (or H/F), e.g. LPS"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _size_or_tiling(self) -> Preprocessing:
+        if self.size is not None and self.tiling is not None:
+            raise ValueError(
+                "give preprocessing.size (resize) or .tiling (sliding window), not both"
+            )
+        return self
+
+
+class ConnectedComponents(_Strict):
+    min_voxels: int = Field(0, ge=0)
+    keep_largest: int | None = Field(None, ge=1)
+
+
+class Postprocessing(_Strict):
+    activation: Activation = Activation.SOFTMAX
+    threshold: float = Field(0.5, gt=0, lt=1)
+    connected_components: ConnectedComponents | None = None
+    output_index: int = Field(0, ge=0, description="which model output holds the logits")
+
+
+class SegmentSpec(_Strict):
+    label: int = Field(ge=1)
+    name: str
+    category: CodeSpec
+    type: CodeSpec
+    anatomic_site: CodeSpec | None = None
+    color_rgb: tuple[int, int, int] | None = None
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or f"label-{self.label}"
+
+
+class Outputs(_Strict):
+    segments: tuple[SegmentSpec, ...] = ()
+    fractional: bool = False
+
+    @field_validator("segments")
+    @classmethod
+    def _unique(cls, value: tuple[SegmentSpec, ...]) -> tuple[SegmentSpec, ...]:
+        labels = [s.label for s in value]
+        if len(labels) != len(set(labels)):
+            raise ValueError(f"segment labels must be unique, got {labels}")
+        keys = [s.key for s in value]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"segment names must be distinct, got {[s.name for s in value]}")
+        return value
+
+
+class Resources(_Strict):
+    """``gpu`` is the share of one GPU slot the plugin occupies: 0 (CPU), 0.5 or 1."""
+
+    gpu: float = Field(0, ge=0, le=1)
+    memory_mb: int | None = Field(None, ge=1)
+    cpu_fallback_on_oom: bool = True
+
+    @field_validator("gpu")
+    @classmethod
+    def _slot_share(cls, value: float) -> float:
+        if value not in (0, 0.25, 0.5, 1):
+            raise ValueError("resources.gpu is 0, 0.25, 0.5 or 1 (the share of one GPU slot)")
+        return value
+
+
+class PluginManifest(_Strict):
+    """One plugin version. ``directory`` is the folder the manifest was read from."""
+
+    name: str
+    version: str
+    description: str = ""
+    runner: RunnerKind
+    entry: str | None = None
+    model: ModelFile | None = None
+    input: InputSpec = InputSpec()
+    preprocessing: Preprocessing = Preprocessing()
+    postprocessing: Postprocessing = Postprocessing()
+    outputs: Outputs = Outputs()
+    resources: Resources = Resources()
+    needs: tuple[str, ...] = ()
+    python: Path | None = None
+
+    _directory: Path = PrivateAttr(default=Path("."))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"name {value!r} must be lowercase letters, digits and dashes")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> object:
+        value = str(value) if isinstance(value, int | float) else value
+        if isinstance(value, str) and not VERSION_PATTERN.match(value):
+            raise ValueError(f"version {value!r} must look like 1.2.0")
+        return value
+
+    @field_validator("entry")
+    @classmethod
+    def _entry(cls, value: str | None) -> str | None:
+        if value is not None and not ENTRY_PATTERN.match(value):
+            raise ValueError(f"entry {value!r} must be '<module>:<Class>', e.g. plugin:MyPlugin")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> PluginManifest:
+        if self.runner is RunnerKind.PYTHON and self.entry is None:
+            raise ValueError("runner python needs entry: '<module>:<Class>'")
+        if self.runner is not RunnerKind.PYTHON and self.model is None:
+            raise ValueError(f"runner {self.runner.value} needs model: {{file, sha256}}")
+        if self.entry is None and not self.outputs.segments:
+            raise ValueError(
+                "without an entry class the generic plugin needs outputs.segments to know "
+                "what the model's labels mean"
+            )
+        if self.name in self.needs:
+            raise ValueError(f"plugin {self.name!r} cannot need itself")
+        return self
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    @property
+    def model_path(self) -> Path | None:
+        return None if self.model is None else self._directory / self.model.file
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def isolated(self) -> bool:
+        return self.python is not None
+
+    def with_directory(self, directory: Path) -> PluginManifest:
+        directory = Path(directory).resolve()
+        update = {}
+        if self.python is not None and not self.python.is_absolute():
+            # normpath, not resolve: a venv's bin/python is a symlink that must stay one
+            update["python"] = Path(os.path.normpath(directory / self.python))
+        copy = self.model_copy(update=update)
+        copy._directory = directory
+        return copy
+
+
+class ManifestError(Exception):
+    """A plugin.yaml cannot be used; the message names the file and the field.
+
+    ``problems`` lists each problem on its own (without the file name), for tools that show
+    them one per line.
+    """
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        super().__init__(f"{path}: {'; '.join(problems)}")
+        self.path = path
+        self.problems = tuple(problems)
+
+
+def load_manifest(path: Path) -> PluginManifest:
+    """Read and validate ``path`` (a plugin.yaml or the folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(path, [f"cannot read: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(path, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(path, ["the top level must be a mapping"])
+    try:
+        manifest = PluginManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(
+            path,
+            [
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: "
+                f"{err['msg'].removeprefix('Value error, ')}"
+                for err in exc.errors()
+            ],
+        ) from exc
+    return manifest.with_directory(path.parent)
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class CheckProblem:
+    severity: Severity
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.value}: {self.message}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Coding schemes a result SEG/SR may carry without a Coding Scheme Identification entry;
+# private schemes start with "99" (PS3.3 C.12.1.1.2 / PS3.16 Section 8).
+KNOWN_SCHEMES = frozenset({"SCT", "DCM", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "SRT", "UMLS"})
+
+_VERHOEFF_MULT = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
+    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
+    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8),
+    (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2),
+    (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
+    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+_VERHOEFF_PERM = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
+    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
+    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
+    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
+    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
+    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
+    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
+)
+
+
+def is_snomed_identifier(value: str) -> bool:
+    """A SNOMED CT concept id: 6-18 digits whose last is a Verhoeff check digit."""
+    if not value.isdigit() or not 6 <= len(value) <= 18:
+        return False
+    check = 0
+    for position, digit in enumerate(reversed(value)):
+        check = _VERHOEFF_MULT[check][_VERHOEFF_PERM[position % 8][int(digit)]]
+    return check == 0
+
+
+def _dcm_meanings(value: str) -> set[str]:
+    from pydicom.sr import _concepts_dict
+
+    return {
+        meaning
+        for by_value in _concepts_dict.concepts["DCM"].values()
+        for code_value, (meaning, _cids) in by_value.items()
+        if code_value == value
+    }
+
+
+def _check_code(where: str, spec: CodeSpec) -> list[CheckProblem]:
+    label = f"{where}: {spec.scheme} {spec.value} ({spec.meaning!r})"
+    if spec.scheme not in KNOWN_SCHEMES and not spec.scheme.startswith("99"):
+        return [CheckProblem(Severity.ERROR, f"{label}: unknown coding scheme {spec.scheme!r}")]
+    if spec.scheme == "SCT" and not is_snomed_identifier(spec.value):
+        return [
+            CheckProblem(Severity.ERROR, f"{label}: unknown code, not a valid SNOMED CT identifier")
+        ]
+    if spec.scheme == "DCM":
+        meanings = _dcm_meanings(spec.value)
+        if not meanings:
+            return [CheckProblem(Severity.ERROR, f"{label}: unknown code, not in PS3.16 DCM")]
+        if spec.meaning not in meanings:
+            return [
+                CheckProblem(Severity.WARNING, f"{label}: PS3.16 calls it {sorted(meanings)[0]!r}")
+            ]
+    return []
+
+
+def check_manifest(manifest: PluginManifest) -> list[CheckProblem]:
+    """Problems the schema cannot see: files, checksums, codes, the isolated interpreter."""
+    problems: list[CheckProblem] = []
+    if manifest.model is not None:
+        model_path = manifest.model_path
+        assert model_path is not None
+        if not model_path.is_file():
+            problems.append(
+                CheckProblem(Severity.ERROR, f"model file {manifest.model.file} is missing")
+            )
+        else:
+            actual = sha256_of(model_path)
+            if actual != manifest.model.sha256:
+                problems.append(
+                    CheckProblem(
+                        Severity.ERROR,
+                        f"model file {manifest.model.file}: sha256 mismatch "
+                        f"(manifest {manifest.model.sha256[:12]}…, file {actual[:12]}…)",
+                    )
+                )
+    if manifest.entry is not None:
+        module = manifest.entry.split(":", 1)[0]
+        module_file = manifest.directory / (module.replace(".", "/") + ".py")
+        if not module_file.is_file():
+            problems.append(
+                CheckProblem(Severity.ERROR, f"entry module {module_file.name} is missing")
+            )
+    for segment in manifest.outputs.segments:
+        where = f"outputs.segments[label {segment.label}]"
+        problems += _check_code(f"{where}.category", segment.category)
+        problems += _check_code(f"{where}.type", segment.type)
+        if segment.anatomic_site is not None:
+            problems += _check_code(f"{where}.anatomic_site", segment.anatomic_site)
+    if manifest.python is not None and not os.access(manifest.python, os.X_OK):
+        problems.append(
+            CheckProblem(Severity.ERROR, f"python interpreter {manifest.python} is not executable")
+        )
+    return problems

@@ -1,0 +1,446 @@
+"""Lung segmentation and lung-nodule detection and measurement on chest CT, as numpy functions.
+
+The pipeline, each step chosen so a vessel or an airway cannot pass for a nodule:
+
+1. Body: everything denser than -500 HU connected to the largest such region, holes filled.
+2. Airways: the trachea is found as a round air column near the midline in the most superior
+   slices and grown through air darker than lung parenchyma; trachea and main bronchi are
+   removed so the two lungs come apart.
+3. Lungs: air inside the body without the airways; the two largest components, each with its
+   holes filled slice by slice so that vessels and nodules inside the lung belong to it.
+4. Candidates: lung voxels denser than -700 HU (ground glass and solid), opened by a ball of
+   ``opening_radius_mm`` through distance transforms: thin vessels and airway walls vanish, a
+   nodule touching a thin vessel comes apart from it, and convex nodules keep their shape.
+5. Rejection: what survives the opening and is elongated (principal-axis ratio) or much larger
+   than its largest inscribed sphere is a vessel; what encloses air is an airway.
+6. Measurement per nodule: half-maximum threshold between the local lung background and the
+   nodule's own level (its solid level, or its ground-glass level if part-solid), a
+   partial-volume-weighted volume, long and short axis on the axial slice of largest area
+   from sub-pixel contours, mean HU, side and craniocaudal zone of the lung.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from scipy import ndimage
+from skimage import measure
+
+__all__ = [
+    "DetectionSettings",
+    "LungAnalysis",
+    "LungSide",
+    "LungZone",
+    "MeasuredNodule",
+    "NoduleKind",
+    "VolumeFrame",
+    "analyse_chest_ct",
+]
+
+
+class LungSide(StrEnum):
+    RIGHT = "right"
+    LEFT = "left"
+
+
+class LungZone(StrEnum):
+    UPPER = "upper"
+    MIDDLE = "middle"
+    LOWER = "lower"
+
+
+class NoduleKind(StrEnum):
+    SOLID = "solid"
+    PART_SOLID = "part-solid"
+
+
+@dataclass(frozen=True)
+class VolumeFrame:
+    """How array axes lie in the patient: spacing (slice, row, column) in mm and directions.
+
+    ``superior`` is +1 when a higher slice index is further towards the head, -1 otherwise;
+    ``patient_left`` is +1 when a higher column index is further towards the patient's left.
+    """
+
+    spacing_mm: tuple[float, float, float]
+    superior: int = 1
+    patient_left: int = 1
+
+    def __post_init__(self) -> None:
+        if any(s <= 0 for s in self.spacing_mm):
+            raise ValueError(f"spacing must be positive, got {self.spacing_mm}")
+        if self.superior not in (1, -1) or self.patient_left not in (1, -1):
+            raise ValueError("superior and patient_left are +1 or -1")
+
+    @classmethod
+    def from_affine(cls, affine: np.ndarray) -> VolumeFrame:
+        """From a 4×4 (slice, row, column) → LPS affine, as highdicom's Volume has."""
+        vectors = np.asarray(affine, dtype=float)[:3, :3]
+        spacing = tuple(float(np.linalg.norm(vectors[:, i])) for i in range(3))
+        superior = 1 if vectors[2, 0] >= 0 else -1  # LPS: +z is superior
+        left = 1 if vectors[0, 2] >= 0 else -1  # LPS: +x is patient left
+        return cls(spacing_mm=spacing, superior=superior, patient_left=left)  # type: ignore[arg-type]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing_mm))
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    candidate_hu: float = -700.0
+    opening_radius_mm: float = 1.6
+    min_diameter_mm: float = 3.5
+    max_diameter_mm: float = 35.0
+    max_elongation: float = 1.8
+    max_compactness: float = 2.6
+    airway_air_fraction: float = 0.05
+    ground_glass_fraction: float = 0.25
+    min_isolation: float = 0.5
+
+
+@dataclass(frozen=True)
+class MeasuredNodule:
+    mask: np.ndarray  # bool, full volume
+    centre_voxel: tuple[float, float, float]
+    long_axis_mm: float
+    short_axis_mm: float
+    volume_mm3: float
+    mean_hu: float
+    kind: NoduleKind
+    side: LungSide
+    zone: LungZone
+
+    @property
+    def mean_diameter_mm(self) -> float:
+        return (self.long_axis_mm + self.short_axis_mm) / 2
+
+
+@dataclass(frozen=True)
+class LungAnalysis:
+    lungs: dict[LungSide, np.ndarray]  # bool, full volume; absent side = no lung found
+    nodules: tuple[MeasuredNodule, ...]
+    rejected_vessels: int
+    rejected_airways: int
+
+
+def _ball_open(mask: np.ndarray, radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """Morphological opening with a ball in mm, via two Euclidean distance transforms."""
+    if not mask.any():
+        return mask
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    core = inside > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    outside = ndimage.distance_transform_edt(~core, sampling=spacing)
+    return (outside <= radius_mm) & mask
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    filled = np.empty_like(mask)
+    for k in range(mask.shape[0]):
+        filled[k] = ndimage.binary_fill_holes(mask[k])
+    return filled
+
+
+def _bbox(mask: np.ndarray, pad: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    coords = np.nonzero(mask)
+    return tuple(
+        slice(max(int(c.min()) - p, 0), min(int(c.max()) + p + 1, n))
+        for c, p, n in zip(coords, pad, shape, strict=True)
+    )
+
+
+def _body_mask(smooth: np.ndarray) -> np.ndarray:
+    dense = smooth > -500
+    labels, count = ndimage.label(dense)
+    if count == 0:
+        return dense
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return _fill_slices(labels == int(sizes.argmax()))
+
+
+def _airway_tree(smooth: np.ndarray, body: np.ndarray, frame: VolumeFrame) -> np.ndarray:
+    """Trachea and the bronchi connected to it, grown from the most superior slices."""
+    nslices = smooth.shape[0]
+    top = range(nslices - 1, -1, -1) if frame.superior > 0 else range(nslices)
+    pixel_area = frame.spacing_mm[1] * frame.spacing_mm[2]
+    body_columns = np.nonzero(body.any(axis=(0, 1)))[0]
+    if body_columns.size == 0:
+        return np.zeros_like(body)
+    midline = (body_columns.min() + body_columns.max()) / 2
+    half_width = (body_columns.max() - body_columns.min()) / 2
+    dark = (smooth < -950) & body
+    for checked, k in enumerate(top):
+        if checked >= max(3, nslices // 10):
+            break
+        labels, count = ndimage.label(dark[k])
+        for index in range(1, count + 1):
+            region = labels == index
+            area = region.sum() * pixel_area
+            rows, cols = np.nonzero(region)
+            if not 30 <= area <= 900 or abs(cols.mean() - midline) > 0.25 * half_width:
+                continue
+            extent = max(np.ptp(rows) * frame.spacing_mm[1], np.ptp(cols) * frame.spacing_mm[2])
+            if extent > 2.2 * math.sqrt(area / math.pi) * 2:
+                continue  # not round: not a trachea
+            grown, _ = ndimage.label(dark)
+            seed_label = grown[k][region].max()
+            airway = grown == seed_label
+            air_total = ((smooth < -400) & body).sum()
+            if airway.sum() > 0.25 * air_total:
+                return np.zeros_like(body)  # leaked into the lungs: keep the lungs intact
+            return airway
+    return np.zeros_like(body)
+
+
+def _segment_lungs(
+    smooth: np.ndarray, body: np.ndarray, frame: VolumeFrame
+) -> dict[LungSide, np.ndarray]:
+    air = (smooth < -400) & body
+    airways = _airway_tree(smooth, body, frame)
+    if airways.any():
+        air &= ~ndimage.binary_dilation(airways, iterations=2)
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return {}
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    min_voxels = max(int(2000 / frame.voxel_volume_mm3), 50)  # 2 mL
+    parts = [labels == i for i in order[:2] if sizes[i] >= min_voxels]
+    body_columns = np.nonzero(body.any(axis=(0, 1)))[0]
+    midline = (body_columns.min() + body_columns.max()) / 2
+    if len(parts) == 1 or (len(parts) == 2 and sizes[order[1]] < 0.2 * sizes[order[0]]):
+        # one component holds both lungs (they touch, or airways joined them): split at midline
+        whole = parts[0]
+        columns = np.arange(whole.shape[2])[None, None, :]
+        parts = [whole & (columns < midline), whole & (columns >= midline)]
+    lungs: dict[LungSide, np.ndarray] = {}
+    for part in parts:
+        if not part.any():
+            continue
+        centre_column = np.nonzero(part.any(axis=(0, 1)))[0].mean()
+        on_left = (centre_column - midline) * frame.patient_left > 0
+        side = LungSide.LEFT if on_left else LungSide.RIGHT
+        region = _bbox(part, (0, 1, 1), part.shape)
+        filled = np.zeros_like(part)
+        filled[region] = _fill_slices(part[region])
+        lungs[side] = filled | lungs.get(side, np.zeros_like(part))
+    return lungs
+
+
+def _principal_elongation(coords_mm: np.ndarray) -> float:
+    if len(coords_mm) < 4:
+        return 1.0
+    eigen = np.linalg.eigvalsh(np.cov(coords_mm.T))
+    return float(math.sqrt(max(eigen[-1], 1e-9) / max(eigen[0], 1e-9)))
+
+
+def _isolation(
+    dense: np.ndarray,
+    found: tuple[slice, ...],
+    component: np.ndarray,
+    radius_mm: float,
+    spacing: tuple[float, float, float],
+) -> float:
+    """The share of the dense tissue connected to a candidate, within a ball around it, that
+    the candidate itself accounts for: about 1 for a nodule, small for a vessel junction."""
+    reach_mm = max(2 * radius_mm, radius_mm + 3.0)
+    pad = [math.ceil(reach_mm / s) for s in spacing]
+    box = tuple(
+        slice(max(f.start - p, 0), min(f.stop + p, n))
+        for f, p, n in zip(found, pad, dense.shape, strict=True)
+    )
+    local = np.zeros([b.stop - b.start for b in box], dtype=bool)
+    inner = tuple(
+        slice(f.start - b.start, f.stop - b.start) for f, b in zip(found, box, strict=True)
+    )
+    local[inner] = component
+    centre = np.argwhere(local).mean(axis=0)
+    grids = np.ogrid[tuple(slice(0, n) for n in local.shape)]
+    distance2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing, strict=True))
+    ball = distance2 <= reach_mm**2
+    labels, _ = ndimage.label(dense[box] & ball)
+    connected = np.isin(labels, np.unique(labels[local & (labels > 0)]))
+    return float(local.sum() / max(int(connected.sum()), 1))
+
+
+def _feret_axes(points_mm: np.ndarray) -> tuple[float, float]:
+    """Longest diameter, and the extent perpendicular to it, of a closed contour."""
+    differences = points_mm[:, None, :] - points_mm[None, :, :]
+    distances = np.sqrt((differences**2).sum(-1))
+    i, j = np.unravel_index(int(distances.argmax()), distances.shape)
+    long_axis = float(distances[i, j])
+    if long_axis == 0:
+        return 0.0, 0.0
+    direction = (points_mm[j] - points_mm[i]) / long_axis
+    normal = np.array([-direction[1], direction[0]])
+    projection = points_mm @ normal
+    return long_axis, float(projection.max() - projection.min())
+
+
+def _zone(lung: np.ndarray, centre_slice: float, frame: VolumeFrame) -> LungZone:
+    slices = np.nonzero(lung.any(axis=(1, 2)))[0]
+    low, high = slices.min(), slices.max() + 1
+    fraction = (centre_slice - low) / max(high - low, 1)
+    if frame.superior < 0:
+        fraction = 1 - fraction  # fraction measured from the lung base upwards
+    if fraction >= 2 / 3:
+        return LungZone.UPPER
+    return LungZone.MIDDLE if fraction >= 1 / 3 else LungZone.LOWER
+
+
+def _measure(
+    hu: np.ndarray,
+    smooth: np.ndarray,
+    candidate: np.ndarray,
+    lungs: dict[LungSide, np.ndarray],
+    frame: VolumeFrame,
+    settings: DetectionSettings,
+) -> MeasuredNodule | None:
+    """Refine one accepted candidate at its own half-maximum level and measure it."""
+    spacing = frame.spacing_mm
+    pad = tuple(math.ceil(6.0 / s) + 1 for s in spacing)
+    box = _bbox(candidate, pad, hu.shape)  # type: ignore[arg-type]
+    core, local, local_hu = candidate[box], smooth[box], hu[box]
+    distance_out = ndimage.distance_transform_edt(~core, sampling=spacing)
+    shell = (distance_out > 2.5) & (distance_out < 6.0) & (local < settings.candidate_hu)
+    if shell.sum() < 10:
+        return None
+    background = float(np.median(local[shell]))
+    inner = ndimage.binary_erosion(core) if core.sum() > 30 else core
+    inner_values = local[inner] if inner.any() else local[core]
+    ground_glass = (inner_values > settings.candidate_hu) & (inner_values < -300)
+    kind = (
+        NoduleKind.PART_SOLID
+        if ground_glass.mean() >= settings.ground_glass_fraction
+        else NoduleKind.SOLID
+    )
+    if kind is NoduleKind.PART_SOLID:
+        level = float(np.median(inner_values[ground_glass]))
+    else:
+        level = float(np.percentile(inner_values, 90))
+    threshold = (background + level) / 2
+    near = distance_out <= 1.5 * max(spacing)
+    labels, _ = ndimage.label((local > threshold) & near)
+    overlap = np.bincount(labels[core].ravel(), minlength=labels.max() + 1)
+    overlap[0] = 0
+    if overlap.max() == 0:
+        return None
+    region = labels == int(overlap.argmax())
+    # partial-volume weighted volume: each voxel of the region and its rim counts by how far
+    # its value lies between the background and the nodule's level
+    rim = ndimage.binary_dilation(region) & near
+    weights = np.clip((local_hu[rim] - background) / (level - background), 0.0, 1.0)
+    volume = float(weights.sum() * frame.voxel_volume_mm3)
+    areas = region.sum(axis=(1, 2))
+    k = int(areas.argmax())
+    # contour only this nodule: anything beyond a pixel of its region is set to background
+    around = ndimage.binary_dilation(region[k], iterations=2)
+    isolated = np.where(around, local[k], np.float32(background))
+    contours = measure.find_contours(np.pad(isolated, 1, constant_values=background), threshold)
+    if not contours:
+        return None
+    contour = max(contours, key=len) - 1.0
+    points_mm = contour * np.array([spacing[1], spacing[2]])
+    long_axis, short_axis = _feret_axes(points_mm)
+    coords = np.argwhere(region)
+    centre = coords.mean(axis=0) + np.array([s.start for s in box])
+    full = np.zeros(hu.shape, dtype=bool)
+    full[box] = region
+    # mean attenuation of the interior: the rim's partial-volume voxels would dilute it
+    interior = ndimage.binary_erosion(region)
+    if interior.sum() < 8:
+        interior = region
+    centre_index = tuple(round(c) for c in centre)
+    side = None
+    for lung_side, lung in lungs.items():
+        if lung[centre_index]:
+            side = lung_side
+    if side is None:
+        return None
+    return MeasuredNodule(
+        mask=full,
+        centre_voxel=tuple(float(c) for c in centre),  # type: ignore[arg-type]
+        long_axis_mm=long_axis,
+        short_axis_mm=min(short_axis, long_axis),
+        volume_mm3=volume,
+        mean_hu=float(local_hu[interior].mean()),
+        kind=kind,
+        side=side,
+        zone=_zone(lungs[side], float(centre[0]), frame),
+    )
+
+
+def analyse_chest_ct(
+    hu: np.ndarray, frame: VolumeFrame, settings: DetectionSettings | None = None
+) -> LungAnalysis:
+    """Segment the lungs and find, classify and measure the nodules in a CT volume (HU)."""
+    if hu.ndim != 3:
+        raise ValueError(f"expected a (slices, rows, columns) volume, got shape {hu.shape}")
+    settings = settings or DetectionSettings()
+    spacing = frame.spacing_mm
+    hu = hu.astype(np.float32, copy=False)
+    sigma = tuple(0.5 * min(spacing) / s for s in spacing)
+    smooth = ndimage.gaussian_filter(hu, sigma, output=np.float32)
+    body = _body_mask(smooth)
+    lungs = _segment_lungs(smooth, body, frame)
+    if not lungs:
+        return LungAnalysis(lungs={}, nodules=(), rejected_vessels=0, rejected_airways=0)
+    either = np.zeros(hu.shape, dtype=bool)
+    for lung in lungs.values():
+        either |= lung
+    box = _bbox(either, (1, 1, 1), hu.shape)
+    inside = ndimage.binary_erosion(either[box], iterations=1)
+    dense = (smooth[box] > settings.candidate_hu) & inside
+    opened = _ball_open(dense, settings.opening_radius_mm, spacing)
+    labels, _ = ndimage.label(opened)
+    nodules: list[MeasuredNodule] = []
+    vessels = airways = 0
+    offsets = np.array([s.start for s in box])
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        component = labels[found] == index
+        volume = component.sum() * frame.voxel_volume_mm3
+        equivalent_diameter = (6 * volume / math.pi) ** (1 / 3)
+        if equivalent_diameter < settings.min_diameter_mm:
+            continue
+        coords_mm = np.argwhere(component) * np.asarray(spacing)
+        inscribed = float(
+            ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing).max()
+        )
+        compactness = volume / (4 / 3 * math.pi * inscribed**3)
+        elongation = _principal_elongation(coords_mm)
+        if (
+            elongation > settings.max_elongation
+            or compactness > settings.max_compactness
+            or equivalent_diameter > settings.max_diameter_mm
+        ):
+            vessels += 1
+            continue
+        if _isolation(dense, found, component, equivalent_diameter / 2, spacing) < (
+            settings.min_isolation
+        ):
+            vessels += 1  # a blob left where vessels branch: most of its neighbourhood is vessel
+            continue
+        enclosed = ndimage.binary_fill_holes(component)
+        enclosed_air = (smooth[box][found][enclosed] < -900).mean()
+        if enclosed_air > settings.airway_air_fraction:
+            airways += 1
+            continue
+        full = np.zeros(hu.shape, dtype=bool)
+        region = tuple(slice(s.start + o, s.stop + o) for s, o in zip(found, offsets, strict=True))
+        full[region] = component
+        nodule = _measure(hu, smooth, full, lungs, frame, settings)
+        if nodule is not None and nodule.long_axis_mm >= settings.min_diameter_mm:
+            nodules.append(nodule)
+    nodules.sort(key=lambda n: -n.volume_mm3)
+    return LungAnalysis(
+        lungs=lungs, nodules=tuple(nodules), rejected_vessels=vessels, rejected_airways=airways
+    )

@@ -1,0 +1,154 @@
+"""dx-chest: lung fields and cardiac silhouette on PA chest radiographs, the cardiothoracic
+ratio, and cardiomegaly present/absent with a confidence. A demonstrator, not a device.
+
+The network (``model.onnx``, trained by ``train.py`` on phantoms) segments a 128×128 copy
+of each frame; class probabilities are interpolated back to the frame's own size, so masks
+have the input's full resolution. The CTR is measured on the first frontal frame whose lungs
+and heart are both found; when none is, the result says the ratio could not be measured
+(Cardiomegaly: Indeterminate) instead of guessing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.sr.coding import Code
+
+from models.api import (
+    AlgorithmIdentification,
+    Device,
+    Finding,
+    Findings,
+    Measurement,
+    PluginInput,
+    QualitativeEvaluation,
+    Segment,
+)
+from models.manifest import PluginManifest
+from models.runners.onnx import OnnxRunner
+
+from .chest import (
+    CARDIOMEGALY_THRESHOLD,
+    ChestMasks,
+    cardiomegaly_probability,
+    masks_from_logits,
+    measure_ctr,
+    preprocess,
+)
+
+__all__ = [
+    "ABSENT",
+    "ANATOMICAL_STRUCTURE",
+    "CARDIOMEGALY",
+    "CARDIOTHORACIC_RATIO",
+    "HEART",
+    "HEART_WIDTH",
+    "INDETERMINATE",
+    "LUNG",
+    "PRESENT",
+    "THORACIC_WIDTH",
+    "DxChestPlugin",
+]
+
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+LUNG = Code("39607008", "SCT", "Lung")
+HEART = Code("80891009", "SCT", "Heart")
+CARDIOMEGALY = Code("287272002", "SCT", "Cardiomegaly")
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("272519000", "SCT", "Absent")
+INDETERMINATE = Code("82334004", "SCT", "Indeterminate")
+HEART_WIDTH = Code("103355008", "SCT", "Width")
+THORACIC_WIDTH = Code("11864-6", "LN", "Transverse Thoracic Diameter")
+# No standard code exists for the radiographic cardiothoracic ratio; a private scheme
+# ("99" prefix, PS3.16 Section 8) says so honestly rather than borrowing a wrong one.
+CARDIOTHORACIC_RATIO = Code("CTR", "99AINODE", "Cardiothoracic ratio")
+MILLIMETRE = Code("mm", "UCUM", "millimeter")
+RATIO = Code("{ratio}", "UCUM", "ratio")
+
+_LATERAL_VIEWS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"})
+
+
+class DxChestPlugin:
+    """``models.api.Plugin`` for CR/DX chest radiographs; built as ``DxChestPlugin(manifest)``."""
+
+    def __init__(self, manifest: PluginManifest) -> None:
+        if manifest.model_path is None:
+            raise ValueError(f"{manifest.key}: the manifest names no model file")
+        self.manifest = manifest
+        self.name = manifest.name
+        self.version = manifest.version
+        self._runner: OnnxRunner | None = None
+
+    def load(self, device: Device) -> None:
+        assert self.manifest.model_path is not None
+        self._runner = OnnxRunner(self.manifest.model_path, device)
+
+    def segment(self, frame: np.ndarray) -> ChestMasks:
+        """Lungs and heart of one (rows, columns) frame at its own resolution."""
+        if self._runner is None:
+            raise RuntimeError(f"{self.name}: call load(device) before run()")
+        (logits,) = self._runner.run({self._runner.input_names[0]: preprocess(frame)})
+        return masks_from_logits(logits[0], frame.shape)
+
+    def run(self, series: PluginInput) -> Findings:
+        frames = series.pixels.shape[0]
+        lungs = np.zeros(series.shape, dtype=bool)
+        heart = np.zeros(series.shape, dtype=bool)
+        measured: ChestMasks | None = None
+        for index in range(frames):
+            if self._is_lateral(series, index):
+                continue
+            masks = self.segment(series.pixels[index])
+            lungs[index], heart[index] = masks.lungs, masks.heart
+            if measured is None and masks.complete:
+                measured = masks
+        algorithm = AlgorithmIdentification(self.name, self.version)
+        if measured is None:
+            # nothing plausible to measure: say so rather than report a meaningless ratio
+            return Findings(
+                algorithm=algorithm,
+                study_evaluations=(QualitativeEvaluation(CARDIOMEGALY, INDETERMINATE),),
+            )
+        ctr = measure_ctr(measured.lungs, measured.heart, series.pixel_spacing[1])
+        ratio = round(ctr.ratio, 3)  # the value reported is the value the decision uses
+        probability = cardiomegaly_probability(ratio)
+        present = ratio > CARDIOMEGALY_THRESHOLD
+        segments = (
+            Segment("lungs", "Lungs", ANATOMICAL_STRUCTURE, LUNG, lungs, color_rgb=(80, 140, 255)),
+            Segment("heart", "Heart", ANATOMICAL_STRUCTURE, HEART, heart, color_rgb=(255, 80, 80)),
+        )
+        findings = (
+            Finding(
+                tracking_id="heart",
+                finding_type=HEART,
+                segment_key="heart",
+                measurements=(Measurement(HEART_WIDTH, round(ctr.heart_width_mm, 1), MILLIMETRE),),
+            ),
+            Finding(
+                tracking_id="lungs",
+                finding_type=LUNG,
+                segment_key="lungs",
+                measurements=(
+                    Measurement(THORACIC_WIDTH, round(ctr.thoracic_width_mm, 1), MILLIMETRE),
+                ),
+            ),
+        )
+        return Findings(
+            algorithm=algorithm,
+            segments=segments,
+            findings=findings,
+            study_measurements=(Measurement(CARDIOTHORACIC_RATIO, ratio, RATIO),),
+            study_evaluations=(
+                QualitativeEvaluation(
+                    CARDIOMEGALY,
+                    PRESENT if present else ABSENT,
+                    confidence=round(probability if present else 1 - probability, 3),
+                ),
+            ),
+        )
+
+    @staticmethod
+    def _is_lateral(series: PluginInput, index: int) -> bool:
+        if len(series.headers) != series.pixels.shape[0]:
+            return False
+        view = str(series.headers[index].get("ViewPosition", "") or "").upper()
+        return view in _LATERAL_VIEWS

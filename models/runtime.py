@@ -1,0 +1,354 @@
+"""``PluginHost``: the one object a worker process uses to run plugins.
+
+It loads each plugin version once per device and keeps it warm across jobs; a new version
+loads beside the old one (instances are keyed by ``name@version``). A job names the last
+plugin of a chain; ``needs`` are resolved first and run in order, each seeing the earlier
+Findings in ``PluginInput.prior``. Every plugin takes its GPU share from ``GpuSlots`` for
+the length of its run, so all worker processes together never exceed the slots. A job has
+a deadline: past it the job fails with ``PluginTimeout`` (an isolated worker is killed; an
+in-process plugin is dropped from the warm set and its slot freed when it returns). A CUDA
+out-of-memory error fails the job with a clear message, or, where the manifest allows
+(``resources.cpu_fallback_on_oom``), retries the plugin on the CPU.
+
+Typical use by the executor::
+
+    host = PluginHost.from_config(node_config)
+    findings = host.run("dx-chest", None, plugin_input)     # newest installed version
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+
+from models.api import Device, DeviceKind, Findings, Plugin, PluginInput
+from models.devices import GpuOutOfMemory, GpuSlots, SlotLease, is_out_of_memory
+from models.discovery import Catalog, discover
+from models.isolation import IsolatedPlugin
+from models.manifest import PluginManifest
+from models.runners.python import instantiate
+
+__all__ = [
+    "ChainResult",
+    "LoadedPlugin",
+    "PluginError",
+    "PluginHost",
+    "PluginState",
+    "PluginTimeout",
+]
+
+log = logging.getLogger(__name__)
+
+
+class PluginError(RuntimeError):
+    """A plugin job failed; the message is what the job's error column should say."""
+
+
+class PluginTimeout(PluginError):
+    """The job ran past its deadline."""
+
+
+class PluginState(StrEnum):
+    LOADED = "loaded"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    key: str
+    device: Device
+    state: PluginState
+    runs: int
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """Findings of every plugin of a chain, in the order they ran (the last is the job's)."""
+
+    findings: MappingProxyType[str, Findings]
+    devices: MappingProxyType[str, Device]
+
+    @property
+    def final(self) -> Findings:
+        return list(self.findings.values())[-1]
+
+
+class _Instance:
+    def __init__(self, plugin: Plugin, device: Device) -> None:
+        self.plugin = plugin
+        self.device = device
+        self.busy = False
+        self.runs = 0
+
+
+class PluginHost:
+    """Warm plugins for one worker process; safe to call from several threads."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        slots: GpuSlots,
+        *,
+        timeout_s: float = 900.0,
+        isolated_retries: int = 1,
+    ) -> None:
+        self.catalog = catalog
+        self.slots = slots
+        self.timeout_s = timeout_s
+        self.isolated_retries = isolated_retries
+        self._instances: dict[tuple[str, Device], _Instance] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: object) -> PluginHost:
+        """Build from a ``node.config.NodeConfig``: its plugin_dirs, devices and jobs timeout."""
+        from node.config import NodeConfig
+
+        assert isinstance(config, NodeConfig)
+        slots = GpuSlots(
+            config.devices.gpus,
+            config.devices.slots_per_gpu,
+            Path(config.storage.data_dir) / "gpu-slots",
+        )
+        return cls(discover(config.plugin_dirs), slots, timeout_s=config.jobs.timeout_s)
+
+    # -- plugin graph --------------------------------------------------------------------------
+
+    def resolve_chain(self, name: str, version: str | None = None) -> tuple[PluginManifest, ...]:
+        """The plugins to run for ``name``: its ``needs`` (depth first, once each), then it."""
+        order: list[PluginManifest] = []
+        visiting: list[str] = []
+
+        def visit(manifest: PluginManifest) -> None:
+            if manifest.name in visiting:
+                cycle = " → ".join([*visiting[visiting.index(manifest.name) :], manifest.name])
+                raise PluginError(f"plugin needs form a cycle: {cycle}")
+            if any(m.name == manifest.name for m in order):
+                return
+            visiting.append(manifest.name)
+            for needed in manifest.needs:
+                try:
+                    visit(self.catalog.get(needed))
+                except KeyError as exc:
+                    raise PluginError(
+                        f"{manifest.key} needs {needed!r}, which is not installed"
+                    ) from exc
+            visiting.pop()
+            order.append(manifest)
+
+        try:
+            target = self.catalog.get(name, version)
+        except KeyError as exc:
+            raise PluginError(str(exc.args[0])) from exc
+        visit(target)
+        return tuple(order)
+
+    # -- warm instances ------------------------------------------------------------------------
+
+    def _take_instance(self, manifest: PluginManifest, device: Device) -> _Instance:
+        """A free warm instance for this version on this device, loading one if needed."""
+        key = (manifest.key, device)
+        with self._lock:
+            instance = self._instances.get(key)
+            if instance is not None and not instance.busy:
+                instance.busy = True
+                return instance
+        plugin: Plugin = (
+            IsolatedPlugin(manifest, retries=self.isolated_retries)
+            if manifest.isolated
+            else instantiate(manifest)
+        )
+        started = time.perf_counter()
+        plugin.load(device)
+        log.info("loaded %s on %s in %.2fs", manifest.key, device, time.perf_counter() - started)
+        instance = _Instance(plugin, device)
+        instance.busy = True
+        with self._lock:
+            self._instances.setdefault(key, instance)
+        return instance
+
+    def _return_instance(self, manifest: PluginManifest, instance: _Instance) -> None:
+        with self._lock:
+            instance.busy = False
+            instance.runs += 1
+
+    def _drop_instance(self, manifest: PluginManifest, instance: _Instance) -> None:
+        with self._lock:
+            key = (manifest.key, instance.device)
+            if self._instances.get(key) is instance:
+                del self._instances[key]
+        if isinstance(instance.plugin, IsolatedPlugin):
+            instance.plugin.kill()
+
+    def loaded(self) -> tuple[LoadedPlugin, ...]:
+        with self._lock:
+            return tuple(
+                LoadedPlugin(
+                    key,
+                    device,
+                    PluginState.BUSY if instance.busy else PluginState.LOADED,
+                    instance.runs,
+                )
+                for (key, device), instance in sorted(
+                    self._instances.items(), key=lambda item: (item[0][0], str(item[0][1]))
+                )
+            )
+
+    def warm_up(self, name: str, version: str | None = None) -> None:
+        """Load a plugin (and what it needs) now, e.g. a new version beside the running one."""
+        for manifest in self.resolve_chain(name, version):
+            lease = self.slots.acquire(
+                manifest.resources.gpu, memory_limit_mb=manifest.resources.memory_mb
+            )
+            try:
+                instance = self._take_instance(manifest, lease.device)
+                self._return_instance(manifest, instance)
+            finally:
+                lease.release()
+
+    def close(self) -> None:
+        with self._lock:
+            instances, self._instances = list(self._instances.values()), {}
+        for instance in instances:
+            if isinstance(instance.plugin, IsolatedPlugin):
+                instance.plugin.close()
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _run_with_deadline(
+        self,
+        manifest: PluginManifest,
+        lease: SlotLease,
+        series: PluginInput,
+        deadline: float,
+    ) -> Findings:
+        """Run on the lease's device; the lease is released when the plugin returns."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            lease.release()
+            raise PluginTimeout(f"{manifest.key}: job deadline passed before it started")
+        try:
+            instance = self._take_instance(manifest, lease.device)
+        except BaseException:
+            lease.release()
+            raise
+        outcome: dict[str, object] = {}
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome["findings"] = instance.plugin.run(series)
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                lease.release()
+                finished.set()
+
+        thread = threading.Thread(target=work, name=f"plugin-{manifest.key}", daemon=True)
+        thread.start()
+        if not finished.wait(deadline - time.monotonic()):
+            self._drop_instance(manifest, instance)
+            raise PluginTimeout(
+                f"{manifest.key} did not finish within the job timeout "
+                f"({self.timeout_s:.0f}s or the job's own)"
+            )
+        if "error" in outcome:
+            error = outcome["error"]
+            assert isinstance(error, BaseException)
+            if isinstance(instance.plugin, IsolatedPlugin) and instance.plugin.pid is None:
+                self._drop_instance(manifest, instance)
+            else:
+                self._return_instance(manifest, instance)
+            raise error
+        self._return_instance(manifest, instance)
+        findings = outcome["findings"]
+        if not isinstance(findings, Findings):
+            raise PluginError(
+                f"{manifest.key}.run returned {type(findings).__name__}, not models.api.Findings"
+            )
+        return findings
+
+    def _run_one(
+        self, manifest: PluginManifest, series: PluginInput, deadline: float
+    ) -> tuple[Findings, Device]:
+        resources = manifest.resources
+        wait = max(0.0, deadline - time.monotonic())
+        try:
+            lease = self.slots.acquire(
+                resources.gpu, memory_limit_mb=resources.memory_mb, timeout_s=wait
+            )
+        except TimeoutError as exc:
+            raise PluginTimeout(f"{manifest.key}: {exc}") from exc
+        device = lease.device
+        try:
+            return self._run_with_deadline(manifest, lease, series, deadline), device
+        except PluginError:
+            raise
+        except Exception as exc:
+            if device.kind is DeviceKind.CUDA and (
+                isinstance(exc, GpuOutOfMemory) or is_out_of_memory(exc)
+            ):
+                if not resources.cpu_fallback_on_oom:
+                    raise PluginError(
+                        f"{manifest.key}: CUDA out of memory on {device}; the manifest does not "
+                        f"allow a CPU retry (resources.cpu_fallback_on_oom: false): {exc}"
+                    ) from exc
+                log.warning("%s: CUDA out of memory on %s, retrying on CPU", manifest.key, device)
+                cpu = self.slots.acquire(0)
+                return self._run_with_deadline(manifest, cpu, series, deadline), cpu.device
+            raise PluginError(f"{manifest.key} failed: {type(exc).__name__}: {exc}") from exc
+
+    def run_chain(
+        self,
+        name: str,
+        version: str | None,
+        series: PluginInput,
+        *,
+        timeout_s: float | None = None,
+    ) -> ChainResult:
+        """Run ``name`` (and what it needs, first) on ``series`` within one deadline."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        findings: dict[str, Findings] = {}
+        devices: dict[str, Device] = {}
+        for manifest in self.resolve_chain(name, version):
+            accepted = manifest.input.modalities
+            if accepted and series.modality not in accepted:
+                raise PluginError(
+                    f"{manifest.key} accepts modalities {list(accepted)}, "
+                    f"the series is {series.modality}"
+                )
+            given = replace(series, prior=MappingProxyType(dict(findings)))
+            result, device = self._run_one(manifest, given, deadline)
+            shapes = {segment.mask.shape for segment in result.segments}
+            if shapes and shapes != {series.shape}:
+                raise PluginError(
+                    f"{manifest.key} returned masks of shape {sorted(shapes)}, "
+                    f"the input is {series.shape}"
+                )
+            findings[manifest.name] = result
+            devices[manifest.name] = device
+        return ChainResult(MappingProxyType(findings), MappingProxyType(devices))
+
+    def run(
+        self,
+        name: str,
+        version: str | None,
+        series: PluginInput,
+        *,
+        timeout_s: float | None = None,
+    ) -> Findings:
+        """The job's Findings: those of the last plugin of the chain."""
+        return self.run_chain(name, version, series, timeout_s=timeout_s).final
+
+
+def catalog_of(manifests: Sequence[PluginManifest]) -> Catalog:
+    """A Catalog of given manifests (tests, tools), in name then version order."""
+    from models.discovery import version_key
+
+    return Catalog(tuple(sorted(manifests, key=lambda m: (m.name, version_key(m.version)))))

@@ -1,0 +1,174 @@
+"""Sub-commands of the receiving side: ``serve``, ``studies``, ``send`` and ``echo``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from node.config import ConfigError, NodeConfig, load_node_config
+from node.db import connect
+
+DEFAULT_CONFIG = Path("config/node.yaml")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the node: SCP, assembler and stages")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
+    serve.set_defaults(func=cmd_serve)
+
+    studies = subparsers.add_parser("studies", help="list received studies (no patient names)")
+    studies.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
+    studies.add_argument("--limit", type=int, default=50, help="newest N studies (default 50)")
+    studies.set_defaults(func=cmd_studies)
+
+    send = subparsers.add_parser("send", help="C-STORE files or folders to a DICOM peer")
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument("--to", required=True, metavar="AET@HOST:PORT", help="destination AE")
+    send.add_argument("--aet", default="AINODE", help="our calling AE title (default AINODE)")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds per response")
+    send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(func=cmd_send)
+
+    echo = subparsers.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo.add_argument("peer", metavar="AET@HOST:PORT")
+    echo.add_argument("--aet", default="AINODE", help="our calling AE title (default AINODE)")
+    echo.add_argument("--timeout", type=float, default=30.0)
+    echo.set_defaults(func=cmd_echo)
+
+
+def _load(path: Path) -> NodeConfig | None:
+    try:
+        return load_node_config(path)
+    except ConfigError as exc:
+        print(f"ainode: bad configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node.service import Node
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    node = Node(config)
+    try:
+        node.start()
+    except OSError as exc:
+        listener = config.listener
+        print(
+            f"ainode: cannot serve on {listener.host}:{listener.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+
+    def on_signal(signum: int, frame: object) -> None:
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not node.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    conn = connect(config.storage.database_path)
+    try:
+        rows = conn.execute(
+            "SELECT s.study_instance_uid AS uid, s.state, s.version, s.study_date, "
+            "s.last_received_at, "
+            "(SELECT COUNT(*) FROM instances i WHERE i.study_instance_uid = s.study_instance_uid)"
+            " AS instances, "
+            "(SELECT COUNT(*) FROM series r WHERE r.study_instance_uid = s.study_instance_uid)"
+            " AS series, "
+            "(SELECT group_concat(DISTINCT r.modality) FROM series r "
+            " WHERE r.study_instance_uid = s.study_instance_uid) AS modalities, "
+            "(SELECT group_concat(DISTINCT r.body_part_examined) FROM series r "
+            " WHERE r.study_instance_uid = s.study_instance_uid) AS body_parts "
+            "FROM studies s ORDER BY s.last_received_at DESC LIMIT ?",
+            (args.limit,),
+        ).fetchall()
+    finally:
+        conn.close()
+    header = f"{'STUDY INSTANCE UID':<64}  {'STATE':<9} {'VER':>3} {'SER':>3} {'INST':>5}  "
+    header += f"{'MODALITY':<10} {'BODY PART':<12} {'DATE':<8}  LAST RECEIVED"
+    print(header)
+    for row in rows:
+        received = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["last_received_at"]))
+        print(
+            f"{row['uid']:<64}  {row['state']:<9} {row['version']:>3} {row['series']:>3} "
+            f"{row['instances']:>5}  {(row['modalities'] or '-'):<10} "
+            f"{(row['body_parts'] or '-'):<12} {(row['study_date'] or '-'):<8}  {received}"
+        )
+    return 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr for sends of many files."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self._last < 0.2:
+            return
+        self._last = now
+        width = 30
+        filled = width * done // max(total, 1)
+        rate = done / max(now - self._started, 1e-6)
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.0f} inst/s"
+        )
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from node.scu import AssociationFailed, Peer, send
+
+    try:
+        peer = Peer.parse(args.to)
+    except ValueError as exc:
+        print(f"ainode send: {exc}", file=sys.stderr)
+        return 2
+    progress = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        report = send(args.paths, peer, args.aet, args.timeout, progress=progress)
+    except AssociationFailed as exc:
+        print(f"ainode send: {exc}", file=sys.stderr)
+        return 1
+    for failure in report.failed:
+        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    print(f"sent {report.sent}, failed {len(report.failed)}")
+    return 0 if report.ok else 1
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from node.scu import AssociationFailed, Peer, echo
+
+    try:
+        peer = Peer.parse(args.peer)
+        status = echo(peer, args.aet, args.timeout)
+    except ValueError as exc:
+        print(f"ainode echo: {exc}", file=sys.stderr)
+        return 2
+    except AssociationFailed as exc:
+        print(f"ainode echo: {exc}", file=sys.stderr)
+        return 1
+    print(f"C-ECHO {peer}: status 0x{status:04X}")
+    return 0 if status == 0 else 1

@@ -1,0 +1,504 @@
+"""The index: header attributes of every stored instance, written in one transaction each.
+
+``parse_header`` reads a received dataset only up to its pixel data and returns an
+``InstanceHeader``; ``Index.store`` records a ``StoredInstance`` (header + where and when it
+arrived) as study, series and instance rows in one ``BEGIN IMMEDIATE … COMMIT``. A study that
+was stable and gets a new or replaced instance is re-opened as a new version for the assembler.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from types import MappingProxyType
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from node.db import connect, transaction
+from node.spool import Spool
+
+#: Elements larger than this (raw bytes) stay out of the ``attributes`` JSON column.
+MAX_ATTRIBUTE_BYTES = 1024
+#: Value representations that are binary, nested or unknown: never in ``attributes``.
+_SKIPPED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
+_NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
+#: Largest inflated header we accept from a deflated transfer syntax (zip-bomb guard).
+MAX_INFLATED_BYTES = 1 << 30
+_PIXEL_DATA_GROUP = 0x7FE0
+
+
+class HeaderError(ValueError):
+    """The dataset cannot be indexed: unreadable, or missing a UID the index keys on."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the index keeps of one instance's header (read without touching pixels)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+    accession_number: str | None = None
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    protocol_name: str | None = None
+    series_number: int | None = None
+    frame_of_reference_uid: str | None = None
+    instance_number: int | None = None
+    image_type: str | None = None
+    image_orientation: str | None = None
+    image_position: str | None = None
+    slice_thickness: float | None = None
+    number_of_frames: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    #: True when the dataset lacked Study/Series Instance UID and the index derived them.
+    uids_derived: bool = False
+    #: Top-level keyword -> value for small, non-binary, non-sequence public elements.
+    attributes: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance whose file is in the spool: its header and how it arrived."""
+
+    header: InstanceHeader
+    path: str  # relative to the spool folder
+    size_bytes: int
+    received_at: float
+    calling_ae: str | None = None
+    called_ae: str | None = None
+    peer_address: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What ``Index.store`` changed."""
+
+    study_version: int
+    replaced_path: str | None  # path of the instance it replaced, None if it was new
+    reopened: bool  # the study was stable and is now collecting a new version
+
+
+def derived_uid(keyword: str, sop_instance_uid: str) -> str:
+    """A stable 2.25 UID standing in for a missing Study or Series Instance UID."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{keyword}:{sop_instance_uid}').int}"
+
+
+def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >> 16 >= _PIXEL_DATA_GROUP
+
+
+def _transfer_syntax_encoding(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated); unknown syntaxes are explicit little endian."""
+    uid = UID(transfer_syntax_uid)
+    try:
+        return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
+    except ValueError:
+        return False, True, False
+
+
+def parse_header(
+    dataset: bytes,
+    transfer_syntax_uid: str,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> InstanceHeader:
+    """Read a C-STORE dataset (no file meta) up to its pixel data.
+
+    ``sop_class_uid``/``sop_instance_uid`` (from the C-STORE request) stand in when the
+    dataset itself lacks them, as some media-directory objects do. Raises ``HeaderError`` for
+    anything that cannot be indexed, including pydicom's own failures on hostile input (a
+    RecursionError from a deeply nested sequence, say).
+    """
+    implicit, little, deflated = _transfer_syntax_encoding(transfer_syntax_uid)
+    try:
+        if deflated:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            dataset = inflater.decompress(dataset, MAX_INFLATED_BYTES)
+        ds = read_dataset(BytesIO(dataset), implicit, little, stop_when=_stop_at_pixels)
+    except HeaderError:
+        raise
+    except (Exception, RecursionError) as exc:
+        raise HeaderError(f"unreadable dataset: {type(exc).__name__}: {exc}"[:200]) from exc
+    return header_from_dataset(ds, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
+
+
+def parse_file_header(path: Path) -> InstanceHeader:
+    """``parse_header`` for a Part-10 file already in the spool (crash recovery)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        meta = ds.file_meta
+        transfer_syntax = str(meta.TransferSyntaxUID)
+        sop_class = str(meta.get("MediaStorageSOPClassUID") or "") or None
+        sop_instance = str(meta.get("MediaStorageSOPInstanceUID") or "") or None
+    except (Exception, RecursionError) as exc:
+        raise HeaderError(f"unreadable file: {type(exc).__name__}: {exc}"[:200]) from exc
+    return header_from_dataset(ds, transfer_syntax, sop_class, sop_instance)
+
+
+def header_from_dataset(
+    ds: Dataset,
+    transfer_syntax_uid: str,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> InstanceHeader:
+    """Pull the indexed attributes out of a (header-only) dataset."""
+    try:
+        return _header_from_dataset(ds, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
+    except HeaderError:
+        raise
+    except (Exception, RecursionError) as exc:
+        raise HeaderError(f"unreadable header: {type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def _header_from_dataset(
+    ds: Dataset,
+    transfer_syntax_uid: str,
+    sop_class_uid: str | None,
+    sop_instance_uid: str | None,
+) -> InstanceHeader:
+    uids = {}
+    fallbacks = {"SOPInstanceUID": sop_instance_uid, "SOPClassUID": sop_class_uid}
+    for keyword, fallback in fallbacks.items():
+        value = _text(ds, keyword) or fallback
+        if not value:
+            raise HeaderError(f"dataset has no {keyword}")
+        uids[keyword] = value
+    derived = False
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(ds, keyword)
+        if not value:
+            # Broken senders omit these; the file is kept as sent and the index files the
+            # instance under a UID derived from its own, so a re-send lands in the same place.
+            value = derived_uid(keyword, uids["SOPInstanceUID"])
+            derived = True
+        uids[keyword] = value
+    return InstanceHeader(
+        uids_derived=derived,
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=transfer_syntax_uid,
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        accession_number=_text(ds, "AccessionNumber"),
+        modality=_text(ds, "Modality"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
+        protocol_name=_text(ds, "ProtocolName"),
+        series_number=_int(ds, "SeriesNumber"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        instance_number=_int(ds, "InstanceNumber"),
+        image_type=_text(ds, "ImageType"),
+        image_orientation=_text(ds, "ImageOrientationPatient"),
+        image_position=_text(ds, "ImagePositionPatient"),
+        slice_thickness=_float(ds, "SliceThickness"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        attributes=MappingProxyType(_attributes(ds)),
+    )
+
+
+def _value(ds: Dataset, keyword: str) -> object:
+    try:
+        return ds.get(keyword)
+    except Exception:  # a malformed value must not stop indexing the rest
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = _value(ds, keyword)
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.strip().strip("\x00").strip()
+    return text or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = _value(ds, keyword)
+    try:
+        return int(value) if value not in (None, "") else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    value = _value(ds, keyword)
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_value(value: object, vr: str) -> object:
+    if isinstance(value, MultiValue | list | tuple):
+        return [_json_value(v, vr) for v in value]
+    if vr in _NUMERIC_VRS:
+        return value if isinstance(value, int | float) else None
+    if vr == "DS":
+        return float(value)  # type: ignore[arg-type]
+    if vr == "IS":
+        return int(value)  # type: ignore[call-overload]
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value).strip()
+
+
+def _attributes(ds: Dataset) -> dict[str, object]:
+    """Top-level public elements small enough to route on, keyword -> JSON value."""
+    attributes: dict[str, object] = {}
+    for tag in list(ds.keys()):
+        if tag.is_private or tag.group == 0x0002 or tag.group >= _PIXEL_DATA_GROUP:
+            continue
+        raw = ds.get_item(tag)
+        vr = getattr(raw, "VR", None)
+        length = getattr(raw, "length", 0) or 0
+        if vr in _SKIPPED_VRS or length > MAX_ATTRIBUTE_BYTES:
+            continue
+        try:
+            element = ds[tag]
+            if element.VR in _SKIPPED_VRS or not element.keyword:
+                continue
+            value = element.value
+            if value is None or value == "":
+                attributes[element.keyword] = None
+                continue
+            attributes[element.keyword] = _json_value(value, element.VR)
+        except Exception:  # one bad value must not cost the whole instance
+            continue
+    return attributes
+
+
+class Index:
+    """Writes instance, series and study rows; one connection shared under a lock.
+
+    SQLite serialises writers anyway, so one connection with a lock avoids busy-waiting
+    between the association threads.
+    """
+
+    def __init__(self, database_path: Path) -> None:
+        self._conn = connect(database_path)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def store(self, instance: StoredInstance) -> StoreOutcome:
+        """Record a stored instance; a duplicate SOP Instance UID replaces the old row."""
+        header = instance.header
+        now = instance.received_at
+        with self._lock, transaction(self._conn) as conn:
+            previous = conn.execute(
+                "SELECT path, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
+                (header.sop_instance_uid,),
+            ).fetchone()
+            version, reopened = self._touch_study(conn, header, now, changed=previous is not None)
+            if previous is not None and previous["study_instance_uid"] != header.study_instance_uid:
+                self._reopen_changed(conn, previous["study_instance_uid"], now)
+            self._upsert_series(conn, header)
+            self._upsert_instance(conn, instance, version)
+        replaced = previous["path"] if previous is not None else None
+        return StoreOutcome(study_version=version, replaced_path=replaced, reopened=reopened)
+
+    def mark_released(self, study_uids: Iterable[str], at: float | None = None) -> None:
+        """Record that the association delivering these studies was released.
+
+        Only studies with nothing newer than the release are marked; the assembler may then
+        make them stable after the shorter ``after_release_s``.
+        """
+        at = time.time() if at is None else at
+        uids = list(study_uids)
+        if not uids:
+            return
+        with self._lock, transaction(self._conn) as conn:
+            conn.executemany(
+                "UPDATE studies SET released_at = ? WHERE study_instance_uid = ? "
+                "AND state = 'receiving' AND last_received_at <= ?",
+                [(at, uid, at) for uid in uids],
+            )
+
+    def indexed_paths(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT path FROM instances")}
+
+    @staticmethod
+    def _touch_study(
+        conn: sqlite3.Connection, header: InstanceHeader, now: float, *, changed: bool
+    ) -> tuple[int, bool]:
+        row = conn.execute(
+            "SELECT state, version FROM studies WHERE study_instance_uid = ?",
+            (header.study_instance_uid,),
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO studies (study_instance_uid, patient_id, patient_name, study_date, "
+                "study_description, accession_number, first_received_at, last_received_at, "
+                "state, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 1)",
+                (
+                    header.study_instance_uid,
+                    header.patient_id,
+                    header.patient_name,
+                    header.study_date,
+                    header.study_description,
+                    header.accession_number,
+                    now,
+                    now,
+                ),
+            )
+            return 1, False
+        reopened = row["state"] == "stable"
+        version = row["version"] + 1 if reopened else row["version"]
+        conn.execute(
+            "UPDATE studies SET state = 'receiving', version = ?, last_received_at = ?, "
+            "released_at = NULL, changed_at = CASE WHEN ? THEN ? ELSE changed_at END, "
+            "patient_id = COALESCE(patient_id, ?), patient_name = COALESCE(patient_name, ?), "
+            "study_date = COALESCE(study_date, ?), "
+            "study_description = COALESCE(study_description, ?), "
+            "accession_number = COALESCE(accession_number, ?) "
+            "WHERE study_instance_uid = ?",
+            (
+                version,
+                now,
+                changed,
+                now,
+                header.patient_id,
+                header.patient_name,
+                header.study_date,
+                header.study_description,
+                header.accession_number,
+                header.study_instance_uid,
+            ),
+        )
+        return version, reopened
+
+    @staticmethod
+    def _reopen_changed(conn: sqlite3.Connection, study_uid: str, now: float) -> None:
+        """An instance moved to another study: its old study changed too."""
+        conn.execute(
+            "UPDATE studies SET version = version + (state = 'stable'), state = 'receiving', "
+            "changed_at = ?, last_received_at = ?, released_at = NULL "
+            "WHERE study_instance_uid = ?",
+            (now, now, study_uid),
+        )
+
+    @staticmethod
+    def _upsert_series(conn: sqlite3.Connection, header: InstanceHeader) -> None:
+        conn.execute(
+            "INSERT INTO series (series_instance_uid, study_instance_uid, modality, "
+            "body_part_examined, series_description, protocol_name, series_number, "
+            "frame_of_reference_uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (series_instance_uid) DO UPDATE SET "
+            "study_instance_uid = excluded.study_instance_uid, "
+            "modality = COALESCE(series.modality, excluded.modality), "
+            "body_part_examined = COALESCE(series.body_part_examined, "
+            "excluded.body_part_examined), "
+            "series_description = COALESCE(series.series_description, "
+            "excluded.series_description), "
+            "protocol_name = COALESCE(series.protocol_name, excluded.protocol_name), "
+            "series_number = COALESCE(series.series_number, excluded.series_number), "
+            "frame_of_reference_uid = COALESCE(series.frame_of_reference_uid, "
+            "excluded.frame_of_reference_uid)",
+            (
+                header.series_instance_uid,
+                header.study_instance_uid,
+                header.modality,
+                header.body_part_examined,
+                header.series_description,
+                header.protocol_name,
+                header.series_number,
+                header.frame_of_reference_uid,
+            ),
+        )
+
+    @staticmethod
+    def _upsert_instance(conn: sqlite3.Connection, instance: StoredInstance, version: int) -> None:
+        header = instance.header
+        conn.execute(
+            "INSERT OR REPLACE INTO instances (sop_instance_uid, series_instance_uid, "
+            "study_instance_uid, sop_class_uid, transfer_syntax_uid, path, size_bytes, "
+            "calling_ae, called_ae, peer_address, received_at, study_version, instance_number, "
+            "image_type, image_orientation, image_position, slice_thickness, number_of_frames, "
+            "rows, columns, attributes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                header.sop_instance_uid,
+                header.series_instance_uid,
+                header.study_instance_uid,
+                header.sop_class_uid,
+                header.transfer_syntax_uid,
+                instance.path,
+                instance.size_bytes,
+                instance.calling_ae,
+                instance.called_ae,
+                instance.peer_address,
+                instance.received_at,
+                version,
+                header.instance_number,
+                header.image_type,
+                header.image_orientation,
+                header.image_position,
+                header.slice_thickness,
+                header.number_of_frames,
+                header.rows,
+                header.columns,
+                json.dumps(dict(header.attributes), ensure_ascii=False, default=str),
+            ),
+        )
+
+
+def recover_spool(spool: Spool, index: Index) -> int:
+    """Index complete spool files whose row a crash prevented; return how many.
+
+    A ``kill -9`` between the rename into the spool and the index commit leaves a whole,
+    fsynced file that was never acknowledged. Indexing it keeps the index and the spool
+    equal; a file that cannot be parsed is removed (it can only be ours if it is whole).
+    """
+    known = index.indexed_paths()
+    recovered = 0
+    for relpath in spool.files():
+        if relpath in known:
+            continue
+        path = spool.path(relpath)
+        try:
+            header = parse_file_header(path)
+        except HeaderError:
+            spool.remove(relpath)
+            continue
+        stat = path.stat()
+        index.store(
+            StoredInstance(
+                header=header, path=relpath, size_bytes=stat.st_size, received_at=stat.st_mtime
+            )
+        )
+        recovered += 1
+    return recovered

@@ -1,0 +1,264 @@
+"""The job table: one job per route match, and every transition of its state machine.
+
+QUEUED → RUNNING → SUCCEEDED | FAILED, or CANCELLED by an operator. A failure that may pass
+(a timeout, a crashed worker, a plugin error) goes back to QUEUED with an exponential backoff
+until ``max_attempts``; a failure that cannot (an undecodable series, a missing plugin) is
+FAILED at once. A job left RUNNING by a crash is re-queued at start-up by ``reconcile``;
+a finished job is never re-run, and a re-opened study brings new route matches, so new jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from node.db import transaction
+from node.dispatch.outbox import RetryPolicy
+
+__all__ = [
+    "Job",
+    "JobState",
+    "cancel",
+    "claim_next",
+    "create_jobs",
+    "fail",
+    "get_job",
+    "list_jobs",
+    "mark_succeeded",
+    "next_due_at",
+    "reconcile",
+    "retry",
+    "retry_failed",
+]
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job with the route match it runs: what to run on which series, and where results go."""
+
+    id: int
+    route_match_id: int
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    timings: Mapping[str, float]
+    study_instance_uid: str
+    study_version: int
+    series_instance_uid: str
+    route_name: str
+    plugin: str
+    plugin_version: str | None
+    destinations: tuple[str, ...]
+    mode: str
+
+
+_SELECT = """
+SELECT j.*, v.study_instance_uid, v.version AS study_version, m.series_instance_uid,
+       m.route_name, m.plugin, m.plugin_version, m.destinations, m.mode
+FROM jobs j
+JOIN route_matches m ON m.id = j.route_match_id
+JOIN study_versions v ON v.id = m.study_version_id
+"""
+
+
+def _job(record: sqlite3.Row) -> Job:
+    return Job(
+        id=record["id"],
+        route_match_id=record["route_match_id"],
+        state=JobState(record["state"]),
+        attempts=record["attempts"],
+        next_attempt_at=record["next_attempt_at"],
+        created_at=record["created_at"],
+        started_at=record["started_at"],
+        finished_at=record["finished_at"],
+        error=record["error"],
+        timings=json.loads(record["timings"] or "{}"),
+        study_instance_uid=record["study_instance_uid"],
+        study_version=record["study_version"],
+        series_instance_uid=record["series_instance_uid"],
+        route_name=record["route_name"],
+        plugin=record["plugin"],
+        plugin_version=record["plugin_version"],
+        destinations=tuple(json.loads(record["destinations"] or "[]")),
+        mode=record["mode"],
+    )
+
+
+def create_jobs(conn: sqlite3.Connection, now: float | None = None) -> int:
+    """Make a QUEUED job for every route match that has none yet; returns how many."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        cursor = conn.execute(
+            """
+            INSERT INTO jobs (route_match_id, state, attempts, next_attempt_at, created_at)
+            SELECT m.id, 'QUEUED', 0, ?, ? FROM route_matches m
+            WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.route_match_id = m.id)
+            ORDER BY m.id
+            """,
+            (now, now),
+        )
+    return cursor.rowcount
+
+
+def reconcile(conn: sqlite3.Connection, policy: RetryPolicy, now: float | None = None) -> int:
+    """At start-up: jobs left RUNNING by a crash go back to QUEUED (or FAILED when that
+    crash used up their last attempt). Returns how many were touched."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        failed = conn.execute(
+            "UPDATE jobs SET state = 'FAILED', finished_at = ?, "
+            "error = 'interrupted by a node restart on its last attempt' "
+            "WHERE state = 'RUNNING' AND attempts >= ?",
+            (now, policy.max_attempts),
+        ).rowcount
+        queued = conn.execute(
+            "UPDATE jobs SET state = 'QUEUED', next_attempt_at = ?, "
+            "error = 'interrupted by a node restart; re-queued' WHERE state = 'RUNNING'",
+            (now,),
+        ).rowcount
+    return failed + queued
+
+
+def claim_next(conn: sqlite3.Connection, now: float | None = None) -> Job | None:
+    """Take the oldest due QUEUED job: RUNNING, one more attempt, started now."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        record = conn.execute(
+            "SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, id LIMIT 1",
+            (now,),
+        ).fetchone()
+        if record is None:
+            return None
+        conn.execute(
+            "UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, started_at = ?, "
+            "finished_at = NULL WHERE id = ?",
+            (now, record["id"]),
+        )
+        return _job(conn.execute(_SELECT + " WHERE j.id = ?", (record["id"],)).fetchone())
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    value = conn.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'QUEUED'").fetchone()
+    return None if value[0] is None else float(value[0])
+
+
+def fail(
+    conn: sqlite3.Connection,
+    job_id: int,
+    error: str,
+    *,
+    retryable: bool,
+    policy: RetryPolicy,
+    timings: Mapping[str, float] | None = None,
+    now: float | None = None,
+) -> JobState:
+    """Record a failed attempt: QUEUED again after a backoff, or FAILED for good."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        record = conn.execute(
+            "SELECT attempts, state FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if record is None or record["state"] != JobState.RUNNING:
+            return JobState(record["state"]) if record else JobState.FAILED
+        attempts = record["attempts"]
+        again = retryable and attempts < policy.max_attempts
+        state = JobState.QUEUED if again else JobState.FAILED
+        conn.execute(
+            "UPDATE jobs SET state = ?, error = ?, next_attempt_at = ?, finished_at = ?, "
+            "timings = ? WHERE id = ?",
+            (
+                state.value,
+                error,
+                now + policy.delay_after(attempts) if again else now,
+                None if again else now,
+                json.dumps(dict(timings or {})),
+                job_id,
+            ),
+        )
+    return state
+
+
+def mark_succeeded(
+    conn: sqlite3.Connection, job_id: int, timings: Mapping[str, float], now: float
+) -> bool:
+    """RUNNING → SUCCEEDED. Call inside the transaction that stores the job's results, so the
+    results, their outbox rows and the state change commit together. False if the job is no
+    longer RUNNING (cancelled meanwhile): the caller must roll back."""
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'SUCCEEDED', finished_at = ?, error = NULL, timings = ? "
+        "WHERE id = ? AND state = 'RUNNING'",
+        (now, json.dumps(dict(timings)), job_id),
+    )
+    return cursor.rowcount == 1
+
+
+def get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
+    record = conn.execute(_SELECT + " WHERE j.id = ?", (job_id,)).fetchone()
+    return None if record is None else _job(record)
+
+
+def list_jobs(conn: sqlite3.Connection, state: JobState | None = None) -> list[Job]:
+    """Jobs (all, or in ``state``), newest first."""
+    if state is None:
+        records = conn.execute(_SELECT + " ORDER BY j.id DESC").fetchall()
+    else:
+        records = conn.execute(
+            _SELECT + " WHERE j.state = ? ORDER BY j.id DESC", (state.value,)
+        ).fetchall()
+    return [_job(r) for r in records]
+
+
+def cancel(conn: sqlite3.Connection, job_id: int, now: float | None = None) -> bool:
+    """Cancel a QUEUED or RUNNING job (a running one is stopped by its executor)."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE jobs SET state = 'CANCELLED', finished_at = ?, error = 'cancelled by operator' "
+            "WHERE id = ? AND state IN ('QUEUED', 'RUNNING')",
+            (now, job_id),
+        )
+    return cursor.rowcount == 1
+
+
+def retry(conn: sqlite3.Connection, job_id: int, now: float | None = None) -> bool:
+    """Queue a FAILED or CANCELLED job again with fresh attempts."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE jobs SET state = 'QUEUED', attempts = 0, next_attempt_at = ?, error = NULL, "
+            "finished_at = NULL WHERE id = ? AND state IN ('FAILED', 'CANCELLED')",
+            (now, job_id),
+        )
+    return cursor.rowcount == 1
+
+
+def retry_failed(conn: sqlite3.Connection, now: float | None = None) -> int:
+    """Queue every FAILED job again; returns how many."""
+    now = time.time() if now is None else now
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE jobs SET state = 'QUEUED', attempts = 0, next_attempt_at = ?, error = NULL, "
+            "finished_at = NULL WHERE state = 'FAILED'",
+            (now,),
+        )
+    return cursor.rowcount

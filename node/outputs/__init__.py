@@ -1,0 +1,18 @@
+"""Findings -> DICOM results: SEG, TID 1500 SR, text SR and burned-in secondary captures.
+
+``build_outputs`` is the entry point; everything else is here for tests and tools.
+"""
+
+from node.outputs.build import ResultInstance, build_outputs
+from node.outputs.context import OutputContext, PredecessorDocument
+from node.outputs.seg import SegmentationGeometryError
+from node.outputs.uids import ResultUids
+
+__all__ = [
+    "OutputContext",
+    "PredecessorDocument",
+    "ResultInstance",
+    "ResultUids",
+    "SegmentationGeometryError",
+    "build_outputs",
+]

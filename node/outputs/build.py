@@ -1,0 +1,80 @@
+"""The one entry point of the outputs stage: Findings + source + context -> result instances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from models.api import Findings, PluginInput
+from node.config import OutputKind
+from node.outputs.burned_in import build_burned_in
+from node.outputs.context import OutputContext
+from node.outputs.seg import build_segmentation
+from node.outputs.sr import build_measurement_report
+from node.outputs.text_sr import build_text_report
+
+
+@dataclass(frozen=True)
+class ResultInstance:
+    """One result object, ready to store and send."""
+
+    kind: OutputKind
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    dataset: Dataset
+
+    @classmethod
+    def of(cls, kind: OutputKind, dataset: Dataset) -> ResultInstance:
+        return cls(
+            kind=kind,
+            sop_class_uid=str(dataset.SOPClassUID),
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            series_instance_uid=str(dataset.SeriesInstanceUID),
+            dataset=dataset,
+        )
+
+    def write(self, path: Path) -> Path:
+        """Write as a Part-10 file (``path`` may be a folder: then ``<kind>-<uid>.dcm``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / f"{self.kind.value}-{self.sop_instance_uid}.dcm"
+        self.dataset.save_as(path, enforce_file_format=True)
+        return path
+
+
+def build_outputs(
+    findings: Findings, source: PluginInput, context: OutputContext
+) -> tuple[ResultInstance, ...]:
+    """Every result the context asks for and the findings can fill.
+
+    A SEG needs segments, a text SR needs report text, a burned-in SC needs segments; kinds
+    the findings cannot fill are skipped, not faked. The TID 1500 SR is built whenever asked
+    (a report that found nothing still says what was looked at); when findings point at
+    segments the SEG is built for it even if the SEG itself is not wanted.
+    Raises ``SegmentationGeometryError`` (a ValueError) when the source geometry cannot be
+    described by a SEG.
+    """
+    results: list[ResultInstance] = []
+    needs_seg = bool(findings.segments) and (
+        context.wants(OutputKind.SEG)
+        or (context.wants(OutputKind.SR) and any(f.segment_key for f in findings.findings))
+    )
+    segmentation = build_segmentation(findings, source, context) if needs_seg else None
+    if segmentation is not None and context.wants(OutputKind.SEG):
+        results.append(ResultInstance.of(OutputKind.SEG, segmentation))
+    if context.wants(OutputKind.SR):
+        report = build_measurement_report(findings, source, context, segmentation)
+        results.append(ResultInstance.of(OutputKind.SR, report))
+    if context.wants(OutputKind.TEXT_SR) and findings.report is not None:
+        results.append(
+            ResultInstance.of(OutputKind.TEXT_SR, build_text_report(findings, source, context))
+        )
+    if context.wants(OutputKind.BURNED_IN_SC) and findings.segments:
+        results.extend(
+            ResultInstance.of(OutputKind.BURNED_IN_SC, dataset)
+            for dataset in build_burned_in(findings, source, context)
+        )
+    return tuple(results)

@@ -1,0 +1,142 @@
+"""Secondary captures with the segmentation burned in, for PACS that cannot show a SEG.
+
+One RGB image per input frame that any segment touches: the frame in grey (the source's
+first window, else its 1st-99th percentile), each segment filled translucently and outlined
+in its display colour. The images are derived, lossy views: they say so (Burned In Annotation,
+Image Type DERIVED\\SECONDARY, Source Image Sequence) and never replace the SEG.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from scipy import ndimage
+
+from models.api import Findings, PluginInput
+from node.config import OutputKind
+from node.outputs.context import OutputContext
+from node.outputs.identity import copy_identity, prepared_header
+from node.outputs.seg import DEFAULT_COLORS, MANUFACTURER
+from node.outputs.uids import ResultUids
+
+FILL_OPACITY = 0.35
+
+
+def patient_orientation(header: Dataset) -> tuple[str, str] | None:
+    """Row and column direction letters (e.g. ("L", "P")) from the header, if it has any."""
+    if "ImageOrientationPatient" in header:
+        cosines = np.array(header.ImageOrientationPatient, float).reshape(2, 3)
+        return (_letters(cosines[0]), _letters(cosines[1]))
+    given = header.get("PatientOrientation")
+    if given and len(given) == 2 and all(given):
+        return (str(given[0]), str(given[1]))
+    return None
+
+
+def _letters(direction: np.ndarray) -> str:
+    """The dominant direction's letter (highdicom accepts one letter per direction)."""
+    names = (("L", "R"), ("P", "A"), ("H", "F"))
+    axis = int(np.argmax(np.abs(direction)))
+    return names[axis][0 if direction[axis] > 0 else 1]
+
+
+def _states_spacing(header: Dataset) -> bool:
+    """Whether the source says its pixel spacing (the loader assumes 1 mm where it does not)."""
+    if header.get("PixelSpacing") or header.get("ImagerPixelSpacing"):
+        return True
+    groups = [
+        *header.get("SharedFunctionalGroupsSequence", []),
+        *header.get("PerFrameFunctionalGroupsSequence", [])[:1],
+    ]
+    return any("PixelMeasuresSequence" in group for group in groups)
+
+
+def _first(value: object) -> float:
+    return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)  # type: ignore[index,arg-type]
+
+
+def _grey(frame: np.ndarray, header: Dataset) -> np.ndarray:
+    center, width = header.get("WindowCenter"), header.get("WindowWidth")
+    if center is not None and width is not None:
+        center, width = _first(center), _first(width)
+        low, high = center - width / 2, center + width / 2
+    else:
+        low, high = np.percentile(frame, (1, 99))
+    if high <= low:
+        high = low + 1
+    return (np.clip((frame - low) / (high - low), 0, 1) * 255).astype(np.float32)
+
+
+def build_burned_in(
+    findings: Findings, source: PluginInput, context: OutputContext
+) -> list[hd.sc.SCImage]:
+    """One secondary capture per frame with any segmented pixel, in input frame order."""
+    uids = ResultUids(context.job_id, context.study_version)
+    headers = {header.SOPInstanceUID: header for header in source.headers}
+    masks = [
+        (
+            s.mask if s.mask.dtype == np.bool_ else s.mask >= 0.5,
+            np.array(s.color_rgb or DEFAULT_COLORS[n % len(DEFAULT_COLORS)], np.float32),
+        )
+        for n, s in enumerate(findings.segments)
+    ]
+    touched = np.flatnonzero(np.any([mask.any(axis=(1, 2)) for mask, _ in masks], axis=0))
+    images = []
+    for number, index in enumerate(touched, 1):
+        frame = source.sources[index]
+        header = prepared_header(headers[frame.sop_instance_uid])
+        grey = _grey(source.pixels[index], header)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        for mask, color in masks:
+            plane = mask[index]
+            if not plane.any():
+                continue
+            rgb[plane] = (1 - FILL_OPACITY) * rgb[plane] + FILL_OPACITY * color
+            edge = plane & ~ndimage.binary_erosion(plane)
+            rgb[edge] = color
+        orientation = patient_orientation(header)
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=header,
+            pixel_array=rgb.round().astype(np.uint8),
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=uids.series(OutputKind.BURNED_IN_SC),
+            series_number=context.series_number_of(OutputKind.BURNED_IN_SC),
+            sop_instance_uid=uids.instance(OutputKind.BURNED_IN_SC, int(index)),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+            pixel_spacing=source.pixel_spacing if _states_spacing(header) else None,
+            patient_orientation=orientation or ("L", "F"),
+            series_description=context.series_description(OutputKind.BURNED_IN_SC),
+            manufacturer_model_name=context.plugin_name[:64],
+            software_versions=context.software_versions,
+        )
+        if orientation is None:
+            image.PatientOrientation = None  # unknown: Type 2, left empty rather than guessed
+        image.ImageType = ["DERIVED", "SECONDARY"]
+        image.BurnedInAnnotation = "YES"
+        image.DerivationDescription = (
+            f"Segmentation by {findings.algorithm.name} {findings.algorithm.version} "
+            "burned into the source image"
+        )[:1024]
+        if context.not_for_diagnostic_use:
+            image.ImageComments = "NOT FOR DIAGNOSTIC USE"
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = frame.sop_class_uid
+        reference.ReferencedSOPInstanceUID = frame.sop_instance_uid
+        if frame.frame_number is not None:
+            reference.ReferencedFrameNumber = frame.frame_number
+        image.SourceImageSequence = [reference]
+        for keyword in ("BodyPartExamined", "Laterality"):
+            if header.get(keyword):
+                image[keyword] = header[keyword]
+        if "BodyPartExamined" not in image and "Laterality" not in image:
+            image.Laterality = None  # Type 2C when the body part is unknown: present, empty
+        copy_identity(image, header)
+        if context.institution_name:
+            image.InstitutionName = context.institution_name
+        images.append(image)
+    return images

@@ -1,0 +1,317 @@
+"""Findings' segments as a DICOM Segmentation (highdicom) that viewers place correctly.
+
+Every frame of the source is encoded for every segment, empty or not (viewers misplace
+sparse SEGs), and every SEG frame references its source image or source frame. Geometry comes
+from the source headers through highdicom, so it equals the source frame by frame, including
+gantry-tilted stacks and enhanced multi-frame images. Sources whose frames cannot be described
+by one SEG raise ``SegmentationGeometryError`` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from models.api import Findings, PluginInput, Segment
+from node.config import OutputKind
+from node.outputs.context import OutputContext
+from node.outputs.identity import copy_identity, prepared_header
+from node.outputs.uids import ResultUids
+
+# Distinguishable default colours (RGB) for segments that do not name one.
+DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 64, 64),
+    (64, 160, 255),
+    (64, 220, 96),
+    (255, 200, 0),
+    (200, 96, 255),
+    (0, 220, 220),
+    (255, 128, 0),
+    (255, 96, 192),
+)
+
+MANUFACTURER = "ainode"
+
+
+class SegmentationGeometryError(ValueError):
+    """The source frames cannot be described by one Segmentation instance."""
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """How the input frames map onto the source instances handed to highdicom.
+
+    ``frame_order[i]`` is the input frame that becomes SEG source position i, or -1 where a
+    multi-frame source has a frame the plugin did not get (encoded empty).
+    """
+
+    images: tuple[Dataset, ...]
+    frame_order: tuple[int, ...]
+
+
+def segment_tracking_ids(findings: Findings) -> dict[str, str]:
+    """Tracking id of each segment: the finding that points at it, else the segment key."""
+    tracking = {segment.key: segment.key for segment in findings.segments}
+    for finding in findings.findings:
+        if finding.segment_key is not None:
+            tracking[finding.segment_key] = finding.tracking_id
+    return tracking
+
+
+def segment_numbers(findings: Findings) -> dict[str, int]:
+    """1-based SEG segment number of each segment key, in Findings order."""
+    return {segment.key: number for number, segment in enumerate(findings.segments, 1)}
+
+
+def source_layout(source: PluginInput) -> SourceLayout:
+    """Match input frames to source headers; single-frame stacks or one multi-frame image."""
+    headers = {header.SOPInstanceUID: header for header in source.headers}
+    missing = sorted({f.sop_instance_uid for f in source.sources} - headers.keys())
+    if missing:
+        raise SegmentationGeometryError(
+            f"{len(missing)} source frames name instances that are not among the headers "
+            f"(e.g. {missing[0]}); PluginInput.headers must hold one header per instance"
+        )
+    multi = [f for f in source.sources if f.frame_number is not None]
+    if not multi:
+        uids = [f.sop_instance_uid for f in source.sources]
+        if len(set(uids)) != len(uids):
+            raise SegmentationGeometryError(
+                "the same single-frame instance appears twice among the input frames"
+            )
+        images = tuple(prepared_header(headers[uid]) for uid in uids)
+        return SourceLayout(images, tuple(range(len(uids))))
+    if len(multi) != len(source.sources):
+        raise SegmentationGeometryError(
+            "the input mixes single-frame and multi-frame sources; one SEG cannot reference both"
+        )
+    instances = {f.sop_instance_uid for f in multi}
+    if len(instances) != 1:
+        raise SegmentationGeometryError(
+            f"the input frames come from {len(instances)} multi-frame instances; a SEG is "
+            "built over one multi-frame source (split the series per instance)"
+        )
+    header = headers[multi[0].sop_instance_uid]
+    number_of_frames = int(header.get("NumberOfFrames", 1))
+    order = [-1] * number_of_frames
+    for index, frame in enumerate(multi):
+        assert frame.frame_number is not None
+        if not 1 <= frame.frame_number <= number_of_frames:
+            raise SegmentationGeometryError(
+                f"input frame {index} names frame {frame.frame_number} of an instance with "
+                f"{number_of_frames} frames"
+            )
+        if order[frame.frame_number - 1] != -1:
+            raise SegmentationGeometryError(f"source frame {frame.frame_number} appears twice")
+        order[frame.frame_number - 1] = index
+    return SourceLayout((_shared_geometry(prepared_header(header)),), tuple(order))
+
+
+def _values(item: Dataset, keyword: str) -> tuple[float, ...]:
+    group = item[keyword][0]
+    fields = {
+        "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+        "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    }[keyword]
+    values: list[float] = []
+    for name in fields:
+        value = group.get(name)
+        if value is None or value == "":
+            values.append(float("nan"))
+        else:
+            values.extend(float(v) for v in (value if isinstance(value, Sequence) else [value]))
+    return tuple(values)
+
+
+def _shared_geometry(header: Dataset) -> Dataset:
+    """A multi-frame header whose geometry is laid out the way highdicom reads it.
+
+    highdicom takes pixel measures and orientation from the shared functional groups and
+    positions from the per-frame ones. Vendors put them either way (Siemens XA and Philips
+    repeat measures and orientation per frame; some put one position in the shared group).
+    Both layouts mean the same; this rewrites a copy so that a per-frame group that is the
+    same for every frame is shared and a shared position is repeated per frame. Frames whose
+    orientation or pixel spacing really differ cannot share one SEG geometry: that raises.
+    """
+    if "PerFrameFunctionalGroupsSequence" not in header:
+        raise SegmentationGeometryError(
+            "the multi-frame source has no Per-frame Functional Groups Sequence, so its frame "
+            "geometry is unknown"
+        )
+    shared = Dataset()
+    if header.get("SharedFunctionalGroupsSequence"):
+        for element in header.SharedFunctionalGroupsSequence[0]:
+            shared.add(element)
+    frames = []
+    for item in header.PerFrameFunctionalGroupsSequence:
+        frame = Dataset()
+        for element in item:
+            frame.add(element)
+        frames.append(frame)
+    for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if keyword in shared:
+            continue
+        if not all(keyword in frame for frame in frames):
+            raise SegmentationGeometryError(
+                f"the multi-frame source lacks {keyword} for some frames; its geometry is unknown"
+            )
+        first = _values(frames[0], keyword)
+        for number, frame in enumerate(frames, 1):
+            if not np.allclose(_values(frame, keyword), first, atol=1e-4, equal_nan=True):
+                what = "pixel spacing" if keyword == "PixelMeasuresSequence" else "orientation"
+                raise SegmentationGeometryError(
+                    f"frame {number} of the multi-frame source has another {what} than frame 1; "
+                    "one SEG shares a single orientation and pixel spacing over its frames"
+                )
+        shared[keyword] = frames[0][keyword]
+        for frame in frames:
+            del frame[keyword]
+    if "PlanePositionSequence" in shared:
+        for frame in frames:
+            if "PlanePositionSequence" not in frame:
+                frame["PlanePositionSequence"] = shared["PlanePositionSequence"]
+        del shared["PlanePositionSequence"]
+    header.SharedFunctionalGroupsSequence = [shared]
+    header.PerFrameFunctionalGroupsSequence = frames
+    return header
+
+
+def _binary(mask: np.ndarray) -> np.ndarray:
+    return mask if mask.dtype == np.bool_ else mask >= 0.5
+
+
+def _source_order(masks: Sequence[np.ndarray], layout: SourceLayout) -> list[np.ndarray]:
+    """The masks with their frames in source order (empty where the plugin had no frame)."""
+    order = np.asarray(layout.frame_order)
+    if len(order) == masks[0].shape[0] and np.array_equal(order, np.arange(len(order))):
+        return list(masks)
+    present = np.flatnonzero(order >= 0)
+    reordered = []
+    for mask in masks:
+        full = np.zeros((len(order), *mask.shape[1:]), mask.dtype)
+        full[present] = mask[order[present]]
+        reordered.append(full)
+    return reordered
+
+
+def segmentation_pixels(
+    segments: Sequence[Segment], layout: SourceLayout, fractional: bool
+) -> np.ndarray:
+    """The array highdicom encodes fastest for these masks, frames in source order.
+
+    Non-overlapping binary masks become one uint8 label map (frames, rows, columns), which
+    highdicom checks with a single max() instead of summing a 4D stack; overlapping masks
+    and probability maps stay a (frames, rows, columns, segments) stack.
+    """
+    if fractional:
+        masks = _source_order([np.clip(s.mask, 0.0, 1.0) for s in segments], layout)
+        return np.stack(masks, axis=-1).astype(np.float32, copy=False)
+    masks = _source_order([_binary(s.mask) for s in segments], layout)
+    if len(masks) < 256:
+        labels = np.zeros(masks[0].shape, np.uint8)
+        painted = 0
+        for number, mask in enumerate(masks, 1):
+            np.putmask(labels, mask, number)
+            painted += int(np.count_nonzero(mask))
+        if painted == int(np.count_nonzero(labels)):
+            return labels
+    return np.stack(masks, axis=-1)
+
+
+def _projection_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
+    """Geometry of a SEG over a projection image (no patient frame of reference).
+
+    Patient Orientation is Type 2C there: the source's, or empty. Pixel measures are optional
+    without a frame of reference, and highdicom copies a radiograph's PixelSpacing without a
+    slice thickness, which readers (highdicom's own segread) reject; the SEG then goes without.
+    """
+    if "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation") or None
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if measures and "SliceThickness" not in measures[0]:
+        del shared.PixelMeasuresSequence
+
+
+def build_segmentation(
+    findings: Findings, source: PluginInput, context: OutputContext
+) -> hd.seg.Segmentation:
+    """The SEG of all of ``findings.segments`` over the input frames (at least one segment)."""
+    if not findings.segments:
+        raise ValueError("build_segmentation needs at least one segment")
+    shape = findings.segments[0].mask.shape
+    if shape != source.shape:
+        raise ValueError(
+            f"segment masks have shape {shape} but the input is {source.shape}; masks must "
+            "cover the input frame for frame"
+        )
+    layout = source_layout(source)
+    fractional = context.fractional_segmentation and all(
+        np.issubdtype(s.mask.dtype, np.floating) for s in findings.segments
+    )
+    uids = ResultUids(context.job_id, context.study_version)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=findings.algorithm.name,
+        version=findings.algorithm.version,
+        family=codes.cid7162.ArtificialIntelligence,
+    )
+    tracking = segment_tracking_ids(findings)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=segment.label[:64],
+            segmented_property_category=segment.category,
+            segmented_property_type=segment.type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=uids.tracking(tracking[segment.key]),
+            tracking_id=tracking[segment.key][:64],
+            anatomic_regions=[segment.anatomic_site] if segment.anatomic_site else None,
+            display_color=hd.color.CIELabColor.from_rgb(
+                *(segment.color_rgb or DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)])
+            ),
+        )
+        for number, segment in enumerate(findings.segments, 1)
+    ]
+    pixels = segmentation_pixels(findings.segments, layout, fractional)
+    description = (
+        "NOT FOR DIAGNOSTIC USE. " if context.not_for_diagnostic_use else ""
+    ) + f"Produced by {findings.algorithm.name} {findings.algorithm.version}"
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(layout.images),
+            pixel_array=pixels,
+            segmentation_type=(
+                hd.seg.SegmentationTypeValues.FRACTIONAL
+                if fractional
+                else hd.seg.SegmentationTypeValues.BINARY
+            ),
+            segment_descriptions=descriptions,
+            series_instance_uid=uids.series(OutputKind.SEG),
+            series_number=context.series_number_of(OutputKind.SEG),
+            sop_instance_uid=uids.instance(OutputKind.SEG),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=context.plugin_name[:64],
+            software_versions=context.software_versions,
+            device_serial_number=f"ainode-{context.ainode_version}",
+            content_label=context.content_label,
+            content_description=description[:64],
+            series_description=context.series_description(OutputKind.SEG),
+            omit_empty_frames=False,
+        )
+    except (ValueError, AttributeError, KeyError) as exc:
+        raise SegmentationGeometryError(
+            f"highdicom cannot build a SEG over this source ({type(exc).__name__}: {exc})"
+        ) from exc
+    copy_identity(seg, layout.images[0])
+    if "FrameOfReferenceUID" not in seg:
+        _projection_geometry(seg, layout.images[0])
+    if context.institution_name:
+        seg.InstitutionName = context.institution_name
+    return seg

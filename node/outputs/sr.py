@@ -1,0 +1,243 @@
+"""Findings as a TID 1500 Measurement Report (highdicom Comprehensive SR).
+
+One measurement group per Finding (tracking id and UID, finding type and site, measurements in
+UCUM units, qualitative evaluations). A finding with a segment is a volumetric ROI group
+(TID 1411) that references the SEG segment and the source images it lies on, also on
+single-frame sources: TID 1410's segmentation-frame reference names both a frame and a
+segment, which the Image Reference Macro forbids (dciodvfy rejects it). A finding without a
+segment is a TID 1501 group listing the source images; the study-level results are a TID 1501
+group of their own (about the whole series, whose images are the evidence). The SEG and the
+sources are the evidence. A re-run of a newer study version names the report it supersedes
+in the Predecessor Documents Sequence.
+
+Comprehensive SR, not Comprehensive 3D SR: ROIs are SEG references, never 3D coordinates,
+and Comprehensive SR is the class more PACS and viewers accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from models.api import Finding, Findings, Measurement, PluginInput, QualitativeEvaluation
+from node.config import OutputKind
+from node.outputs.context import OutputContext, PredecessorDocument
+from node.outputs.identity import copy_identity, prepared_header
+from node.outputs.seg import MANUFACTURER, segment_numbers
+from node.outputs.uids import ResultUids, device_observer_uid
+
+# Procedure reported when the context names none: the modality's "unspecified body region".
+PROCEDURE_BY_MODALITY: dict[str, Code] = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+    "CR": codes.LN.XRUnspecifiedBodyRegion,
+    "DX": codes.LN.XRUnspecifiedBodyRegion,
+}
+IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging")
+STUDY_TRACKING_ID = "Study-level results"
+
+
+def procedure_reported(source: PluginInput, context: OutputContext) -> Code:
+    if context.procedure_reported is not None:
+        return context.procedure_reported
+    return PROCEDURE_BY_MODALITY.get(source.modality.upper(), IMAGING_PROCEDURE)
+
+
+def observation_context(context: OutputContext) -> hd.sr.ObservationContext:
+    """The plugin as the observing device (same UID for every job of one plugin version)."""
+    return hd.sr.ObservationContext(
+        observer_person_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=device_observer_uid(context.plugin_name, context.plugin_version),
+                name=context.plugin_name[:64],
+                manufacturer_name=MANUFACTURER,
+                model_name=f"{context.plugin_name} {context.plugin_version}"[:64],
+            ),
+        )
+    )
+
+
+def _evaluations(items: Sequence[QualitativeEvaluation]) -> list[hd.sr.QualitativeEvaluation]:
+    """Qualitative evaluations; a confidence becomes a Probability (0-1) property of it."""
+    evaluations = []
+    for item in items:
+        evaluation = hd.sr.QualitativeEvaluation(item.concept, item.value)
+        if item.confidence is not None:
+            evaluation[0].ContentSequence = [
+                hd.sr.NumContentItem(
+                    name=codes.DCM.Probability,
+                    value=item.confidence,
+                    unit=Code("1", "UCUM", "no units"),
+                    relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+                )
+            ]
+        evaluations.append(evaluation)
+    return evaluations
+
+
+def _measurements(items: Sequence[Measurement]) -> list[hd.sr.Measurement]:
+    return [hd.sr.Measurement(name=m.concept, value=m.value, unit=m.unit) for m in items]
+
+
+def _source_images(source: PluginInput) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """One reference per source instance (multi-frame: with the frames the plugin got)."""
+    frames: dict[tuple[str, str], list[int]] = {}
+    for frame in source.sources:
+        numbers = frames.setdefault((frame.sop_class_uid, frame.sop_instance_uid), [])
+        if frame.frame_number is not None:
+            numbers.append(frame.frame_number)
+    return [
+        hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=sop_class,
+            referenced_sop_instance_uid=sop_instance,
+            referenced_frame_numbers=sorted(numbers) or None,
+        )
+        for (sop_class, sop_instance), numbers in frames.items()
+    ]
+
+
+def _referenced_segment(
+    segmentation: Dataset, number: int, mask: np.ndarray, source: PluginInput
+) -> hd.sr.ReferencedSegment:
+    """The SEG segment with the source images it lies on (the source series when empty).
+
+    Listing only the frames the segment touches keeps the report small on long series (a
+    nodule on 10 of 300 slices names 10 images, not 300) and tells a reader where to look.
+    No frame numbers on the SEG reference itself: the Image Reference Macro allows a
+    segment number or frame numbers, not both.
+    """
+    touched = np.flatnonzero((mask if mask.dtype == np.bool_ else mask >= 0.5).any(axis=(1, 2)))
+    if len(touched) == 0:
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source.series_instance_uid),
+        )
+    frames: dict[tuple[str, str], list[int]] = {}
+    for index in touched:
+        frame = source.sources[index]
+        numbers = frames.setdefault((frame.sop_class_uid, frame.sop_instance_uid), [])
+        if frame.frame_number is not None:
+            numbers.append(frame.frame_number)
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=number,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=sop_class,
+                referenced_sop_instance_uid=sop_instance,
+                referenced_frame_numbers=sorted(numbers) or None,
+            )
+            for (sop_class, sop_instance), numbers in frames.items()
+        ],
+    )
+
+
+def _finding_group(
+    finding: Finding,
+    findings: Findings,
+    source: PluginInput,
+    segmentation: Dataset | None,
+    uids: ResultUids,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> Dataset:
+    common = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(
+            uid=uids.tracking(finding.tracking_id), identifier=finding.tracking_id[:64]
+        ),
+        "finding_type": finding.finding_type,
+        "finding_sites": (
+            [hd.sr.FindingSite(finding.finding_site)] if finding.finding_site else None
+        ),
+        "algorithm_id": algorithm,
+        "measurements": _measurements(finding.measurements) or None,
+        "qualitative_evaluations": _evaluations(finding.evaluations) or None,
+    }
+    if finding.segment_key is None or segmentation is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=_source_images(source), **common
+        )
+    segment = findings.segment(finding.segment_key)
+    number = segment_numbers(findings)[finding.segment_key]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        referenced_segment=_referenced_segment(segmentation, number, segment.mask, source),
+        finding_category=segment.category,
+        **common,
+    )
+
+
+def _predecessor_dataset(predecessor: PredecessorDocument) -> Dataset:
+    reference = Dataset()
+    reference.StudyInstanceUID = predecessor.study_instance_uid
+    reference.SeriesInstanceUID = predecessor.series_instance_uid
+    reference.SOPInstanceUID = predecessor.sop_instance_uid
+    reference.SOPClassUID = predecessor.sop_class_uid
+    return reference
+
+
+def build_measurement_report(
+    findings: Findings,
+    source: PluginInput,
+    context: OutputContext,
+    segmentation: Dataset | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 report of ``findings``; ``segmentation`` is the SEG built from them."""
+    if not source.headers:
+        raise ValueError("PluginInput.headers is empty: the report needs the source headers")
+    if any(f.segment_key is not None for f in findings.findings) and segmentation is None:
+        raise ValueError("findings reference segments, so the SEG must be built first and passed")
+    uids = ResultUids(context.job_id, context.study_version)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=findings.algorithm.name, version=findings.algorithm.version
+    )
+    groups = [
+        _finding_group(finding, findings, source, segmentation, uids, algorithm)
+        for finding in findings.findings
+    ]
+    if findings.study_measurements or findings.study_evaluations:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uids.tracking(STUDY_TRACKING_ID), identifier=STUDY_TRACKING_ID
+                ),
+                algorithm_id=algorithm,
+                measurements=_measurements(findings.study_measurements) or None,
+                qualitative_evaluations=_evaluations(findings.study_evaluations) or None,
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(context),
+        procedure_reported=procedure_reported(source, context),
+        imaging_measurements=groups or None,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    headers = [prepared_header(header) for header in source.headers]
+    evidence = ([segmentation] if segmentation is not None else []) + headers
+    previous = [_predecessor_dataset(context.predecessor)] if context.predecessor else None
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=uids.series(OutputKind.SR),
+        series_number=context.series_number_of(OutputKind.SR),
+        sop_instance_uid=uids.instance(OutputKind.SR),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=context.plugin_name[:64],
+        software_versions=context.software_versions,
+        is_complete=True,
+        institution_name=context.institution_name,
+        series_description=context.series_description(OutputKind.SR),
+        previous_versions=previous,
+    )
+    copy_identity(sr, headers[0])
+    return sr

@@ -1,0 +1,105 @@
+"""A plugin's draft report text as an Enhanced SR (TID 2000 Basic Diagnostic Imaging Report).
+
+Findings and Impressions sections; the finding text is inferred from key images: for each
+segment the frame where it is largest, or the first input frame when there are no segments.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from models.api import Findings, PluginInput, SourceFrame
+from node.config import OutputKind
+from node.outputs.context import OutputContext
+from node.outputs.identity import copy_identity, prepared_header
+from node.outputs.seg import MANUFACTURER
+from node.outputs.uids import ResultUids
+
+ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
+
+
+def key_frames(findings: Findings, source: PluginInput) -> list[SourceFrame]:
+    """One frame per non-empty segment (largest area), else the first frame; no repeats."""
+    chosen: list[int] = []
+    for segment in findings.segments:
+        area = (segment.mask >= 0.5 if segment.mask.dtype != np.bool_ else segment.mask).sum(
+            axis=(1, 2)
+        )
+        if area.max() > 0 and int(area.argmax()) not in chosen:
+            chosen.append(int(area.argmax()))
+    return [source.sources[i] for i in (chosen or [0])]
+
+
+def _image_reference(frame: SourceFrame) -> hd.sr.ImageContentItem:
+    return hd.sr.ImageContentItem(
+        name=codes.DCM.SourceImage,
+        referenced_sop_class_uid=frame.sop_class_uid,
+        referenced_sop_instance_uid=frame.sop_instance_uid,
+        referenced_frame_numbers=frame.frame_number,
+        relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+    )
+
+
+def build_text_report(
+    findings: Findings, source: PluginInput, context: OutputContext
+) -> hd.sr.EnhancedSR:
+    """The text SR of ``findings.report`` (which must be set)."""
+    if findings.report is None:
+        raise ValueError("build_text_report needs Findings.report")
+    if not source.headers:
+        raise ValueError("PluginInput.headers is empty: the report needs the source headers")
+    uids = ResultUids(context.job_id, context.study_version)
+    finding_text = hd.sr.TextContentItem(
+        name=codes.DCM.Finding,
+        value=findings.report.findings,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    finding_text.ContentSequence = [_image_reference(f) for f in key_frames(findings, source)]
+    findings_section = hd.sr.ContainerContentItem(
+        name=codes.DCM.Findings,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        template_id="2001",
+    )
+    findings_section.ContentSequence = [finding_text]
+    impressions_section = hd.sr.ContainerContentItem(
+        name=codes.DCM.Impressions,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        template_id="2001",
+    )
+    impressions_section.ContentSequence = [
+        hd.sr.TextContentItem(
+            name=codes.DCM.Impression,
+            value=findings.report.impression,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    ]
+    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
+    root.ContentSequence = [
+        hd.sr.CodeContentItem(
+            name=codes.DCM.LanguageOfContentItemAndDescendants,
+            value=ENGLISH,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        ),
+        findings_section,
+        impressions_section,
+    ]
+    headers: list[Dataset] = [prepared_header(header) for header in source.headers]
+    sr = hd.sr.EnhancedSR(
+        evidence=headers,
+        content=root,
+        series_instance_uid=uids.series(OutputKind.TEXT_SR),
+        series_number=context.series_number_of(OutputKind.TEXT_SR),
+        sop_instance_uid=uids.instance(OutputKind.TEXT_SR),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=context.plugin_name[:64],
+        software_versions=context.software_versions,
+        is_complete=True,
+        institution_name=context.institution_name,
+        series_description=context.series_description(OutputKind.TEXT_SR),
+    )
+    copy_identity(sr, headers[0])
+    return sr

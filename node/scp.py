@@ -1,0 +1,304 @@
+"""The storage SCP: C-ECHO and C-STORE over pynetdicom, durable before it says Success.
+
+Each C-STORE dataset is kept as the bytes the peer sent: its header is read up to the pixel
+data, the file (File Meta + those bytes) is written durably to the spool, then the index row
+is committed, and only then is Success returned. Anything that cannot be indexed is answered
+with a failure status and an error comment, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from enum import IntEnum
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import NodeConfig
+from node.index import HeaderError, Index, StoredInstance, parse_header
+from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
+
+LOGGER = logging.getLogger(__name__)
+
+# Accept every storage SOP class, including private and ones newer than pynetdicom (the
+# Label Map SEG, Philips 1.3.46.*, 2.25.*): we store bytes, we do not interpret them.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom's per-message logging handlers cost time on every PDU and log nothing we want.
+_config.LOG_HANDLER_LEVEL = "none"
+# pynetdicom logs every association at INFO; ours say what matters (refusals, failures).
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses this SCP returns (PS3.4 Annex B.2.3)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_MISMATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    MISSING_UID = 0xC001
+    STORAGE_FAILED = 0xC002
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with Nagle off on every accepted connection.
+
+    With Nagle on, each small C-STORE response waits for the peer's delayed ACK and loopback
+    throughput drops to tens of instances per second.
+    """
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def _status(code: StoreStatus, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = int(code)
+    status.ErrorComment = comment[:64]
+    return status
+
+
+class StorageSCP:
+    """The listening AE: who may associate, and what happens to each received instance."""
+
+    def __init__(self, config: NodeConfig, spool: Spool, index: Index) -> None:
+        self._config = config
+        self._spool = spool
+        self._index = index
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        # Studies each open association has delivered to, and how many open associations
+        # deliver to each study: a release marks a study only when no other is still sending.
+        self._lock = threading.Lock()
+        self._delivered: dict[int, set[str]] = {}
+        self._open_deliveries: Counter[str] = Counter()
+        self._allowed = {
+            (caller.ae_title, caller.host) for caller in config.access.callers
+        }
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("the SCP is not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; OSError if the port cannot be bound."""
+        listener = self._config.listener
+        ae = AE(ae_title=listener.ae_title)
+        ae.maximum_associations = listener.max_associations
+        ae.maximum_pdu_size = listener.max_pdu
+        ae.acse_timeout = listener.acse_timeout_s
+        ae.dimse_timeout = listener.dimse_timeout_s
+        ae.network_timeout = listener.network_timeout_s
+        ae.add_supported_context(Verification)
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        self._server = ae.make_server(
+            (listener.host, listener.port), evt_handlers=handlers, server_class=_NoDelayServer
+        )
+        ae._servers.append(self._server)  # so AE/ server shutdown find it, as start_server does
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="scp-accept", daemon=True
+        )
+        self._thread.start()
+        host, port = self.address
+        LOGGER.info("listening as %s on %s:%d", listener.ae_title, host, port)
+
+    def stop(self) -> None:
+        """Stop accepting, abort open associations and close the socket."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        for assoc in list(self._server.active_associations):
+            assoc.abort()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+
+    # -- association control -------------------------------------------------------------
+
+    def _is_allowed(self, calling_ae: str, host: str) -> bool:
+        access = self._config.access
+        if access.accept_any:
+            return True
+        return (calling_ae, None) in self._allowed or (calling_ae, host) in self._allowed
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        if self._is_allowed(calling_ae, host):
+            return
+        LOGGER.warning(
+            "refused association from calling AE %r at %s:%s: not in access.callers",
+            calling_ae,
+            host,
+            assoc.requestor.port,
+        )
+        # Rejected permanent, by the service user, calling AE title not recognised.
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.kill()
+
+    @staticmethod
+    def _on_rejected(event: evt.Event) -> None:
+        assoc = event.assoc
+        LOGGER.warning(
+            "refused association from calling AE %r at %s:%s (result %s, reason %s)",
+            str(assoc.requestor.ae_title).strip(),
+            assoc.requestor.address,
+            assoc.requestor.port,
+            assoc.acceptor.primitive.result_str if assoc.acceptor.primitive else "?",
+            assoc.acceptor.primitive.reason_str if assoc.acceptor.primitive else "?",
+        )
+
+    @staticmethod
+    def _on_echo(event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_released(self, event: evt.Event) -> None:
+        finished = self._forget(event.assoc)
+        if finished:
+            self._index.mark_released(finished, time.time())
+
+    def _on_closed(self, event: evt.Event) -> None:
+        self._forget(event.assoc)
+
+    def _forget(self, assoc: Association) -> list[str]:
+        """Drop an association's deliveries; return studies no open association is sending."""
+        with self._lock:
+            studies = self._delivered.pop(id(assoc), set())
+            finished = []
+            for study in studies:
+                self._open_deliveries[study] -= 1
+                if self._open_deliveries[study] <= 0:
+                    del self._open_deliveries[study]
+                    finished.append(study)
+            return finished
+
+    def _remember(self, assoc: Association, study_uid: str) -> None:
+        with self._lock:
+            studies = self._delivered.setdefault(id(assoc), set())
+            if study_uid not in studies:
+                studies.add(study_uid)
+                self._open_deliveries[study_uid] += 1
+
+    # -- C-STORE ------------------------------------------------------------------------
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        assoc = event.assoc
+        request = event.request
+        calling_ae = str(assoc.requestor.ae_title).strip()
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        try:
+            return self._store(event, calling_ae)
+        except Exception as exc:  # the association must go on whatever happens
+            LOGGER.exception(
+                "C-STORE of %s from %s failed unexpectedly", sop_instance, calling_ae
+            )
+            return _status(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
+
+    def _store(self, event: evt.Event, calling_ae: str) -> int | Dataset:
+        assoc = event.assoc
+        request = event.request
+        data: bytes = request.DataSet.getvalue()
+        transfer_syntax = str(event.context.transfer_syntax)
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+
+        if not self._spool.has_room(len(data)):
+            LOGGER.error(
+                "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae
+            )
+            return _status(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
+
+        try:
+            header = parse_header(data, transfer_syntax, sop_class, sop_instance)
+        except HeaderError as exc:
+            LOGGER.warning(
+                "refused %s (SOP class %s) from %s: %s", sop_instance, sop_class, calling_ae, exc
+            )
+            code = (
+                StoreStatus.MISSING_UID if "has no" in str(exc) else StoreStatus.CANNOT_UNDERSTAND
+            )
+            return _status(code, str(exc))
+
+        if header.sop_instance_uid != sop_instance or header.sop_class_uid != sop_class:
+            LOGGER.warning(
+                "refused %s from %s: dataset SOP Instance/Class UID %s/%s differ from request",
+                sop_instance,
+                calling_ae,
+                header.sop_instance_uid,
+                header.sop_class_uid,
+            )
+            return _status(
+                StoreStatus.DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request"
+            )
+
+        if header.uids_derived:
+            LOGGER.warning(
+                "%s from %s has no Study/Series Instance UID; indexed under study %s",
+                sop_instance,
+                calling_ae,
+                header.study_instance_uid,
+            )
+        relpath = instance_relpath(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        meta = encode_file_meta(sop_class, sop_instance, transfer_syntax, calling_ae)
+        try:
+            size = self._spool.write(relpath, (meta, data))
+        except OutOfSpace:
+            LOGGER.error(
+                "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae
+            )
+            return _status(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
+        except OSError as exc:
+            LOGGER.error("cannot write %s from %s: %s", sop_instance, calling_ae, exc.strerror)
+            return _status(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
+
+        stored = StoredInstance(
+            header=header,
+            path=relpath,
+            size_bytes=size,
+            received_at=time.time(),
+            calling_ae=calling_ae,
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+            peer_address=str(assoc.requestor.address),
+        )
+        try:
+            outcome = self._index.store(stored)
+        except Exception:
+            self._spool.remove(relpath)
+            raise
+        if outcome.replaced_path and outcome.replaced_path != relpath:
+            self._spool.remove(outcome.replaced_path)
+        self._remember(assoc, header.study_instance_uid)
+        LOGGER.debug(
+            "stored %s of study %s (version %d) from %s%s",
+            sop_instance,
+            header.study_instance_uid,
+            outcome.study_version,
+            calling_ae,
+            " replacing a duplicate" if outcome.replaced_path else "",
+        )
+        return StoreStatus.SUCCESS

@@ -1,0 +1,109 @@
+"""The running node: the storage SCP plus the background stages that move studies along.
+
+Every stage after the SCP reads and writes the database on its own thread(s) and is built in
+``build_stages``: the assembler here, and later the routing, job executor and dispatch stages.
+``ainode serve`` constructs a ``Node`` from ``node.yaml``, starts it, waits for a signal and
+stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol, runtime_checkable
+
+from pydicom import config as pydicom_config
+
+from node.assembler import StudyAssembler
+from node.config import NodeConfig
+from node.db import connect
+from node.dispatch.dispatcher import Dispatcher
+from node.index import Index, recover_spool
+from node.jobs.executor import LocalExecutor
+from node.scp import StorageSCP
+from node.spool import Spool
+
+LOGGER = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A background part of the node: polls the database on its own thread(s)."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def build_stages(config: NodeConfig) -> list[Stage]:
+    """Every background stage of the node, in start order (stopped in reverse)."""
+    stages: list[Stage] = [
+        StudyAssembler(config.storage.database_path, config.stability),
+    ]
+    # jobs and dispatch come last: results flow from the executor to the senders
+    dispatcher = Dispatcher(config)
+    stages += [dispatcher, LocalExecutor(config, on_results=dispatcher.wake)]
+    return stages
+
+
+class Node:
+    """The SCP and the stages, started and stopped together."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._stop_requested = threading.Event()
+        self._started: list[Stage] = []
+        self._index: Index | None = None
+        self.scp: StorageSCP | None = None
+
+    def start(self) -> None:
+        """Prepare storage, recover from a crash, then serve; undo everything on failure."""
+        # pydicom's warnings about invalid values quote the values: patient names included.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        storage = self.config.storage
+        storage.data_dir.mkdir(parents=True, exist_ok=True)
+        connect(storage.database_path).close()  # create the schema before any stage polls
+        spool = Spool(storage.spool_dir, storage.min_free_mb * 1024 * 1024)
+        leftovers = spool.clear_temp()
+        if leftovers:
+            LOGGER.warning("removed %d partial file(s) left by an earlier crash", leftovers)
+        self._index = Index(storage.database_path)
+        recovered = recover_spool(spool, self._index)
+        if recovered:
+            LOGGER.warning("indexed %d complete file(s) an earlier crash left unindexed", recovered)
+        try:
+            for stage in build_stages(self.config):
+                stage.start()
+                self._started.append(stage)
+                LOGGER.debug("stage %s started", stage.name)
+            self.scp = StorageSCP(self.config, spool, self._index)
+            self.scp.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def request_stop(self) -> None:
+        """Ask ``wait`` to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``request_stop``; True if it was requested."""
+        return self._stop_requested.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop receiving first, then the stages in reverse order."""
+        if self.scp is not None:
+            self.scp.stop()
+            self.scp = None
+        while self._started:
+            stage = self._started.pop()
+            try:
+                stage.stop()
+            except Exception:
+                LOGGER.exception("stage %s did not stop cleanly", stage.name)
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self._stop_requested.set()

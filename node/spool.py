@@ -1,0 +1,193 @@
+"""The spool: received instances as Part-10 files, written so that a crash leaves no half file.
+
+A C-STORE Success promises the bytes are on disk. ``Spool.write`` therefore writes to a temp
+file beside the spool, fsyncs it, renames it into place (atomic, so a duplicate replaces the
+old file in one step) and fsyncs the folder that now names it. The dataset bytes are written
+exactly as the peer sent them; only the File Meta Information is put in front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from node import __version__
+
+#: Our Implementation Class UID (2.25 + a fixed UUID) and version name in every file's meta.
+IMPLEMENTATION_CLASS_UID = "2.25.170283409371940934287398231640416298112"
+IMPLEMENTATION_VERSION_NAME = f"AINODE_{__version__}"[:16]
+
+TEMP_DIR_NAME = ".incoming"
+_UID_COMPONENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class OutOfSpace(Exception):
+    """Free disk is below the configured watermark; nothing was written."""
+
+
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the file meta group."""
+    if len(value) % 2:
+        value += b"\x00"  # UI values pad with NUL, others are not used here
+    tag = struct.pack("<HH", 0x0002, group_element)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<L", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str | None
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group for one received instance.
+
+    Encoded by hand (a few hundred bytes) because building and encoding a pydicom
+    ``FileMetaDataset`` for every instance is measurable on the receive path.
+    """
+    body = b"".join(
+        (
+            _element(0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+            _element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+            _element(0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
+            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+        )
+    )
+    if source_ae:
+        ae = source_ae.strip().encode("ascii", "replace")
+        body += _element(0x0016, b"AE", ae + (b" " if len(ae) % 2 else b""))
+    group_length = struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+def uid_component(uid: str) -> str:
+    """A safe folder/file name for a UID: the UID itself when it is well formed, else a hash.
+
+    A malicious or broken UID (``..``, slashes, 200 characters) must never become a path.
+    """
+    if len(uid) <= 64 and _UID_COMPONENT.match(uid):
+        return uid
+    return "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """Where an instance lives, relative to the spool folder."""
+    return "/".join(
+        (uid_component(study_uid), uid_component(series_uid), uid_component(sop_instance_uid))
+    ) + ".dcm"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The folder of received Part-10 files and its free-disk watermark."""
+
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        if min_free_bytes < 0:
+            raise ValueError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self._temp = self.root / TEMP_DIR_NAME
+        self._temp.mkdir(parents=True, exist_ok=True)
+
+    def has_room(self, size: int) -> bool:
+        """True if writing ``size`` more bytes keeps free disk above the watermark."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize - size >= self.min_free_bytes
+
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def write(self, relpath: str, chunks: Sequence[bytes | memoryview]) -> int:
+        """Durably write ``chunks`` as the file ``relpath``; return its size.
+
+        Raises ``OutOfSpace`` (nothing written) below the watermark. On any error the temp
+        file is removed, so the spool holds either the old file or the new one.
+        """
+        size = sum(len(chunk) for chunk in chunks)
+        if not self.has_room(size):
+            raise OutOfSpace(f"free disk below {self.min_free_bytes} bytes")
+        target = self.root / relpath
+        self._ensure_dir(target.parent)
+        temp = self._temp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                _write_all(fd, chunks)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+        return size
+
+    def remove(self, relpath: str) -> None:
+        """Delete a spooled file (a duplicate moved to another study) and sync its folder."""
+        target = self.root / relpath
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(target.parent)
+
+    def clear_temp(self) -> int:
+        """Remove temp files a crash left behind; return how many. Run before serving."""
+        count = 0
+        for leftover in self._temp.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            count += 1
+        if count:
+            _fsync_dir(self._temp)
+        return count
+
+    def files(self) -> Iterator[str]:
+        """Every spooled instance file, as a path relative to the spool folder."""
+        for study in os.scandir(self.root):
+            if not study.is_dir() or study.name == TEMP_DIR_NAME:
+                continue
+            for series in os.scandir(study.path):
+                if not series.is_dir():
+                    continue
+                for instance in os.scandir(series.path):
+                    if instance.name.endswith(".dcm") and instance.is_file():
+                        yield f"{study.name}/{series.name}/{instance.name}"
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Create ``folder`` (and parents) and make each new name durable in its parent."""
+        missing: list[Path] = []
+        current = folder
+        while not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for new_dir in reversed(missing):
+            new_dir.mkdir(exist_ok=True)
+            _fsync_dir(new_dir.parent)
+
+
+def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
+    pending = [memoryview(chunk) for chunk in chunks if len(chunk)]
+    while pending:
+        written = os.writev(fd, pending)
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending.pop(0)
+        if pending and written:
+            pending[0] = pending[0][written:]

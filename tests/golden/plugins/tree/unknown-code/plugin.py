@@ -1,0 +1,1 @@
+"""Never run: this fixture exists for its manifest's codes."""

@@ -1,0 +1,171 @@
+"""dx-chest-report: chained after dx-chest, its text states exactly dx-chest's findings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.sr.coding import Code
+
+from models.api import (
+    AlgorithmIdentification,
+    Device,
+    Finding,
+    Findings,
+    Measurement,
+    PluginInput,
+    QualitativeEvaluation,
+    SourceFrame,
+)
+from models.devices import GpuSlots
+from models.loading import load_plugin_input
+from models.manifest import load_manifest
+from models.phantoms.chest_xray import ChestXrayAnatomy, Photometric, RadiographKind, make_chest_xray
+from models.plugins.dx_chest.train import HELD_OUT_SEED_START
+from models.runners.python import instantiate
+from models.runtime import PluginHost, catalog_of
+
+PLUGINS = Path(__file__).resolve().parent.parent / "models" / "plugins"
+TEST_SEED = HELD_OUT_SEED_START + 600_000
+# chest radiograph findings dx-chest never produces: the draft must not mention them
+NOT_PRODUCED = (
+    "effusion", "pneumothorax", "nodule", "consolidation", "edema", "oedema",
+    "fracture", "mass", "opacity", "atelectasis", "pneumonia", "normal",
+)
+CARDIOMEGALY = Code("287272002", "SCT", "Cardiomegaly")
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory) -> PluginHost:
+    manifests = [load_manifest(PLUGINS / "dx_chest"), load_manifest(PLUGINS / "dx_chest_report")]
+    slots = GpuSlots([], 1, tmp_path_factory.mktemp("slots"), check_cuda=False)
+    return PluginHost(catalog_of(manifests), slots)
+
+
+def run_chain(host: PluginHost, tmp_path: Path, ctr: float, seed: int):
+    written = make_chest_xray(
+        tmp_path,
+        kind=RadiographKind.DX,
+        photometric=Photometric.MONOCHROME1,
+        anatomy=ChestXrayAnatomy(ctr=ctr, rows=448, columns=448, seed=seed),
+    )
+    result = host.run_chain("dx-chest-report", None, load_plugin_input([written.path]))
+    assert list(result.findings) == ["dx-chest", "dx-chest-report"]
+    return result.findings["dx-chest"], result.final
+
+
+def mentioned_values(findings: Findings) -> list[str]:
+    values = [m for f in findings.findings for m in f.measurements]
+    values += list(findings.study_measurements)
+    return [f"{m.value:g}" if abs(m.value) < 10 else f"{m.value:.1f}" for m in values]
+
+
+def assert_states_exactly(prior: Findings, text: str) -> None:
+    lowered = text.lower()
+    for word in NOT_PRODUCED:
+        assert not re.search(rf"\b{word}\b", lowered), f"report mentions {word!r}: {text}"
+    for value in mentioned_values(prior):
+        assert value in text, f"measurement {value} missing from: {text}"
+    for evaluation in prior.study_evaluations:
+        assert f"{evaluation.concept.meaning}: {evaluation.value.meaning.lower()}" in text
+
+
+def test_positive_phantom_reports_cardiomegaly_with_its_ratio(host, tmp_path) -> None:
+    prior, final = run_chain(host, tmp_path, ctr=0.6, seed=TEST_SEED)
+    report = final.report
+    assert report is not None and final.segments == ()
+    (ratio,) = prior.study_measurements
+    (verdict,) = prior.study_evaluations
+    assert verdict.value.meaning == "Present"
+    assert report.impression.startswith("Cardiomegaly (cardiothoracic ratio")
+    assert f"{ratio.value:g}" in report.impression
+    assert "No cardiomegaly" not in report.findings + report.impression
+    assert_states_exactly(prior, report.findings)
+
+
+def test_negative_phantom_reports_no_cardiomegaly(host, tmp_path) -> None:
+    prior, final = run_chain(host, tmp_path, ctr=0.41, seed=TEST_SEED + 1)
+    report = final.report
+    assert report is not None
+    (verdict,) = prior.study_evaluations
+    assert verdict.value.meaning == "Absent"
+    assert report.impression.startswith("No cardiomegaly (cardiothoracic ratio")
+    assert "Cardiomegaly: present" not in report.findings
+    assert_states_exactly(prior, report.findings)
+
+
+def _input(prior: dict[str, Findings]) -> PluginInput:
+    return PluginInput(
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        modality="DX",
+        pixels=np.zeros((1, 8, 8), np.float32),
+        sources=(SourceFrame("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4.5"),),
+        pixel_spacing=(0.2, 0.2),
+        prior=prior,
+    )
+
+
+@pytest.fixture(scope="module")
+def reporter():
+    plugin = instantiate(load_manifest(PLUGINS / "dx_chest_report"))
+    plugin.load(Device())
+    return plugin
+
+
+def test_indeterminate_heart_says_it_was_not_assessed(reporter) -> None:
+    prior = Findings(
+        algorithm=AlgorithmIdentification("dx-chest", "1.0.0"),
+        study_evaluations=(
+            QualitativeEvaluation(CARDIOMEGALY, Code("82334004", "SCT", "Indeterminate")),
+        ),
+    )
+    report = reporter.run(_input({"dx-chest": prior})).report
+    assert report.impression.startswith("Heart size not assessed")
+    assert "No cardiomegaly" not in report.impression
+    assert "cardiothoracic ratio 0" not in report.findings + report.impression
+
+
+def test_whatever_dx_chest_produced_is_stated_and_nothing_more(reporter) -> None:
+    """A finding this version of dx-chest never makes still appears, because it was produced;
+    and a run with no findings at all says so rather than inventing a normal report."""
+    effusion = Code("60046008", "SCT", "Pleural effusion")
+    prior = Findings(
+        algorithm=AlgorithmIdentification("dx-chest", "9.9.9"),
+        findings=(
+            Finding(
+                tracking_id="heart",
+                finding_type=Code("80891009", "SCT", "Heart"),
+                measurements=(Measurement(Code("103355008", "SCT", "Width"), 151.5,
+                                          Code("mm", "UCUM", "millimeter")),),
+            ),
+        ),
+        study_evaluations=(
+            QualitativeEvaluation(effusion, Code("52101004", "SCT", "Present"), 0.8),
+        ),
+    )
+    report = reporter.run(_input({"dx-chest": prior})).report
+    assert "Heart: width 151.5 mm." in report.findings
+    assert "Pleural effusion: present (confidence 0.80)." in report.findings
+    assert "Pleural effusion: present" in report.impression
+    assert "ardiomegaly" not in report.findings + report.impression
+
+    empty = Findings(algorithm=AlgorithmIdentification("dx-chest", "9.9.9"))
+    report = reporter.run(_input({"dx-chest": empty})).report
+    assert "No finding was produced" in report.impression
+    assert "ardiomegaly" not in report.findings + report.impression
+
+
+def test_missing_prior_findings_is_an_error_that_names_the_fix(reporter) -> None:
+    with pytest.raises(ValueError, match=r"needs dx-chest's findings"):
+        reporter.run(_input({}))
+
+
+def test_manifest_must_declare_the_dependency(tmp_path) -> None:
+    source = (PLUGINS / "dx_chest_report" / "plugin.yaml").read_text()
+    (tmp_path / "plugin.yaml").write_text(source.replace("needs: [dx-chest]", "needs: []"))
+    (tmp_path / "plugin.py").write_text((PLUGINS / "dx_chest_report" / "plugin.py").read_text())
+    with pytest.raises(Exception, match="needs"):
+        instantiate(load_manifest(tmp_path))
