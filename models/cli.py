@@ -139,9 +139,7 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
         return 2
     conn = connect(config.storage.database_path)
     try:
-        report = agreement_report(
-            conn, masks_dir_for(config.storage.data_dir), plugin=args.plugin
-        )
+        report = agreement_report(conn, masks_dir_for(config.storage.data_dir), plugin=args.plugin)
     finally:
         conn.close()
     print(report.format())

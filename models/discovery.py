@@ -35,6 +35,7 @@ __all__ = [
     "DiscoveryProblem",
     "available_plugins",
     "discover",
+    "manifest_signature",
     "version_key",
 ]
 
@@ -144,6 +145,20 @@ def _from_folders(plugin_dirs: Sequence[Path]) -> Iterable[PluginManifest | Disc
                 yield load_manifest(manifest_file)
             except ManifestError as exc:
                 yield DiscoveryProblem(str(manifest_file), exc.problems)
+
+
+def manifest_signature(plugin_dirs: Sequence[Path]) -> tuple[tuple[str, int], ...]:
+    """Every manifest file under ``plugin_dirs`` with its mtime: cheap to compute, and it
+    changes when a plugin version is added, removed or edited."""
+    found = []
+    for root in plugin_dirs:
+        if Path(root).is_dir():
+            for manifest_file in _manifest_files(Path(root)):
+                try:
+                    found.append((str(manifest_file), manifest_file.stat().st_mtime_ns))
+                except FileNotFoundError:
+                    continue
+    return tuple(found)
 
 
 def discover(plugin_dirs: Sequence[Path] = (), *, entry_points: bool = True) -> Catalog:

@@ -3,8 +3,9 @@
 A manifest naming ``python: /opt/vendor/venv/bin/python`` runs in a child process of that
 interpreter (``python -m models.isolation_worker``, with this repository on PYTHONPATH). The
 child needs numpy, pydicom, pydantic and PyYAML (what ``models.api`` and ``models.manifest``
-import) plus whatever the plugin itself needs; a venv made with
-``--system-site-packages`` has them.
+import), highdicom for 3D inputs, plus whatever the plugin itself needs; a venv made with
+``--system-site-packages`` from the node's own interpreter has them, and the vendor's own
+packages in the venv take precedence.
 
 Protocol (child stdin/stdout; the child's own stdout is redirected to stderr so a vendor's
 ``print`` cannot corrupt it). Every message, both ways, is::

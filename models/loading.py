@@ -98,13 +98,8 @@ def _to_float_frames(ds: Dataset, raw: np.ndarray) -> np.ndarray:
     samples = int(ds.get("SamplesPerPixel", 1))
     if frames_count == 1:
         raw = raw[np.newaxis]
-    if samples > 1:  # colour: ITU-R BT.601 luminance of the RGB planes
-        if ds.PhotometricInterpretation != "RGB":
-            from pydicom.pixels import convert_color_space
-
-            raw = convert_color_space(raw, ds.PhotometricInterpretation, "RGB")
-        raw = raw.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return raw
+    if samples > 1:  # colour (pydicom hands YBR as RGB): ITU-R BT.601 luminance
+        return raw.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     low, high = _value_range(ds)
     if enhanced:
@@ -186,6 +181,12 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
     if not paths:
         raise SeriesLoadError("no files given for the series")
     loaded = [(Path(p), _read(Path(p))) for p in paths]
+    for path, ds in loaded:
+        missing = [
+            k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)
+        ]
+        if missing:
+            raise SeriesLoadError(f"{path.name}: the instance has no {', '.join(missing)}")
     series_uids = {str(ds.SeriesInstanceUID) for _, ds in loaded}
     if len(series_uids) != 1:
         raise SeriesLoadError(f"files belong to {len(series_uids)} series, expected one")

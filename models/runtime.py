@@ -26,13 +26,17 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from models.api import Device, DeviceKind, Findings, Plugin, PluginInput
 from models.devices import GpuOutOfMemory, GpuSlots, SlotLease, is_out_of_memory
-from models.discovery import Catalog, discover
+from models.discovery import Catalog, discover, manifest_signature
 from models.isolation import IsolatedPlugin
 from models.manifest import PluginManifest
 from models.runners.python import instantiate
+
+if TYPE_CHECKING:
+    from node.config import NodeConfig
 
 __all__ = [
     "ChainResult",
@@ -97,31 +101,54 @@ class PluginHost:
         *,
         timeout_s: float = 900.0,
         isolated_retries: int = 1,
+        plugin_dirs: Sequence[Path] | None = None,
     ) -> None:
         self.catalog = catalog
+        # with plugin_dirs, a version added (or edited) on disk is picked up by the next job
+        self._plugin_dirs = None if plugin_dirs is None else tuple(plugin_dirs)
+        self._signature = (
+            None if self._plugin_dirs is None else manifest_signature(self._plugin_dirs)
+        )
         self.slots = slots
         self.timeout_s = timeout_s
         self.isolated_retries = isolated_retries
-        self._instances: dict[tuple[str, Device], _Instance] = {}
+        # per version and device, a pool: concurrent jobs in one process each get their own
+        self._instances: dict[tuple[str, Device], list[_Instance]] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: object) -> PluginHost:
-        """Build from a ``node.config.NodeConfig``: its plugin_dirs, devices and jobs timeout."""
-        from node.config import NodeConfig
-
-        assert isinstance(config, NodeConfig)
+    def from_config(cls, config: NodeConfig) -> PluginHost:
+        """Build from node.yaml: its plugin_dirs, devices and jobs timeout."""
         slots = GpuSlots(
             config.devices.gpus,
             config.devices.slots_per_gpu,
             Path(config.storage.data_dir) / "gpu-slots",
         )
-        return cls(discover(config.plugin_dirs), slots, timeout_s=config.jobs.timeout_s)
+        return cls(
+            discover(config.plugin_dirs),
+            slots,
+            timeout_s=config.jobs.timeout_s,
+            plugin_dirs=config.plugin_dirs,
+        )
+
+    def _refresh(self) -> None:
+        """Rediscover when a manifest under plugin_dirs appeared, vanished or changed."""
+        if self._plugin_dirs is None:
+            return
+        signature = manifest_signature(self._plugin_dirs)
+        if signature != self._signature:
+            self.catalog = discover(self._plugin_dirs)
+            self._signature = signature
+            log.info(
+                "plugin folders changed: %d plugin version(s) installed",
+                len(self.catalog.manifests),
+            )
 
     # -- plugin graph --------------------------------------------------------------------------
 
     def resolve_chain(self, name: str, version: str | None = None) -> tuple[PluginManifest, ...]:
         """The plugins to run for ``name``: its ``needs`` (depth first, once each), then it."""
+        self._refresh()
         order: list[PluginManifest] = []
         visiting: list[str] = []
 
@@ -155,10 +182,10 @@ class PluginHost:
         """A free warm instance for this version on this device, loading one if needed."""
         key = (manifest.key, device)
         with self._lock:
-            instance = self._instances.get(key)
-            if instance is not None and not instance.busy:
-                instance.busy = True
-                return instance
+            for instance in self._instances.get(key, []):
+                if not instance.busy:
+                    instance.busy = True
+                    return instance
         plugin: Plugin = (
             IsolatedPlugin(manifest, retries=self.isolated_retries)
             if manifest.isolated
@@ -170,19 +197,19 @@ class PluginHost:
         instance = _Instance(plugin, device)
         instance.busy = True
         with self._lock:
-            self._instances.setdefault(key, instance)
+            self._instances.setdefault(key, []).append(instance)
         return instance
 
-    def _return_instance(self, manifest: PluginManifest, instance: _Instance) -> None:
+    def _return_instance(self, instance: _Instance) -> None:
         with self._lock:
             instance.busy = False
             instance.runs += 1
 
     def _drop_instance(self, manifest: PluginManifest, instance: _Instance) -> None:
         with self._lock:
-            key = (manifest.key, instance.device)
-            if self._instances.get(key) is instance:
-                del self._instances[key]
+            pool = self._instances.get((manifest.key, instance.device), [])
+            if instance in pool:
+                pool.remove(instance)
         if isinstance(instance.plugin, IsolatedPlugin):
             instance.plugin.kill()
 
@@ -195,9 +222,10 @@ class PluginHost:
                     PluginState.BUSY if instance.busy else PluginState.LOADED,
                     instance.runs,
                 )
-                for (key, device), instance in sorted(
+                for (key, device), pool in sorted(
                     self._instances.items(), key=lambda item: (item[0][0], str(item[0][1]))
                 )
+                for instance in pool
             )
 
     def warm_up(self, name: str, version: str | None = None) -> None:
@@ -208,13 +236,14 @@ class PluginHost:
             )
             try:
                 instance = self._take_instance(manifest, lease.device)
-                self._return_instance(manifest, instance)
+                self._return_instance(instance)
             finally:
                 lease.release()
 
     def close(self) -> None:
         with self._lock:
-            instances, self._instances = list(self._instances.values()), {}
+            instances = [i for pool in self._instances.values() for i in pool]
+            self._instances = {}
         for instance in instances:
             if isinstance(instance.plugin, IsolatedPlugin):
                 instance.plugin.close()
@@ -247,6 +276,8 @@ class PluginHost:
             except BaseException as exc:
                 outcome["error"] = exc
             finally:
+                # back to the pool before the slot is free, so the next job reuses it warm
+                self._return_instance(instance)
                 lease.release()
                 finished.set()
 
@@ -261,12 +292,7 @@ class PluginHost:
         if "error" in outcome:
             error = outcome["error"]
             assert isinstance(error, BaseException)
-            if isinstance(instance.plugin, IsolatedPlugin) and instance.plugin.pid is None:
-                self._drop_instance(manifest, instance)
-            else:
-                self._return_instance(manifest, instance)
             raise error
-        self._return_instance(manifest, instance)
         findings = outcome["findings"]
         if not isinstance(findings, Findings):
             raise PluginError(
@@ -345,10 +371,3 @@ class PluginHost:
     ) -> Findings:
         """The job's Findings: those of the last plugin of the chain."""
         return self.run_chain(name, version, series, timeout_s=timeout_s).final
-
-
-def catalog_of(manifests: Sequence[PluginManifest]) -> Catalog:
-    """A Catalog of given manifests (tests, tools), in name then version order."""
-    from models.discovery import version_key
-
-    return Catalog(tuple(sorted(manifests, key=lambda m: (m.name, version_key(m.version)))))

@@ -72,8 +72,8 @@ class InstanceHeader:
     number_of_frames: int | None = None
     rows: int | None = None
     columns: int | None = None
-    #: True when the dataset lacked Study/Series Instance UID and the index derived them.
-    uids_derived: bool = False
+    #: Keywords of the UIDs the dataset lacked and the index derived (``derived_uid``).
+    derived_uids: tuple[str, ...] = ()
     #: Top-level keyword -> value for small, non-binary, non-sequence public elements.
     attributes: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -137,11 +137,27 @@ def parse_header(
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             dataset = inflater.decompress(dataset, MAX_INFLATED_BYTES)
         ds = read_dataset(BytesIO(dataset), implicit, little, stop_when=_stop_at_pixels)
+        _check_structure(ds)
     except HeaderError:
         raise
     except (Exception, RecursionError) as exc:
         raise HeaderError(f"unreadable dataset: {type(exc).__name__}: {exc}"[:200]) from exc
     return header_from_dataset(ds, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
+
+
+def _check_structure(ds: Dataset) -> None:
+    """Refuse what only looks like a dataset: nothing in it, or a value cut short.
+
+    pydicom reads junk (a gzip file, say) as an empty or truncated dataset without raising.
+    """
+    if not len(ds):
+        raise HeaderError("no data elements before the pixel data: not a DICOM dataset")
+    for tag in ds.keys():  # noqa: SIM118 - raw elements, not converted values
+        raw = ds.get_item(tag)
+        value = getattr(raw, "value", None)
+        length = getattr(raw, "length", 0)
+        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+            raise HeaderError(f"element {tag} is truncated: {len(value)} of {length} bytes")
 
 
 def parse_file_header(path: Path) -> InstanceHeader:
@@ -178,24 +194,30 @@ def _header_from_dataset(
     sop_class_uid: str | None,
     sop_instance_uid: str | None,
 ) -> InstanceHeader:
-    uids = {}
-    fallbacks = {"SOPInstanceUID": sop_instance_uid, "SOPClassUID": sop_class_uid}
-    for keyword, fallback in fallbacks.items():
-        value = _text(ds, keyword) or fallback
+    uids: dict[str, str] = {}
+    derived: list[str] = []
+    sop_class = _text(ds, "SOPClassUID") or sop_class_uid
+    sop_instance = _text(ds, "SOPInstanceUID")
+    if not sop_instance and sop_instance_uid:
+        # Media-directory objects and broken senders omit it, and the request's UID may be
+        # one borrowed from inside the dataset: never let such a file take a real
+        # instance's place, file it under a UID derived from the request's.
+        sop_instance = derived_uid("SOPInstanceUID", sop_instance_uid)
+        derived.append("SOPInstanceUID")
+    for keyword, value in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)):
         if not value:
             raise HeaderError(f"dataset has no {keyword}")
         uids[keyword] = value
-    derived = False
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         value = _text(ds, keyword)
         if not value:
-            # Broken senders omit these; the file is kept as sent and the index files the
-            # instance under a UID derived from its own, so a re-send lands in the same place.
+            # The file is kept as sent; the index files it under a UID derived from the
+            # instance's own, so a re-send lands in the same place.
             value = derived_uid(keyword, uids["SOPInstanceUID"])
-            derived = True
+            derived.append(keyword)
         uids[keyword] = value
     return InstanceHeader(
-        uids_derived=derived,
+        derived_uids=tuple(derived),
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         study_instance_uid=uids["StudyInstanceUID"],

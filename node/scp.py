@@ -242,7 +242,10 @@ class StorageSCP:
             )
             return _status(code, str(exc))
 
-        if header.sop_instance_uid != sop_instance or header.sop_class_uid != sop_class:
+        own_instance_uid = "SOPInstanceUID" not in header.derived_uids
+        if (own_instance_uid and header.sop_instance_uid != sop_instance) or (
+            header.sop_class_uid != sop_class
+        ):
             LOGGER.warning(
                 "refused %s from %s: dataset SOP Instance/Class UID %s/%s differ from request",
                 sop_instance,
@@ -254,17 +257,21 @@ class StorageSCP:
                 StoreStatus.DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request"
             )
 
-        if header.uids_derived:
+        if header.derived_uids:
             LOGGER.warning(
-                "%s from %s has no Study/Series Instance UID; indexed under study %s",
+                "%s from %s lacks %s; indexed as %s in study %s",
                 sop_instance,
                 calling_ae,
+                "/".join(header.derived_uids),
+                header.sop_instance_uid,
                 header.study_instance_uid,
             )
         relpath = instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        meta = encode_file_meta(sop_class, sop_instance, transfer_syntax, calling_ae)
+        meta = encode_file_meta(
+            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
+        )
         try:
             size = self._spool.write(relpath, (meta, data))
         except OutOfSpace:

@@ -22,6 +22,7 @@ from node.index import Index, recover_spool
 from node.jobs.executor import LocalExecutor
 from node.scp import StorageSCP
 from node.spool import Spool
+from routers.stage import RoutingStage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ def build_stages(config: NodeConfig) -> list[Stage]:
     stages: list[Stage] = [
         StudyAssembler(config.storage.database_path, config.stability),
     ]
+    if config.routes_file.exists():
+        stages.append(RoutingStage(config))
+    else:
+        LOGGER.warning(
+            "routes file %s not found: studies are stored but not routed", config.routes_file
+        )
     # jobs and dispatch come last: results flow from the executor to the senders
     dispatcher = Dispatcher(config)
     stages += [dispatcher, LocalExecutor(config, on_results=dispatcher.wake)]

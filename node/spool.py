@@ -52,11 +52,11 @@ def encode_file_meta(
     body = b"".join(
         (
             _element(0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, b"UI", sop_class_uid.encode("ascii")),
-            _element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
-            _element(0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
-            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
-            _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+            _element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace")),
+            _element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace")),
+            _element(0x0010, b"UI", transfer_syntax_uid.encode("ascii", "replace")),
+            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii", "replace")),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii", "replace")),
         )
     )
     if source_ae:

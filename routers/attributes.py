@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, keyword_dict
+
 logger = logging.getLogger(__name__)
 
 # Never in the view: patient identity (the CLI prints attribute values).
@@ -37,6 +39,15 @@ EXCLUDED_KEYWORDS = frozenset(
         "IssuerOfPatientID",
     }
 )
+
+
+def is_identifying(keyword: str) -> bool:
+    """Patient identity, or any person name: never routed on, never shown."""
+    if keyword in EXCLUDED_KEYWORDS:
+        return True
+    return keyword in keyword_dict and dictionary_VR(keyword) == "PN"
+
+
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _CODE_SEQUENCES = frozenset({"AnatomicRegionSequence"})
 
@@ -88,20 +99,17 @@ class SeriesView:
     @property
     def slice_thickness(self) -> float | None:
         """Median thickness over the instances that state one."""
-        values = sorted(i.slice_thickness for i in self.instances if i.slice_thickness is not None)
+        values = sorted(
+            i.slice_thickness
+            for i in self.instances
+            if i.slice_thickness is not None and math.isfinite(i.slice_thickness)
+        )
         return values[len(values) // 2] if values else None
 
     @property
     def description(self) -> str:
         value = self.attributes.get("SeriesDescription")
         return value if isinstance(value, str) else ""
-
-    def label(self) -> str:
-        """Short human label: number, description, UID tail."""
-        number = self.attributes.get("SeriesNumber")
-        modality = self.attributes.get("Modality") or "?"
-        desc = self.description or "(no description)"
-        return f"#{number if number is not None else '?'} {modality} {desc!r} [{self.series_instance_uid}]"
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class StudyView:
 def _plain(value: Any) -> Any:
     """A JSON-like value from a pydicom element value (numbers stay numbers)."""
     from pydicom.multival import MultiValue
-    from pydicom.valuerep import DSdecimal, DSfloat, IS
+    from pydicom.valuerep import IS, DSdecimal, DSfloat
 
     if isinstance(value, (MultiValue, list, tuple)):
         return tuple(_plain(v) for v in value)
@@ -139,7 +147,7 @@ def dataset_attributes(dataset: Any) -> dict[str, Any]:
         try:
             element = dataset[tag]
             keyword = element.keyword
-            if not keyword or tag.is_private or keyword in EXCLUDED_KEYWORDS:
+            if not keyword or tag.is_private or is_identifying(keyword):
                 continue
             if element.VR in _BINARY_VRS or element.VR == "PN":
                 continue
@@ -236,8 +244,11 @@ def _representative(rows: list[tuple[InstanceFacts, Mapping[str, Any]]]) -> Mapp
     """Attributes of the instance with the lowest InstanceNumber (unnumbered last)."""
     rows = sorted(
         rows,
-        key=lambda r: (r[0].instance_number is None, r[0].instance_number or 0,
-                       r[0].sop_instance_uid),
+        key=lambda r: (
+            r[0].instance_number is None,
+            r[0].instance_number or 0,
+            r[0].sop_instance_uid,
+        ),
     )
     return rows[0][1]
 
@@ -318,9 +329,11 @@ _COLUMN_KEYWORDS = {
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, list):
-        return tuple(_json_value(v) for v in value) if not any(
-            isinstance(v, dict) for v in value
-        ) else value
+        return (
+            tuple(_json_value(v) for v in value)
+            if not any(isinstance(v, dict) for v in value)
+            else value
+        )
     return value
 
 
@@ -331,9 +344,11 @@ def _load_attributes(text: str | None) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {
-        str(k): _json_value(v) for k, v in raw.items() if str(k) not in EXCLUDED_KEYWORDS
-    }
+    return {str(k): _json_value(v) for k, v in raw.items() if not is_identifying(str(k))}
+
+
+def _titles(rows: list[sqlite3.Row], column: str) -> frozenset[str]:
+    return frozenset(r[column] for r in rows if r[column])
 
 
 def study_view_from_index(
@@ -370,8 +385,12 @@ def study_view_from_index(
         )
         first = min(
             series_rows,
-            key=lambda r: (r["instance_number"] is None, r["instance_number"] or 0,
-                           r["received_at"], r["sop_instance_uid"]),
+            key=lambda r: (
+                r["instance_number"] is None,
+                r["instance_number"] or 0,
+                r["received_at"],
+                r["sop_instance_uid"],
+            ),
         )
         attributes = _load_attributes(first["attributes"])
         for column, keyword in _COLUMN_KEYWORDS.items():
@@ -382,8 +401,8 @@ def study_view_from_index(
                 series_instance_uid=series_uid,
                 attributes=MappingProxyType(attributes),
                 instances=facts,
-                calling_ae_titles=frozenset(r["calling_ae"] for r in series_rows if r["calling_ae"]),
-                called_ae_titles=frozenset(r["called_ae"] for r in series_rows if r["called_ae"]),
+                calling_ae_titles=_titles(series_rows, "calling_ae"),
+                called_ae_titles=_titles(series_rows, "called_ae"),
             )
         )
     return StudyView(study_instance_uid, tuple(series_views), version)

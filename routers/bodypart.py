@@ -56,8 +56,7 @@ TEXT_SOURCES = (
 # Lower case is tolerated (devices write it); anything else makes the value unreadable.
 _CS_CHARACTERS = re.compile(r"^[A-Za-z0-9 _]*$")
 _SEPARATORS = r"[\s_\-^/.,:;]+"
-_LETTER_BEFORE = r"(?<![^\W\d_])"
-_LETTER_AFTER = r"(?![^\W\d_])"
+_WORD = re.compile(r"[^\W\d_]+")  # a run of letters: digits and punctuation separate words
 
 
 def _canonical(value: str) -> str:
@@ -69,13 +68,6 @@ def _canonical(value: str) -> str:
 def _is_spaceless_script(word: str) -> bool:
     """CJK and similar scripts have no spaces between words: match them as substrings."""
     return any(ord(ch) >= 0x2E80 for ch in word)
-
-
-def _pattern_for(synonym: str) -> str:
-    body = _SEPARATORS.join(re.escape(part) for part in synonym.split(" "))
-    if _is_spaceless_script(synonym):
-        return body
-    return f"{_LETTER_BEFORE}{body}S?{_LETTER_AFTER}"
 
 
 @dataclass(frozen=True)
@@ -123,20 +115,34 @@ class BodyPartTable:
         return BodyPartTable(synonyms, codes)
 
     @cached_property
-    def _text_matcher(self) -> tuple[re.Pattern[str], dict[str, tuple[str, Region]]]:
-        """One alternation of every synonym, longest first, and its group -> synonym map."""
-        ordered = sorted(self.synonyms, key=len, reverse=True)
-        alternatives = "|".join(f"(?P<s{i}>{_pattern_for(s)})" for i, s in enumerate(ordered))
-        groups = {f"s{i}": (s, self.synonyms[s]) for i, s in enumerate(ordered)}
-        return re.compile(alternatives or r"(?!x)x", re.IGNORECASE), groups
+    def _phrases(self) -> tuple[int, tuple[tuple[str, Region], ...]]:
+        """Longest synonym in words, and the synonyms of spaceless scripts."""
+        longest = max((len(s.split(" ")) for s in self.synonyms), default=1)
+        spaceless = tuple((s, r) for s, r in self.synonyms.items() if _is_spaceless_script(s))
+        return longest, spaceless
 
     def _first_word(self, text: str) -> tuple[Region, str] | None:
-        pattern, groups = self._text_matcher
-        match = pattern.search(unicodedata.normalize("NFC", text))
-        if match is None or match.lastgroup is None:
-            return None
-        synonym, region = groups[match.lastgroup]
-        return region, synonym
+        """The leftmost synonym in free text (longest at the same place), in O(words)."""
+        canonical = unicodedata.normalize("NFC", text).upper()
+        words = [(m.start(), m.group()) for m in _WORD.finditer(canonical)]
+        longest, spaceless = self._phrases
+        best: tuple[int, Region, str] | None = None
+        for index, (start, _) in enumerate(words):
+            for size in range(min(longest, len(words) - index), 0, -1):
+                phrase = " ".join(w for _, w in words[index : index + size])
+                for candidate in (phrase, phrase[:-1] if phrase.endswith("S") else None):
+                    if candidate and candidate in self.synonyms:
+                        best = (start, self.synonyms[candidate], candidate)
+                        break
+                if best is not None:
+                    break
+            if best is not None:
+                break
+        for synonym, region in spaceless:
+            position = canonical.find(synonym)
+            if position >= 0 and (best is None or position < best[0]):
+                best = (position, region, synonym)
+        return (best[1], best[2]) if best is not None else None
 
     def normalise(self, value: object) -> Region:
         """The region a BodyPartExamined value names; ``unknown`` for anything unreadable."""

@@ -26,7 +26,7 @@ from routers.selection import SeriesCriteria
 
 logger = logging.getLogger(__name__)
 
-Path_ = tuple[str | int, ...]
+DataPath = tuple[str | int, ...]  # keys and list indexes from the file's root
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class _Locator:
     def __init__(self, root: yaml.Node | None) -> None:
         self.root = root
 
-    def find(self, path: Path_, at_key: bool = False) -> yaml.Node | None:
+    def find(self, path: DataPath, at_key: bool = False) -> yaml.Node | None:
         node = self.root
         key_node = None
         for part in path:
@@ -125,37 +125,46 @@ def _parse(text: str) -> tuple[yaml.Node | None, Any]:
 # --- checking ----------------------------------------------------------------------------
 
 
-def _pydantic_problems(exc: ValidationError, prefix: Path_, model: type[BaseModel] | None
-                       ) -> list[Problem]:
+def _pydantic_problems(
+    exc: ValidationError, prefix: DataPath, model: type[BaseModel] | None
+) -> list[Problem]:
     problems = []
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
         path = (*prefix, *loc)
         kind = error["type"]
         if kind == "missing":
-            problems.append(Problem(path[:-1], f"missing required field '{loc[-1]}'",
-                                    f"add `{loc[-1]}:` to this mapping"))
+            problems.append(
+                Problem(
+                    path[:-1],
+                    f"missing required field '{loc[-1]}'",
+                    f"add `{loc[-1]}:` to this mapping",
+                )
+            )
         elif kind == "extra_forbidden":
             field = str(loc[-1])
             choices = list(_fields_at(model, loc[:-1]))
             guess = suggest(field, choices) if choices else None
-            hint = f"did you mean '{guess}'?" if guess else (
-                "allowed: " + ", ".join(choices) if choices else "")
+            hint = (
+                f"did you mean '{guess}'?"
+                if guess
+                else ("allowed: " + ", ".join(choices) if choices else "")
+            )
             problems.append(Problem(path, f"unknown field '{field}'", hint, at_key=True))
         else:
             message = error["msg"].removeprefix("Value error, ")
             hint = ""
             if kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
                 message = f"route name {error['input']!r} is not allowed"
-                hint = "start with a letter or digit; then letters, digits, '.', '_', '-' " \
-                       "(no spaces), at most 64 characters"
-            problems.append(
-                Problem(path, f"{'.'.join(map(str, loc)) or 'value'}: {message}", hint)
-            )
+                hint = (
+                    "start with a letter or digit; then letters, digits, '.', '_', '-' "
+                    "(no spaces), at most 64 characters"
+                )
+            problems.append(Problem(path, f"{'.'.join(map(str, loc)) or 'value'}: {message}", hint))
     return problems
 
 
-def _fields_at(model: type[BaseModel] | None, loc: Path_) -> list[str]:
+def _fields_at(model: type[BaseModel] | None, loc: DataPath) -> list[str]:
     """Field names of the (nested) model at ``loc``, for 'did you mean' hints."""
     current: Any = model
     for part in loc:
@@ -168,8 +177,10 @@ def _fields_at(model: type[BaseModel] | None, loc: Path_) -> list[str]:
             return []
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
-        current = next((a for a in (annotation, *args)
-                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        current = next(
+            (a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)),
+            None,
+        )
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
@@ -177,7 +188,7 @@ def _fields_at(model: type[BaseModel] | None, loc: Path_) -> list[str]:
 
 def _check_route(
     raw: Any,
-    path: Path_,
+    path: DataPath,
     known_plugins: Mapping[str, Sequence[str]] | None,
     destinations: Mapping[str, bool] | None,
 ) -> tuple[Route | None, list[Problem]]:
@@ -189,23 +200,36 @@ def _check_route(
     try:
         spec = RouteSpec.model_validate(raw)
     except ValidationError as exc:
-        problems += [p for p in _pydantic_problems(exc, path, RouteSpec)
-                     if not (len(p.path) > len(path) and p.path[len(path)] == "when")]
+        problems += [
+            p
+            for p in _pydantic_problems(exc, path, RouteSpec)
+            if not (len(p.path) > len(path) and p.path[len(path)] == "when")
+        ]
         return None, problems
     criteria, series_problems = SeriesCriteria.compile(spec.series, (*path, "series"))
     problems += series_problems
     for index, plugin in enumerate(spec.run):
-        problems += _plugin_problems(plugin.plugin, plugin.version, (*path, "run", index),
-                                     known_plugins)
+        problems += _plugin_problems(
+            plugin.plugin, plugin.version, (*path, "run", index), known_plugins
+        )
     for index, name in enumerate(spec.send_to):
         problems += _destination_problems(spec, name, (*path, "send_to", index), destinations)
-    route = Route(spec.name, spec.enabled, spec.priority, condition, criteria, spec.run,
-                  spec.send_to, spec.mode)
+    route = Route(
+        spec.name,
+        spec.enabled,
+        spec.priority,
+        condition,
+        criteria,
+        spec.run,
+        spec.send_to,
+        spec.mode,
+    )
     return route, problems
 
 
-def _plugin_problems(name: str, version: str | None, path: Path_,
-                     known: Mapping[str, Sequence[str]] | None) -> list[Problem]:
+def _plugin_problems(
+    name: str, version: str | None, path: DataPath, known: Mapping[str, Sequence[str]] | None
+) -> list[Problem]:
     if known is None:
         return []
     if name not in known:
@@ -215,13 +239,19 @@ def _plugin_problems(name: str, version: str | None, path: Path_,
         return [Problem(path, f"unknown plugin '{name}'", hint)]
     versions = tuple(known[name])
     if version is not None and versions and version not in versions:
-        return [Problem(path, f"plugin '{name}' has no installed version '{version}'",
-                        "installed versions: " + ", ".join(versions))]
+        return [
+            Problem(
+                path,
+                f"plugin '{name}' has no installed version '{version}'",
+                "installed versions: " + ", ".join(versions),
+            )
+        ]
     return []
 
 
-def _destination_problems(spec: RouteSpec, name: str, path: Path_,
-                          destinations: Mapping[str, bool] | None) -> list[Problem]:
+def _destination_problems(
+    spec: RouteSpec, name: str, path: DataPath, destinations: Mapping[str, bool] | None
+) -> list[Problem]:
     if destinations is None:
         return []
     if name not in destinations:
@@ -231,13 +261,22 @@ def _destination_problems(spec: RouteSpec, name: str, path: Path_,
         return [Problem(path, f"unknown destination '{name}'", hint)]
     shadow = destinations[name]
     if spec.mode is Mode.SHADOW and not shadow:
-        return [Problem(path, f"shadow route '{spec.name}' sends to production destination "
-                        f"'{name}'", "send shadow results only to destinations with "
-                        "`shadow: true` in node.yaml, or to none (send_to: [])")]
+        return [
+            Problem(
+                path,
+                f"shadow route '{spec.name}' sends to production destination '{name}'",
+                "send shadow results only to destinations with "
+                "`shadow: true` in node.yaml, or to none (send_to: [])",
+            )
+        ]
     if spec.mode is Mode.PRODUCTION and shadow:
-        return [Problem(path, f"production route '{spec.name}' sends to shadow destination "
-                        f"'{name}'", "set `mode: shadow` on the route, or send to a production "
-                        "destination")]
+        return [
+            Problem(
+                path,
+                f"production route '{spec.name}' sends to shadow destination '{name}'",
+                "set `mode: shadow` on the route, or send to a production destination",
+            )
+        ]
     return []
 
 
@@ -251,14 +290,28 @@ def _check_data(
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        return [], table, [Problem((), "the top level must be a mapping with `routes:`",
-                                   "start the file with `routes:`")]
+        return (
+            [],
+            table,
+            [
+                Problem(
+                    (),
+                    "the top level must be a mapping with `routes:`",
+                    "start the file with `routes:`",
+                )
+            ],
+        )
     for key in data:
         if key not in ("routes", "body_parts"):
             guess = suggest(str(key), ["routes", "body_parts"])
-            problems.append(Problem((key,), f"unknown top-level field '{key}'",
-                                    f"did you mean '{guess}'?" if guess
-                                    else "allowed: routes, body_parts", at_key=True))
+            problems.append(
+                Problem(
+                    (key,),
+                    f"unknown top-level field '{key}'",
+                    f"did you mean '{guess}'?" if guess else "allowed: routes, body_parts",
+                    at_key=True,
+                )
+            )
     raw_parts = data.get("body_parts") or {}
     try:
         parts = TypeAdapter(dict[Region, BodyPartEntry]).validate_python(raw_parts)
@@ -266,17 +319,27 @@ def _check_data(
         problems += _pydantic_problems(exc, ("body_parts",), None)
     else:
         if Region.UNKNOWN in parts:
-            problems.append(Problem(("body_parts", "unknown"), "'unknown' cannot have synonyms",
-                                    "a value that names no region is already unknown",
-                                    at_key=True))
+            problems.append(
+                Problem(
+                    ("body_parts", "unknown"),
+                    "'unknown' cannot have synonyms",
+                    "a value that names no region is already unknown",
+                    at_key=True,
+                )
+            )
         else:
             table = table.extended({r.value: e.model_dump() for r, e in parts.items()})
     raw_routes = data.get("routes")
     if raw_routes is None:
         raw_routes = []
     if not isinstance(raw_routes, list):
-        problems.append(Problem(("routes",), "`routes` must be a list of routes",
-                                "start each route with '- name: ...'"))
+        problems.append(
+            Problem(
+                ("routes",),
+                "`routes` must be a list of routes",
+                "start each route with '- name: ...'",
+            )
+        )
         raw_routes = []
     routes: list[Route] = []
     seen: dict[str, int] = {}
@@ -285,10 +348,14 @@ def _check_data(
         problems += route_problems
         if route is not None:
             if route.name in seen:
-                problems.append(Problem(("routes", index, "name"),
-                                        f"duplicate route name '{route.name}'",
-                                        f"route #{seen[route.name] + 1} already uses it; "
-                                        "names identify matches in the database"))
+                problems.append(
+                    Problem(
+                        ("routes", index, "name"),
+                        f"duplicate route name '{route.name}'",
+                        f"route #{seen[route.name] + 1} already uses it; "
+                        "names identify matches in the database",
+                    )
+                )
             seen.setdefault(route.name, index)
             routes.append(route)
     return routes, table, problems
@@ -316,21 +383,29 @@ def check_text(
     locator = _Locator(root)
     routes, body_parts, problems = _check_data(data, known_plugins, destinations)
     diagnostics = [
-        Diagnostic(file, k.start_mark.line + 1, k.start_mark.column + 1,
-                   f"duplicate key '{name}'", "a repeated key silently replaces the first; "
-                   "remove one of them")
+        Diagnostic(
+            file,
+            k.start_mark.line + 1,
+            k.start_mark.column + 1,
+            f"duplicate key '{name}'",
+            "a repeated key silently replaces the first; remove one of them",
+        )
         for k, name in locator.duplicate_keys()
     ]
     for problem in problems:
         node = locator.find(problem.path, problem.at_key)
-        line, column = ((node.start_mark.line + 1, node.start_mark.column + 1) if node is not None
-                        else (1, 1))
+        line, column = (
+            (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (1, 1)
+        )
         diagnostics.append(Diagnostic(file, line, column, problem.message, problem.hint))
     diagnostics = sorted(set(diagnostics), key=lambda d: (d.line, d.column, d.message))
     if diagnostics:
         return CheckReport(tuple(diagnostics), None)
-    shadow = (frozenset(n for n, is_shadow in destinations.items() if is_shadow)
-              if destinations is not None else None)
+    shadow = (
+        frozenset(n for n, is_shadow in destinations.items() if is_shadow)
+        if destinations is not None
+        else None
+    )
     return CheckReport((), RouteTable(tuple(routes), body_parts, file, shadow))
 
 
@@ -375,11 +450,13 @@ def installed_plugins(config: NodeConfig) -> dict[str, tuple[str, ...]] | None:
     except ImportError:
         logger.warning("plugin discovery unavailable: plugin names in routes are not checked")
         return None
-    return {name: tuple(versions) for name, versions in
-            available_plugins(config.plugin_dirs).items()}
+    return {
+        name: tuple(versions) for name, versions in available_plugins(config.plugin_dirs).items()
+    }
 
 
 def load_for_node(config: NodeConfig) -> RouteTable:
     """The node's route table, checked against its plugins and destinations."""
-    return load_route_table(config.routes_file, installed_plugins(config),
-                            destination_flags(config))
+    return load_route_table(
+        config.routes_file, installed_plugins(config), destination_flags(config)
+    )

@@ -31,33 +31,40 @@ DEFAULT_CONFIG = Path("config/node.yaml")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     routes = subparsers.add_parser("routes", help="check routes.yaml and explain routing")
-    routes_commands = routes.add_subparsers(dest="routes_command", required=True,
-                                            metavar="ACTION")
+    routes_commands = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
     check = routes_commands.add_parser(
         "check", help="report every problem in routes.yaml with line:column and a hint"
     )
-    check.add_argument("file", nargs="?", type=Path,
-                       help="routes file (default: routes_file of node.yaml)")
+    check.add_argument(
+        "file", nargs="?", type=Path, help="routes file (default: routes_file of node.yaml)"
+    )
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
     check.set_defaults(func=cmd_check)
 
     explain = routes_commands.add_parser(
         "explain", help="show which routes match a study on disk or in the index, and why"
     )
-    explain.add_argument("target", metavar="PATH_OR_STUDY_UID",
-                         help="a DICOM file or folder, or a Study Instance UID in the index")
+    explain.add_argument(
+        "target",
+        metavar="PATH_OR_STUDY_UID",
+        help="a DICOM file or folder, or a Study Instance UID in the index",
+    )
     explain.add_argument("--routes", type=Path, help="routes file (default: node.yaml's)")
     explain.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
     explain.set_defaults(func=cmd_explain)
 
     config = subparsers.add_parser("config", help="configuration helpers")
-    config_commands = config.add_subparsers(dest="config_command", required=True,
-                                            metavar="ACTION")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     schema = config_commands.add_parser(
         "schema", help="print the JSON Schema of node.yaml or routes.yaml for editors"
     )
-    schema.add_argument("which", nargs="?", choices=("node", "routes"), default="node",
-                        help="which file (default: node)")
+    schema.add_argument(
+        "which",
+        nargs="?",
+        choices=("node", "routes"),
+        default="node",
+        help="which file (default: node)",
+    )
     schema.set_defaults(func=cmd_schema)
 
 
@@ -90,8 +97,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{path}: {len(report.diagnostics)} problem(s); the file is not used until fixed")
         return 1
     assert report.table is not None
-    skipped = [what for what, known in (("plugins", plugins), ("destinations", destinations))
-               if known is None]
+    skipped = [
+        what
+        for what, known in (("plugins", plugins), ("destinations", destinations))
+        if known is None
+    ]
     note = f" ({' and '.join(skipped)} not checked: no node.yaml)" if skipped else ""
     enabled = sum(1 for r in report.table.routes if r.enabled)
     print(f"{path}: OK, {len(report.table.routes)} route(s), {enabled} enabled{note}")
@@ -116,13 +126,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")
             studies = study_views_from_paths([target])
         if not studies:
-            print(f"{target}: no routable DICOM instances (need Study/Series UIDs and a SOP "
-                  "class)", file=sys.stderr)
+            print(
+                f"{target}: no routable DICOM instances (need Study/Series UIDs and a SOP class)",
+                file=sys.stderr,
+            )
             return 1
     else:
         if config is None:
-            print(f"{target}: not a file or folder, and no node.yaml to find the index "
-                  "(use --config)", file=sys.stderr)
+            print(
+                f"{target}: not a file or folder, and no node.yaml to find the index "
+                "(use --config)",
+                file=sys.stderr,
+            )
             return 2
         from node.db import connect
 

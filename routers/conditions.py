@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pydicom.datadict import keyword_dict
 
-from routers.attributes import SeriesView
+from routers.attributes import SeriesView, is_identifying
 from routers.bodypart import Region, RegionDecision
 from routers.schema import Problem
 
@@ -49,10 +49,24 @@ class Operator(StrEnum):
 OPERATOR_KEYS = (*(op.value for op in Operator), "not", "case_sensitive")
 # Spellings people bring from other languages, for "did you mean" hints.
 _OPERATOR_ALIASES = {
-    "eq": "equals", "equal": "equals", "is": "equals", "==": "equals", "one_of": "in",
-    "match": "regex", "matches": "regex", "re": "regex", "lte": "le", "gte": "ge",
-    "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "present": "exists", "ne": "not",
-    "neq": "not", "!=": "not",
+    "eq": "equals",
+    "equal": "equals",
+    "is": "equals",
+    "==": "equals",
+    "one_of": "in",
+    "match": "regex",
+    "matches": "regex",
+    "re": "regex",
+    "lte": "le",
+    "gte": "ge",
+    "<": "lt",
+    "<=": "le",
+    ">": "gt",
+    ">=": "ge",
+    "present": "exists",
+    "ne": "not",
+    "neq": "not",
+    "!=": "not",
 }
 _NUMERIC = {
     Operator.LT: lambda a, b: a < b,
@@ -286,30 +300,47 @@ class _Compiler:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def problem(self, path: tuple[str | int, ...], message: str, hint: str = "",
-                at_key: bool = False) -> None:
+    def problem(
+        self, path: tuple[str | int, ...], message: str, hint: str = "", at_key: bool = False
+    ) -> None:
         self.problems.append(Problem(path, message, hint, at_key))
 
     def mapping(self, data: Any, path: tuple[str | int, ...]) -> Condition:
         if not isinstance(data, Mapping):
-            self.problem(path, "conditions must be a mapping of keyword: value",
-                         "write e.g. `Modality: CT`")
+            self.problem(
+                path, "conditions must be a mapping of keyword: value", "write e.g. `Modality: CT`"
+            )
             return AllOf((), path)
         items: list[Condition] = []
         for key, value in data.items():
             key_path = (*path, key)
             if not isinstance(key, str):
-                self.problem(key_path, f"condition key {key!r} is not a name",
-                             "use a DICOM keyword such as Modality", at_key=True)
+                self.problem(
+                    key_path,
+                    f"condition key {key!r} is not a name",
+                    "use a DICOM keyword such as Modality",
+                    at_key=True,
+                )
                 continue
             if key in ("any", "all"):
                 items.append(self.group(key, value, key_path))
             elif key == "not":
                 items.append(Not(self.mapping(value, key_path), key_path))
+            elif is_identifying(key):
+                self.problem(
+                    key_path,
+                    f"'{key}' cannot be used in routes",
+                    "patient identifiers and person names are kept out of routing and its "
+                    "logs; route on study and series attributes",
+                    at_key=True,
+                )
             elif not _known_field(key):
                 guess = suggest(key, _field_choices())
-                hint = (f"did you mean '{guess}'?" if guess
-                        else "use a DICOM keyword (PS3.6), or one of " + ", ".join(DERIVED_FIELDS))
+                hint = (
+                    f"did you mean '{guess}'?"
+                    if guess
+                    else "use a DICOM keyword (PS3.6), or one of " + ", ".join(DERIVED_FIELDS)
+                )
                 self.problem(key_path, f"unknown keyword '{key}'", hint, at_key=True)
             else:
                 items.append(self.matcher(key, value, key_path))
@@ -317,16 +348,22 @@ class _Compiler:
 
     def group(self, key: str, value: Any, path: tuple[str | int, ...]) -> Condition:
         if not isinstance(value, list) or not value:
-            self.problem(path, f"'{key}' needs a non-empty list of condition mappings",
-                         f"write `{key}:` followed by lines starting with '- '")
+            self.problem(
+                path,
+                f"'{key}' needs a non-empty list of condition mappings",
+                f"write `{key}:` followed by lines starting with '- '",
+            )
             return AllOf((), path)
         items = tuple(self.mapping(item, (*path, i)) for i, item in enumerate(value))
         return AnyOf(items, path) if key == "any" else AllOf(items, path)
 
     def matcher(self, field: str, value: Any, path: tuple[str | int, ...]) -> Condition:
         if value is None:
-            self.problem(path, f"'{field}' has no value",
-                         "give a value, or `{exists: true}` to require the attribute")
+            self.problem(
+                path,
+                f"'{field}' has no value",
+                "give a value, or `{exists: true}` to require the attribute",
+            )
             return AllOf((), path)
         if _is_scalar(value):
             return self.test(field, Operator.EQUALS, value, False, path)
@@ -354,8 +391,12 @@ class _Compiler:
                     str(op_name), OPERATOR_KEYS
                 )
                 hint = f"did you mean '{guess}'? " if guess else ""
-                self.problem(op_path, f"unknown operator '{op_name}'",
-                             hint + "operators: " + ", ".join(OPERATOR_KEYS), at_key=True)
+                self.problem(
+                    op_path,
+                    f"unknown operator '{op_name}'",
+                    hint + "operators: " + ", ".join(OPERATOR_KEYS),
+                    at_key=True,
+                )
                 continue
             tests.append(self.test(field, operator, operand, case_sensitive, op_path))
         if not tests:
@@ -364,8 +405,14 @@ class _Compiler:
             return AllOf((), path)
         return tests[0] if len(tests) == 1 else AllOf(tuple(tests), path)
 
-    def test(self, field: str, operator: Operator, operand: Any, case_sensitive: bool,
-             path: tuple[str | int, ...]) -> Condition:
+    def test(
+        self,
+        field: str,
+        operator: Operator,
+        operand: Any,
+        case_sensitive: bool,
+        path: tuple[str | int, ...],
+    ) -> Condition:
         if operator is Operator.EXISTS and not isinstance(operand, bool):
             self.problem(path, "exists takes true or false")
         elif operator is Operator.IN:
@@ -386,16 +433,22 @@ class _Compiler:
                 try:
                     re.compile(operand)
                 except re.error as exc:
-                    self.problem(path, f"invalid regex {operand!r}: {exc.msg} at position "
-                                 f"{exc.pos}", "quote the pattern and escape special "
-                                 "characters with a backslash")
+                    self.problem(
+                        path,
+                        f"invalid regex {operand!r}: {exc.msg} at position {exc.pos}",
+                        "quote the pattern and escape special characters with a backslash",
+                    )
         if field == "body_part" and operator in (Operator.EQUALS, Operator.IN):
             for region in operand if isinstance(operand, tuple) else (operand,):
                 if _text(region).lower() not in {r.value for r in Region}:
                     guess = suggest(_text(region), [r.value for r in Region])
-                    self.problem(path, f"unknown body region {region!r}",
-                                 (f"did you mean '{guess}'? " if guess else "")
-                                 + "regions: " + ", ".join(r.value for r in Region))
+                    self.problem(
+                        path,
+                        f"unknown body region {region!r}",
+                        (f"did you mean '{guess}'? " if guess else "")
+                        + "regions: "
+                        + ", ".join(r.value for r in Region),
+                    )
         return FieldTest(field, operator, operand, case_sensitive, path)
 
 

@@ -42,10 +42,8 @@ def _explain_route(outcome: RouteOutcome, names: dict[str, str]) -> list[str]:
     ]
     if outcome.selection is None:
         lines.append("  no series meets `when`; first failing condition:")
-        lines.extend(
-            f"    {line}"
-            for line in _grouped([(n, r.removeprefix("`when` fails at ")) for n, r in when_failures])
-        )
+        bare = [(name, reason.removeprefix("`when` fails at ")) for name, reason in when_failures]
+        lines.extend(f"    {line}" for line in _grouped(bare))
         return lines
     if outcome.matched:
         destinations = ", ".join(route.send_to) or "no destination"

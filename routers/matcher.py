@@ -18,7 +18,7 @@ from routers.attributes import SeriesView, StudyView, study_view_from_index
 from routers.bodypart import BodyPartTable, RegionDecision
 from routers.conditions import Condition, Failure, Subject
 from routers.schema import Mode, PluginRef
-from routers.selection import SeriesCriteria, Selection, select_series
+from routers.selection import Selection, SeriesCriteria, select_series
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ class RouteMatch:
     series_instance_uid: str
     destinations: tuple[str, ...]
     mode: Mode
-    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,10 @@ class RouteOutcome:
 
     @property
     def matched(self) -> bool:
-        return self.route.enabled and self.selection is not None and (
-            self.selection.chosen is not None
+        return (
+            self.route.enabled
+            and self.selection is not None
+            and (self.selection.chosen is not None)
         )
 
     def matches(self) -> tuple[RouteMatch, ...]:
@@ -99,7 +100,6 @@ class RouteOutcome:
                 series_instance_uid=chosen,
                 destinations=self.route.send_to,
                 mode=self.route.mode,
-                priority=self.route.priority,
             )
             for plugin in self.route.run
         )
@@ -119,7 +119,9 @@ def evaluate(table: RouteTable, study: StudyView) -> tuple[RouteOutcome, ...]:
             for s in study.series
         )
         candidates = [o.series for o in series_outcomes if o.failure is None]
-        selection = select_series(route.series, candidates) if route.enabled and candidates else None
+        selection = None
+        if route.enabled and candidates:
+            selection = select_series(route.series, candidates)
         outcomes.append(RouteOutcome(route, series_outcomes, selection))
     return tuple(outcomes)
 
@@ -153,7 +155,10 @@ def _pending_versions(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 def route_version(
     conn: sqlite3.Connection, table: RouteTable, version_id: int, now: float | None = None
 ) -> tuple[RouteMatch, ...]:
-    """Match one stable version and persist its route matches; idempotent per version."""
+    """Match one stable version and persist its route matches; idempotent per version.
+
+    Rows are inserted in route priority order, so ``ORDER BY id`` is the routes' ranking.
+    """
     row = conn.execute(
         "SELECT study_instance_uid, version, routed_at FROM study_versions WHERE id = ?",
         (version_id,),
@@ -174,15 +179,25 @@ def route_version(
             "plugin_version, series_instance_uid, destinations, mode, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (version_id, m.route_name, m.plugin, m.plugin_version, m.series_instance_uid,
-                 json.dumps(list(m.destinations)), m.mode.value, stamp)
+                (
+                    version_id,
+                    m.route_name,
+                    m.plugin,
+                    m.plugin_version,
+                    m.series_instance_uid,
+                    json.dumps(list(m.destinations)),
+                    m.mode.value,
+                    stamp,
+                )
                 for m in matches
             ],
         )
         conn.execute("UPDATE study_versions SET routed_at = ? WHERE id = ?", (stamp, version_id))
     logger.info(
         "routed study %s version %s: %d match(es)%s",
-        row["study_instance_uid"], row["version"], len(matches),
+        row["study_instance_uid"],
+        row["version"],
+        len(matches),
         "".join(f"; {m.route_name} -> {m.plugin} ({m.mode.value})" for m in matches),
     )
     return matches
@@ -197,7 +212,8 @@ def route_pending(conn: sqlite3.Connection, table: RouteTable) -> int:
         except Exception:  # one bad version must not hold up the others; it stays pending
             logger.exception(
                 "routing study %s version %s failed; it stays pending",
-                row["study_instance_uid"], row["version"],
+                row["study_instance_uid"],
+                row["version"],
             )
             continue
         count += 1

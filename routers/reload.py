@@ -58,7 +58,9 @@ class LiveRouteTable:
             except RoutesFileError as exc:
                 logger.error(
                     "routes: %s rejected, keeping the %d route(s) in force:\n%s",
-                    self.path, len(self._table.routes), exc,
+                    self.path,
+                    len(self._table.routes),
+                    exc,
                 )
                 self.last_error = exc
                 return False

@@ -164,8 +164,11 @@ WHEN_SCHEMA: dict[str, Any] = {
 
 _PLUGIN_REF_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "string", "pattern": r"^[a-z0-9][a-z0-9._-]*(@.+)?$",
-         "description": "plugin name, or name@version to pin a version"},
+        {
+            "type": "string",
+            "pattern": r"^[a-z0-9][a-z0-9._-]*(@.+)?$",
+            "description": "plugin name, or name@version to pin a version",
+        },
         {
             "type": "object",
             "additionalProperties": False,

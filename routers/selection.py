@@ -70,11 +70,14 @@ class SeriesCriteria:
                 uid = resolve_sop_class(name)
                 if uid is None:
                     guess = suggest(name, list(_SOP_CLASS_NAMES))
-                    problems.append(Problem(
-                        (*path, field, index), f"unknown SOP class '{name}'",
-                        (f"did you mean '{guess}'? " if guess else "")
-                        + "use a UID or a name such as CTImageStorage",
-                    ))
+                    problems.append(
+                        Problem(
+                            (*path, field, index),
+                            f"unknown SOP class '{name}'",
+                            (f"did you mean '{guess}'? " if guess else "")
+                            + "use a UID or a name such as CTImageStorage",
+                        )
+                    )
                 else:
                     resolved.add(uid)
             return frozenset(resolved)
@@ -84,11 +87,14 @@ class SeriesCriteria:
             try:
                 description = re.compile(spec.description_regex, re.IGNORECASE)
             except re.error as exc:
-                problems.append(Problem(
-                    (*path, "description_regex"),
-                    f"invalid regex {spec.description_regex!r}: {exc.msg} at position {exc.pos}",
-                    "quote the pattern and escape special characters with a backslash",
-                ))
+                problems.append(
+                    Problem(
+                        (*path, "description_regex"),
+                        f"invalid regex {spec.description_regex!r}: {exc.msg} "
+                        f"at position {exc.pos}",
+                        "quote the pattern and escape special characters with a backslash",
+                    )
+                )
         criteria = cls(
             spec,
             uids("include_sop_class", spec.include_sop_class),
@@ -122,7 +128,8 @@ class SeriesCriteria:
             plane = orientation_of(series.orientation, spec.orientation_tolerance_deg)
             if plane is not spec.orientation:
                 seen = (
-                    "no ImageOrientationPatient" if series.orientation is None
+                    "no ImageOrientationPatient"
+                    if series.orientation is None
                     else f"orientation is {plane.value if plane else 'oblique'}"
                 )
                 return f"{seen}, not {spec.orientation.value}"
@@ -135,8 +142,10 @@ class SeriesCriteria:
             if spec.slice_thickness_max is not None and thickness > spec.slice_thickness_max:
                 return f"slice thickness {thickness:g} mm > {spec.slice_thickness_max:g} mm"
         if self.description is not None and not self.description.search(series.description):
-            return (f"SeriesDescription {series.description!r} does not match "
-                    f"/{self.description.pattern}/")
+            return (
+                f"SeriesDescription {series.description!r} does not match "
+                f"/{self.description.pattern}/"
+            )
         return None
 
 

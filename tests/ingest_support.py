@@ -188,6 +188,7 @@ class DcmtkOutcome:
 
     path: Path
     response: str | None  # "Success", another status text, or None when nothing was sent
+    error: str | None = None  # storescu's own complaint about the file, when it had one
 
     @property
     def succeeded(self) -> bool:
@@ -271,6 +272,9 @@ def dcmtk_store(
                 text = line[len("I: Received Store Response"):].strip().strip("()")
                 outcomes[current] = DcmtkOutcome(current, text)
                 current = None
+            elif line.startswith(("E: ", "W: ")) and current is not None:
+                if outcomes[current].error is None:
+                    outcomes[current] = DcmtkOutcome(current, None, line[3:].strip())
     sent_first = [outcomes[p] for p in dict.fromkeys(order) if p in outcomes]
     rest = [o for p, o in outcomes.items() if p not in set(order)]
     return sent_first + rest
@@ -304,6 +308,15 @@ def raw_instance(path: Path) -> RawInstance:
             transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") or None
     except Exception:
         offset = 132 if data[128:132] == b"DICM" else 0
+        if data[offset : offset + 2] == b"\x02\x00":  # a File Meta group without a preamble
+            try:
+                handle = BytesIO(data)
+                handle.seek(offset)
+                meta = _read_file_meta_info(handle)
+                offset = handle.tell()
+                transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") or None
+            except Exception:
+                pass
     if transfer_syntax is None:
         vr = data[offset + 4 : offset + 6]
         transfer_syntax = (

@@ -5,8 +5,11 @@ it, waits (with a deadline) until the REST API answers, and can be stopped and s
 on the same ports and storage (the outage tests need a PACS that goes away and comes back).
 The node under test is registered as a DICOM modality, so Orthanc can C-STORE to it.
 
-Use the ``orthanc_factory`` fixture (``from orthanc import orthanc_factory``) or the
-class directly.
+A test module makes its fixture with ``orthanc_servers``::
+
+    @pytest.fixture
+    def orthanc_factory(tmp_path):
+        yield from orthanc_servers(tmp_path)
 """
 
 from __future__ import annotations
@@ -90,8 +93,7 @@ class OrthancServer:
             "StableAge": 1,
             "SaveJobs": False,
             "DicomModalities": {
-                m.name: {"AET": m.ae_title, "Host": m.host, "Port": m.port}
-                for m in self.modalities
+                m.name: {"AET": m.ae_title, "Host": m.host, "Port": m.port} for m in self.modalities
             },
         }
         self.config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -235,9 +237,9 @@ def orthanc_available() -> bool:
     return ORTHANC_BINARY.exists() and os.access(ORTHANC_BINARY, os.X_OK)
 
 
-@pytest.fixture
-def orthanc_factory(tmp_path: Path) -> Iterator:
-    """Make Orthanc servers (skips when Orthanc is absent); all are stopped at teardown."""
+def orthanc_servers(tmp_path: Path) -> Iterator:
+    """Body of an ``orthanc_factory`` fixture: yields a function that starts Orthanc servers
+    (skipping the test when Orthanc is absent) and stops them all afterwards."""
     if not orthanc_available():
         pytest.skip(f"Orthanc not found at {ORTHANC_BINARY}: apt-get install orthanc")
     servers: list[OrthancServer] = []
@@ -248,6 +250,8 @@ def orthanc_factory(tmp_path: Path) -> Iterator:
         server.start()
         return server
 
-    yield make
-    for server in servers:
-        server.stop()
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.stop()

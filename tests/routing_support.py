@@ -60,8 +60,9 @@ def add_instance(
             "last_received_at, version) VALUES (?, ?, ?, ?)",
             (study, received_at, received_at, version),
         )
-        conn.execute("UPDATE studies SET version = ? WHERE study_instance_uid = ?",
-                     (version, study))
+        conn.execute(
+            "UPDATE studies SET version = ? WHERE study_instance_uid = ?", (version, study)
+        )
         conn.execute(
             "INSERT OR IGNORE INTO series (series_instance_uid, study_instance_uid, modality, "
             "body_part_examined, series_description) VALUES (?, ?, ?, ?, ?)",
@@ -73,21 +74,34 @@ def add_instance(
             "received_at, study_version, instance_number, image_type, image_orientation, "
             "slice_thickness, attributes) VALUES (?, ?, ?, ?, '1.2.840.10008.1.2.1', ?, 1, ?, "
             "?, ?, ?, ?, ?, ?, ?, ?)",
-            (sop, series, study, sop_class, f"{sop}.dcm", calling_ae, called_ae, received_at,
-             version, instance_number, image_type, orientation, thickness,
-             json.dumps(attributes)),
+            (
+                sop,
+                series,
+                study,
+                sop_class,
+                f"{sop}.dcm",
+                calling_ae,
+                called_ae,
+                received_at,
+                version,
+                instance_number,
+                image_type,
+                orientation,
+                thickness,
+                json.dumps(attributes),
+            ),
         )
 
 
 def add_series(conn: sqlite3.Connection, count: int, **fields: object) -> None:
     """``count`` instances of one series (SOP UIDs derived from the series UID)."""
     for number in range(1, count + 1):
-        add_instance(conn, sop=f"{fields['series']}.{number}", instance_number=number,
-                     **fields)  # type: ignore[arg-type]
+        add_instance(conn, sop=f"{fields['series']}.{number}", instance_number=number, **fields)  # type: ignore[arg-type]
 
 
-def make_stable(conn: sqlite3.Connection, study: str, version: int = 1,
-                stable_at: float = 2000.0) -> int:
+def make_stable(
+    conn: sqlite3.Connection, study: str, version: int = 1, stable_at: float = 2000.0
+) -> int:
     """A study_versions row as the assembler writes it; returns its id."""
     count = conn.execute(
         "SELECT COUNT(*) FROM instances WHERE study_instance_uid = ?", (study,)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 from conftest import wait_until
-from orthanc import orthanc_factory  # noqa: F401 - fixture
+from orthanc import orthanc_servers
 from pipeline_rows import add_result, secondary_capture, seed_job
 from pydicom.uid import generate_uid
 
@@ -19,11 +19,16 @@ from node.dispatch.outbox import OutboxState, enqueue, list_rows
 pytestmark = pytest.mark.orthanc
 
 
+@pytest.fixture
+def orthanc_factory(tmp_path):
+    yield from orthanc_servers(tmp_path)
+
+
 def _states(conn, outputs, destination):
     return [r for r in list_rows(conn, outputs) if r.destination == destination]
 
 
-def test_outage_then_exactly_once(tmp_path, orthanc_factory):  # noqa: F811
+def test_outage_then_exactly_once(tmp_path, orthanc_factory):
     pacs = orthanc_factory()
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, free_port, wait_until
-from ingest_support import start_node, stop_node
-from orthanc import Modality, orthanc_factory  # noqa: F401 - fixture
+from ingest_support import RunningNode, stop_node
+from orthanc import Modality, orthanc_servers
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dicom3tools]
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path):
+    yield from orthanc_servers(tmp_path)
+
 
 ROUTES = """
 routes:
@@ -32,6 +43,38 @@ routes:
     run: [ct-lung-nodule]
     send_to: [pacs]
 """
+
+
+def start_node(folder: Path, port: int, sections: dict) -> RunningNode:
+    """``ainode serve`` on ``port`` with ``sections`` over a test base config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port},
+        "access": {"accept_any": True},
+        "storage": {"data_dir": str(folder / "data"), "min_free_mb": 1},
+        **sections,
+    }
+    config_path = folder / "node.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = folder / f"node-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(config_path)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    node = RunningNode(process, config_path, folder / "data", port, "AINODE", log_path)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"ainode serve exited {process.returncode}:\n{node.log()[-3000:]}")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, timeout=60, what="the node to listen")
+    return node
 
 
 def node_sections(tmp_path: Path, pacs) -> dict:
@@ -122,12 +165,12 @@ def test_orthanc_sends_ct_and_gets_seg_and_sr_back(
     tmp_path,
     orthanc_factory,
     phantom_ct,
-    validate_dicom,  # noqa: F811
+    validate_dicom,
 ):
     study, paths = phantom_ct
     port = free_port()
     pacs = orthanc_factory((Modality("ainode", "AINODE", "127.0.0.1", port),))
-    node = start_node(tmp_path / "node", port, **node_sections(tmp_path, pacs))
+    node = start_node(tmp_path / "node", port, node_sections(tmp_path, pacs))
     try:
         send_study_from_orthanc(pacs, paths)
         wait_until(
@@ -158,13 +201,13 @@ def test_kill_9_during_inference_and_during_sending(
     tmp_path,
     orthanc_factory,
     phantom_ct,
-    validate_dicom,  # noqa: F811
+    validate_dicom,
 ):
     study, paths = phantom_ct
     port = free_port()
     pacs = orthanc_factory((Modality("ainode", "AINODE", "127.0.0.1", port),))
     sections = node_sections(tmp_path, pacs)
-    node = start_node(tmp_path / "node", port, **sections)
+    node = start_node(tmp_path / "node", port, sections)
     frozen = False
     try:
         send_study_from_orthanc(pacs, paths)
@@ -179,7 +222,7 @@ def test_kill_9_during_inference_and_during_sending(
         # 2. restart with the PACS frozen: the job completes, the sender hangs mid-association
         os.kill(pacs.process.pid, signal.SIGSTOP)
         frozen = True
-        node = start_node(tmp_path / "node", port, **sections)
+        node = start_node(tmp_path / "node", port, sections)
         wait_until(
             lambda: job_states(node.database) == ["SUCCEEDED"],
             timeout=240,
@@ -197,7 +240,7 @@ def test_kill_9_during_inference_and_during_sending(
         frozen = False
 
         # 3. restart: every result is delivered, exactly once
-        node = start_node(tmp_path / "node", port, **sections)
+        node = start_node(tmp_path / "node", port, sections)
         wait_until(
             lambda: all_delivered(node.database),
             timeout=120,

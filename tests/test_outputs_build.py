@@ -28,7 +28,9 @@ ALL_KINDS = tuple(OutputKind)
 
 
 def key(code: object) -> tuple[str, str]:
-    """(value, scheme) of a pydicom Code or a highdicom CodedConcept."""
+    """(value, scheme) of a pydicom Code, a highdicom CodedConcept or a code item."""
+    if isinstance(code, pydicom.Dataset) and "CodeValue" in code:
+        return (str(code.CodeValue), str(code.CodingSchemeDesignator))
     return (str(code.value), str(code.scheme_designator))  # type: ignore[attr-defined]
 
 
@@ -69,7 +71,7 @@ def written(result: ResultInstance, folder: Path) -> pydicom.Dataset:
 
 
 def test_every_kind_is_built_and_labelled(built, ct_input, tmp_path):
-    findings, by_kind = built
+    _, by_kind = built
     assert set(by_kind) == set(ALL_KINDS)
     source = ct_input.headers[0]
     for kind, results in by_kind.items():
@@ -77,9 +79,10 @@ def test_every_kind_is_built_and_labelled(built, ct_input, tmp_path):
             ds = written(result, tmp_path)
             assert ds.SOPInstanceUID == result.sop_instance_uid
             assert ds.StudyInstanceUID == source.StudyInstanceUID
-            assert ds.SeriesNumber == 7000 + {"seg": 0, "sr": 1, "text_sr": 2, "burned_in_sc": 3}[
-                kind.value
-            ]
+            assert (
+                ds.SeriesNumber
+                == 7000 + {"seg": 0, "sr": 1, "text_sr": 2, "burned_in_sc": 3}[kind.value]
+            )
             assert ds.SeriesDescription.startswith("AI test-plugin 1.2.0")
             assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription
             assert ds.Manufacturer == "ainode"
@@ -118,8 +121,10 @@ def test_seg_round_trip_segments_codes_and_pixels(built, ct_input, tmp_path):
         np.testing.assert_array_equal(pixels[..., channel].astype(bool), segment.mask)
     # every frame names its source image and the segment it belongs to
     per_frame = seg.PerFrameFunctionalGroupsSequence
-    cited = [fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-             for fg in per_frame]
+    cited = [
+        fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for fg in per_frame
+    ]
     assert sorted(cited) == sorted(uids * len(findings.segments))
     color = seg.SegmentSequence[0].RecommendedDisplayCIELabValue
     assert hd.color.CIELabColor.from_dicom_value(color).to_rgb() == pytest.approx(
@@ -133,8 +138,9 @@ def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_p
     sr = hd.sr.srread(by_kind[OutputKind.SR][0].write(tmp_path))
     assert sr.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
     assert key(sr.ConceptNameCodeSequence[0]) == ("126000", "DCM")
-    procedure = [i for i in sr.ContentSequence if key(i.ConceptNameCodeSequence[0]) ==
-                 ("121058", "DCM")]
+    procedure = [
+        i for i in sr.ContentSequence if key(i.ConceptNameCodeSequence[0]) == ("121058", "DCM")
+    ]
     assert key(procedure[0].ConceptCodeSequence[0]) == key(codes.LN.CTUnspecifiedBodyRegion)
     report = hd.sr.MeasurementReport.from_sequence([sr])
     groups = {
@@ -145,15 +151,15 @@ def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_p
     assert set(groups) == {f.tracking_id for f in findings.findings} | {"Study-level results"}
     seg = pydicom.dcmread(by_kind[OutputKind.SEG][0].write(tmp_path))
     seg_tracking = {int(s.SegmentNumber): s.TrackingUID for s in seg.SegmentSequence}
-    for number, finding in enumerate(findings.findings):
+    for finding in findings.findings:
         group = groups[finding.tracking_id]
         assert key(group.finding_type) == key(finding.finding_type)
         sites = [key(site.value) for site in group.finding_sites]
         assert sites == ([key(finding.finding_site)] if finding.finding_site else [])
-        measured = {(key(m.name), round(m.value, 6), key(m.unit))
-                    for m in group.get_measurements()}
-        assert measured == {(key(m.concept), round(m.value, 6), key(m.unit))
-                            for m in finding.measurements}
+        measured = {(key(m.name), round(m.value, 6), key(m.unit)) for m in group.get_measurements()}
+        assert measured == {
+            (key(m.concept), round(m.value, 6), key(m.unit)) for m in finding.measurements
+        }
         evaluated = {(key(q.name), key(q.value)) for q in group.get_qualitative_evaluations()}
         expected = {(key(q.concept), key(q.value)) for q in finding.evaluations}
         if finding.segment_key is not None:  # highdicom lists the finding category here too
@@ -163,21 +169,25 @@ def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_p
         if finding.segment_key is not None:
             segment_number = [s.key for s in findings.segments].index(finding.segment_key) + 1
             reference = group.referenced_segment
-            assert reference.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg_uid
-            assert reference.ReferencedSOPSequence[0].ReferencedSegmentNumber == segment_number
+            assert reference.referenced_sop_instance_uid == seg_uid
+            assert list(reference.referenced_segment_numbers) == [segment_number]
             assert group.tracking_uid == seg_tracking[segment_number]  # SEG and SR agree
     # the nodule's group names exactly the slices the nodule lies on
     nodule = findings.segment("nodule-1").mask
     expected = {ct_input.sources[i].sop_instance_uid for i in np.flatnonzero(nodule.any((1, 2)))}
-    cited = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-             for item in groups["Nodule 1"].referenced_segment.ContentSequence}
+    cited = {
+        item.referenced_sop_instance_uid
+        for item in groups["Nodule 1"].referenced_segment.source_images_for_segmentation
+    }
     assert cited == expected
     study = groups["Study-level results"]
     assert [round(m.value, 6) for m in study.get_measurements()] == [1.0]
-    evidence = {sop.ReferencedSOPInstanceUID
-                for study_item in sr.CurrentRequestedProcedureEvidenceSequence
-                for series in study_item.ReferencedSeriesSequence
-                for sop in series.ReferencedSOPSequence}
+    evidence = {
+        sop.ReferencedSOPInstanceUID
+        for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study_item.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
     assert evidence == {seg_uid} | {s.sop_instance_uid for s in ct_input.sources}
 
 
@@ -190,8 +200,12 @@ def test_confidence_is_a_probability_property_of_the_evaluation(built, tmp_path)
             yield item
             yield from walk(item.get("ContentSequence", []))
 
-    evaluations = [i for i in walk(sr.ContentSequence) if i.ValueType == "CODE"
-                   and key(i.ConceptNameCodeSequence[0]) == key(codes.DCM.LevelOfSignificance)]
+    evaluations = [
+        i
+        for i in walk(sr.ContentSequence)
+        if i.ValueType == "CODE"
+        and key(i.ConceptNameCodeSequence[0]) == key(codes.DCM.LevelOfSignificance)
+    ]
     assert len(evaluations) == 1
     probability = evaluations[0].ContentSequence[0]
     assert key(probability.ConceptNameCodeSequence[0]) == key(codes.DCM.Probability)
@@ -203,8 +217,11 @@ def test_text_sr_has_sections_and_key_image(built, ct_input, tmp_path):
     findings, by_kind = built
     sr = pydicom.dcmread(by_kind[OutputKind.TEXT_SR][0].write(tmp_path))
     assert sr.SOPClassUID == pydicom.uid.EnhancedSRStorage
-    sections = {key(i.ConceptNameCodeSequence[0]): i for i in sr.ContentSequence
-                if i.ValueType == "CONTAINER"}
+    sections = {
+        key(i.ConceptNameCodeSequence[0]): i
+        for i in sr.ContentSequence
+        if i.ValueType == "CONTAINER"
+    }
     finding = sections[key(codes.DCM.Findings)].ContentSequence[0]
     impression = sections[key(codes.DCM.Impressions)].ContentSequence[0]
     assert finding.TextValue == findings.report.findings
@@ -256,8 +273,9 @@ def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
         findings, ct_input, context(job_id="job-43", study_version=2, predecessor=predecessor)
     )
     old_uids = {r.sop_instance_uid for r in first} | {r.series_instance_uid for r in first}
-    assert not old_uids & ({r.sop_instance_uid for r in newer}
-                           | {r.series_instance_uid for r in newer})
+    assert not old_uids & (
+        {r.sop_instance_uid for r in newer} | {r.series_instance_uid for r in newer}
+    )
     new_sr = next(r for r in newer if r.kind is OutputKind.SR).dataset
     cited = new_sr.PredecessorDocumentsSequence[0]
     assert cited.StudyInstanceUID == ct_input.study_instance_uid
@@ -271,10 +289,15 @@ def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
 
 
 def test_context_from_config_and_kind_selection(ct_input):
-    config = OutputsConfig(series_number_base=123, not_for_diagnostic_use=False,
-                           institution_name="General Hospital")
+    config = OutputsConfig(
+        series_number_base=123, not_for_diagnostic_use=False, institution_name="General Hospital"
+    )
     ctx = OutputContext.from_config(
-        config, job_id="j", study_version=0, plugin_name="p", plugin_version="9",
+        config,
+        job_id="j",
+        study_version=0,
+        plugin_name="p",
+        plugin_version="9",
         outputs=(OutputKind.SR,),
     )
     findings = full_findings(ct_input)
@@ -296,11 +319,19 @@ def test_fractional_and_thresholded_probability_masks(ct_input):
     probability[4, 15:25, 15:25] = 0.9
     findings = Findings(
         algorithm=AlgorithmIdentification("p", "1"),
-        segments=(Segment("p", "Probability", codes.SCT.MorphologicallyAbnormalStructure,
-                          codes.SCT.Nodule, probability),),
+        segments=(
+            Segment(
+                "p",
+                "Probability",
+                codes.SCT.MorphologicallyAbnormalStructure,
+                codes.SCT.Nodule,
+                probability,
+            ),
+        ),
     )
     fractional = build_outputs(
-        findings, ct_input,
+        findings,
+        ct_input,
         context(outputs=(OutputKind.SEG,), fractional_segmentation=True),
     )[0].dataset
     assert fractional.SegmentationType == "FRACTIONAL"
@@ -322,8 +353,13 @@ def test_overlapping_segments_are_kept_apart(ct_input):
         algorithm=AlgorithmIdentification("p", "1"),
         segments=(
             Segment("organ", "Organ", codes.SCT.Organ, codes.SCT.Lung, big),
-            Segment("lesion", "Lesion", codes.SCT.MorphologicallyAbnormalStructure,
-                    codes.SCT.Nodule, small),
+            Segment(
+                "lesion",
+                "Lesion",
+                codes.SCT.MorphologicallyAbnormalStructure,
+                codes.SCT.Nodule,
+                small,
+            ),
         ),
     )
     dataset = build_outputs(findings, ct_input, context(outputs=(OutputKind.SEG,)))[0].dataset
@@ -352,9 +388,15 @@ def test_mask_shape_mismatch_and_mixed_sources_fail_clearly(ct_input):
 def test_odd_sources_do_not_break_building(tmp_path):
     """Missing Type 2 attributes, a non-ASCII name without SpecificCharacterSet, private tags."""
     files = write_synthetic_ct(
-        tmp_path / "odd", slices=4, size=32,
-        PatientBirthDate=None, PatientSex=None, AccessionNumber=None, StudyID=None,
-        ReferringPhysicianName=None, SpecificCharacterSet=None,
+        tmp_path / "odd",
+        slices=4,
+        size=32,
+        PatientBirthDate=None,
+        PatientSex=None,
+        AccessionNumber=None,
+        StudyID=None,
+        ReferringPhysicianName=None,
+        SpecificCharacterSet=None,
         PatientName="Müller^Jürgen",
     )
     for path in files:  # a private block
@@ -366,8 +408,13 @@ def test_odd_sources_do_not_break_building(tmp_path):
     findings = full_findings(source)
     for result in build_outputs(findings, source, context()):
         ds = written(result, tmp_path)
-        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                        "ReferringPhysicianName"):
+        for keyword in (
+            "PatientBirthDate",
+            "PatientSex",
+            "AccessionNumber",
+            "StudyID",
+            "ReferringPhysicianName",
+        ):
             assert keyword in ds and ds[keyword].is_empty, keyword
         assert str(ds.PatientName) == "Müller^Jürgen"
         assert ds.SpecificCharacterSet == "ISO_IR 100"

@@ -22,7 +22,12 @@ from models.api import (
 from models.devices import GpuSlots
 from models.loading import load_plugin_input
 from models.manifest import load_manifest
-from models.phantoms.chest_xray import ChestXrayAnatomy, Photometric, RadiographKind, make_chest_xray
+from models.phantoms.chest_xray import (
+    ChestXrayAnatomy,
+    Photometric,
+    RadiographKind,
+    make_chest_xray,
+)
 from models.plugins.dx_chest.train import HELD_OUT_SEED_START
 from models.runners.python import instantiate
 from models.runtime import PluginHost, catalog_of
@@ -75,7 +80,11 @@ def assert_states_exactly(prior: Findings, text: str) -> None:
 def test_positive_phantom_reports_cardiomegaly_with_its_ratio(host, tmp_path) -> None:
     prior, final = run_chain(host, tmp_path, ctr=0.6, seed=TEST_SEED)
     report = final.report
-    assert report is not None and final.segments == ()
+    assert report is not None
+    # carried forward, so the one job yields SEG and SR as well as the text
+    assert [s.key for s in final.segments] == [s.key for s in prior.segments]
+    assert final.study_measurements == prior.study_measurements
+    assert final.algorithm.name == "dx-chest-report"
     (ratio,) = prior.study_measurements
     (verdict,) = prior.study_evaluations
     assert verdict.value.meaning == "Present"
@@ -169,3 +178,31 @@ def test_manifest_must_declare_the_dependency(tmp_path) -> None:
     (tmp_path / "plugin.py").write_text((PLUGINS / "dx_chest_report" / "plugin.py").read_text())
     with pytest.raises(Exception, match="needs"):
         instantiate(load_manifest(tmp_path))
+
+
+@pytest.mark.dicom3tools
+def test_the_chain_job_yields_valid_seg_sr_and_text_sr(host, tmp_path, validate_dicom) -> None:
+    from node.outputs import OutputContext, build_outputs
+
+    written = make_chest_xray(
+        tmp_path / "source",
+        kind=RadiographKind.CR,
+        photometric=Photometric.MONOCHROME2,
+        anatomy=ChestXrayAnatomy(ctr=0.56, rows=384, columns=352, seed=TEST_SEED + 2),
+    )
+    series = load_plugin_input([written.path])
+    final = host.run("dx-chest-report", None, series)
+    context = OutputContext(
+        job_id="test-dx-chest-report", study_version=1,
+        plugin_name="dx-chest-report", plugin_version="1.0.0",
+    )
+    results = build_outputs(final, series, context)
+    assert sorted(r.kind.value for r in results) == ["seg", "sr", "text_sr"]
+    text_sr = next(r.dataset for r in results if r.kind.value == "text_sr")
+    assert final.report.impression.splitlines()[0] in str(text_sr.ContentSequence)
+    out = tmp_path / "out"
+    out.mkdir()
+    for result in results:
+        result.write(out)
+    outcome = validate_dicom(out, sources=(written.path,))
+    assert outcome.returncode == 0, outcome.stdout + outcome.stderr

@@ -3,7 +3,8 @@
 The expected table is written from CATALOG.md and manifest.tsv (series UIDs copied from the
 manifest), not from the router's output: chest CT -> ct-lung-nodule on the thin axial series;
 chest CR/DX -> dx-chest + dx-chest-report (the two radiographs that name no body part anywhere
-run in shadow mode); everything else -> nothing. An MR neck study -> mr-vessel-wall.
+run in shadow mode); everything else -> nothing. The generated MR neck phantom -> mr-vessel-wall
+on its axial series.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from routing_support import shipped_table
 
+from models.phantoms.neck_mr import NeckMRSpec, write_neck_mr
 from routers.attributes import study_views_from_paths
 from routers.matcher import evaluate, match_study
-from tests.routing_support import shipped_table
 
 pytestmark = pytest.mark.corpus
 
@@ -120,42 +122,32 @@ def test_dose_report_secondary_capture_is_chest_but_never_selected(corpus: Path)
     assert "SecondaryCaptureImageStorage" in outcome.selection.verdicts[0].reason
 
 
-def _write_mr_neck_study(source: Path, target: Path) -> dict[str, str]:
-    """An MR neck study made from corpus brain MR slices: an axial black-blood series,
-    a sagittal localiser and a coronal series. Returns role -> series UID."""
-    files = sorted(source.glob("*.dcm"))[:12]
-    study_uid = generate_uid()
-    roles = {
-        "axial": ("AX T1 BLACK BLOOD CAROTID", [1, 0, 0, 0, 1, 0], ["ORIGINAL", "PRIMARY"], 12),
-        "localiser": ("3-PLANE LOC", [0, 1, 0, 0, 0, -1], ["ORIGINAL", "PRIMARY", "LOCALIZER"], 3),
-        "coronal": ("COR T2 NECK", [1, 0, 0, 0, 0, -1], ["ORIGINAL", "PRIMARY"], 12),
+def _write_mr_neck_study(target: Path) -> dict[str, str]:
+    """The generated neck MR phantom (axial black-blood series, body part NECK) plus, in the
+    same study, a sagittal localiser and a coronal series made from its slices, as a scanner
+    would send them. Returns role -> series UID."""
+    _, paths = write_neck_mr(target, NeckMRSpec.small())
+    uids = {"axial": pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID}
+    extra = {
+        "localiser": ([0, 1, 0, 0, 0, -1], ["ORIGINAL", "PRIMARY", "LOCALIZER"], paths[:3]),
+        "coronal": ([1, 0, 0, 0, 0, -1], ["ORIGINAL", "PRIMARY", "OTHER"], paths),
     }
-    uids = {}
-    for number, (role, (description, orientation, image_type, count)) in enumerate(
-        roles.items(), start=1
-    ):
-        series_uid = uids[role] = generate_uid()
-        for index, file in enumerate(files[:count], start=1):
-            ds = pydicom.dcmread(file)
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.SeriesNumber = number
-            ds.InstanceNumber = index
-            ds.BodyPartExamined = "NECK"
-            ds.StudyDescription = "MR NECK CAROTID VESSEL WALL"
-            ds.SeriesDescription = description
+    for number, (role, (orientation, image_type, sources)) in enumerate(extra.items(), start=2):
+        uids[role] = generate_uid()
+        for index, source in enumerate(sources, start=1):
+            ds = pydicom.dcmread(source)
+            ds.SeriesInstanceUID = uids[role]
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.SeriesNumber, ds.InstanceNumber = number, index
+            ds.SeriesDescription = role.upper()
             ds.ImageOrientationPatient = orientation
             ds.ImageType = image_type
-            if "AnatomicRegionSequence" in ds:
-                del ds.AnatomicRegionSequence
             ds.save_as(target / f"{role}-{index:03d}.dcm")
     return uids
 
 
-def test_mr_neck_study_routes_to_vessel_wall_axial_series(corpus: Path, tmp_path: Path) -> None:
-    uids = _write_mr_neck_study(corpus / "mr-brain-ge-epi-150", tmp_path)
+def test_mr_neck_phantom_routes_to_vessel_wall_axial_series(tmp_path: Path) -> None:
+    uids = _write_mr_neck_study(tmp_path)
     assert _routes_of([tmp_path]) == {
         ("mr-neck-vessel-wall", "mr-vessel-wall", uids["axial"], "production")
     }

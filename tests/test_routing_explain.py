@@ -8,12 +8,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from routing_support import add_instance, add_series, shipped_table
 
 from node.db import connect
 from routers import cli
 from routers.attributes import study_views_from_paths
 from routers.explain import explain_study
-from tests.routing_support import add_instance, add_series, shipped_table
 
 GOLDEN = Path(__file__).parent / "golden" / "routing" / "explain"
 
@@ -56,16 +56,31 @@ def test_explain_study_in_the_index_says_why_series_were_not_selected(
     )
     conn = connect(tmp_path / "data" / "ainode.sqlite3")
     study = "1.2.826.0.1.3680043.10.9"
-    add_series(conn, 40, study=study, series=f"{study}.1", thickness=1.0,
-               series_description="AX LUNG 1.0")
-    add_series(conn, 40, study=study, series=f"{study}.2", thickness=5.0,
-               series_description="AX 5.0")
-    add_instance(conn, study=study, series=f"{study}.3", sop=f"{study}.3.1",
-                 image_type="ORIGINAL\\PRIMARY\\LOCALIZER", orientation="0\\1\\0\\0\\0\\-1",
-                 series_description="SCOUT")
-    add_series(conn, 2, study=study, series=f"{study}.4", modality="SR",
-               sop_class="1.2.840.10008.5.1.4.1.1.88.22", body_part=None,
-               series_description="PhoenixZIPReport")
+    add_series(
+        conn, 40, study=study, series=f"{study}.1", thickness=1.0, series_description="AX LUNG 1.0"
+    )
+    add_series(
+        conn, 40, study=study, series=f"{study}.2", thickness=5.0, series_description="AX 5.0"
+    )
+    add_instance(
+        conn,
+        study=study,
+        series=f"{study}.3",
+        sop=f"{study}.3.1",
+        image_type="ORIGINAL\\PRIMARY\\LOCALIZER",
+        orientation="0\\1\\0\\0\\0\\-1",
+        series_description="SCOUT",
+    )
+    add_series(
+        conn,
+        2,
+        study=study,
+        series=f"{study}.4",
+        modality="SR",
+        sop_class="1.2.840.10008.5.1.4.1.1.88.22",
+        body_part=None,
+        series_description="PhoenixZIPReport",
+    )
     conn.close()
 
     assert run_cli(["routes", "explain", study, "--config", str(node_yaml)]) == 0

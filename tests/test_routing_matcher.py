@@ -7,12 +7,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from routing_support import add_instance, add_series, make_stable
 
 from node.db import connect
 from routers.attributes import study_view_from_index
 from routers.check import check_text
 from routers.matcher import RouteTable, route_pending
-from tests.routing_support import add_instance, add_series, make_stable
 
 ROUTES = """
 routes:
@@ -39,8 +39,7 @@ routes:
     run: [ct-bleed]
     send_to: [pacs]
 """
-PLUGINS = {"ct-lung-nodule": ("1.0.0", "2.0.0"), "ct-lung-report": ("1.0.0",),
-           "ct-bleed": ("0.1",)}
+PLUGINS = {"ct-lung-nodule": ("1.0.0", "2.0.0"), "ct-lung-report": ("1.0.0",), "ct-bleed": ("0.1",)}
 DESTINATIONS = {"pacs": False, "shadow-review": True}
 STUDY = "1.2.826.0.1.3680043.10.1.1"
 
@@ -60,21 +59,43 @@ def conn(tmp_path: Path) -> sqlite3.Connection:
 
 
 def chest_study(conn: sqlite3.Connection) -> None:
-    add_series(conn, 60, study=STUDY, series=f"{STUDY}.2", thickness=1.0,
-               series_description="AX LUNG 1.0")
-    add_series(conn, 120, study=STUDY, series=f"{STUDY}.3", thickness=3.0,
-               series_description="AX BODY 3.0")
-    add_instance(conn, study=STUDY, series=f"{STUDY}.1", sop=f"{STUDY}.1.1",
-                 image_type="ORIGINAL\\PRIMARY\\LOCALIZER", orientation="0\\1\\0\\0\\0\\-1")
-    add_series(conn, 3, study=STUDY, series=f"{STUDY}.99", sop_class="1.2.840.10008.5.1.4.1.1.7",
-               image_type="DERIVED\\SECONDARY\\DOSE_INFO", body_part=None,
-               series_description="Dose Report")
+    add_series(
+        conn, 60, study=STUDY, series=f"{STUDY}.2", thickness=1.0, series_description="AX LUNG 1.0"
+    )
+    add_series(
+        conn, 120, study=STUDY, series=f"{STUDY}.3", thickness=3.0, series_description="AX BODY 3.0"
+    )
+    add_instance(
+        conn,
+        study=STUDY,
+        series=f"{STUDY}.1",
+        sop=f"{STUDY}.1.1",
+        image_type="ORIGINAL\\PRIMARY\\LOCALIZER",
+        orientation="0\\1\\0\\0\\0\\-1",
+    )
+    add_series(
+        conn,
+        3,
+        study=STUDY,
+        series=f"{STUDY}.99",
+        sop_class="1.2.840.10008.5.1.4.1.1.7",
+        image_type="DERIVED\\SECONDARY\\DOSE_INFO",
+        body_part=None,
+        series_description="Dose Report",
+    )
 
 
 def rows(conn: sqlite3.Connection) -> set[tuple]:
     return {
-        (r["study_version_id"], r["route_name"], r["plugin"], r["plugin_version"],
-         r["series_instance_uid"], tuple(json.loads(r["destinations"])), r["mode"])
+        (
+            r["study_version_id"],
+            r["route_name"],
+            r["plugin"],
+            r["plugin_version"],
+            r["series_instance_uid"],
+            tuple(json.loads(r["destinations"])),
+            r["mode"],
+        )
         for r in conn.execute("SELECT * FROM route_matches")
     }
 
@@ -84,12 +105,18 @@ def test_stable_version_gets_one_row_per_route_and_plugin(conn, table) -> None:
     version_id = make_stable(conn, STUDY)
     assert route_pending(conn, table) == 1
     assert rows(conn) == {
-        (version_id, "chest-ct", "ct-lung-nodule", "1.0.0", f"{STUDY}.2", ("pacs",),
-         "production"),
+        (version_id, "chest-ct", "ct-lung-nodule", "1.0.0", f"{STUDY}.2", ("pacs",), "production"),
         (version_id, "chest-ct", "ct-lung-report", None, f"{STUDY}.2", ("pacs",), "production"),
         # the shadow candidate prefers most instances: the 3 mm series, to the shadow folder
-        (version_id, "chest-ct-candidate", "ct-lung-nodule", "2.0.0", f"{STUDY}.3",
-         ("shadow-review",), "shadow"),
+        (
+            version_id,
+            "chest-ct-candidate",
+            "ct-lung-nodule",
+            "2.0.0",
+            f"{STUDY}.3",
+            ("shadow-review",),
+            "shadow",
+        ),
     }
     routed_at = conn.execute("SELECT routed_at FROM study_versions").fetchone()[0]
     assert routed_at is not None
@@ -106,8 +133,10 @@ def test_reopened_study_is_matched_again_with_its_late_series(conn, table) -> No
     second = make_stable(conn, STUDY, version=2, stable_at=3000.0)
     assert route_pending(conn, table) == 1
     selected = {(r[0], r[1], r[4]) for r in rows(conn)}
-    assert selected == {(second, "chest-ct", f"{STUDY}.7"),
-                        (second, "chest-ct-candidate", f"{STUDY}.7")}
+    assert selected == {
+        (second, "chest-ct", f"{STUDY}.7"),
+        (second, "chest-ct-candidate", f"{STUDY}.7"),
+    }
     assert first != second
 
 
@@ -121,10 +150,10 @@ def test_version_sees_only_instances_it_was_made_of(conn) -> None:
 
 
 def test_called_ae_routes_one_department(conn, table) -> None:
-    add_series(conn, 2, study=STUDY, series=f"{STUDY}.4", body_part="HEAD",
-               called_ae="AINODE_NEURO")
-    add_series(conn, 2, study="1.2.3.4", series="1.2.3.4.1", body_part="HEAD",
-               called_ae="AINODE")
+    add_series(
+        conn, 2, study=STUDY, series=f"{STUDY}.4", body_part="HEAD", called_ae="AINODE_NEURO"
+    )
+    add_series(conn, 2, study="1.2.3.4", series="1.2.3.4.1", body_part="HEAD", called_ae="AINODE")
     neuro = make_stable(conn, STUDY)
     make_stable(conn, "1.2.3.4")
     route_pending(conn, table)
@@ -147,8 +176,9 @@ def test_shadow_match_drops_destinations_that_became_production(conn) -> None:
     to a destination that is now production."""
     report = check_text(ROUTES, "routes.yaml", PLUGINS, DESTINATIONS)
     assert report.table is not None
-    table = RouteTable(report.table.routes, report.table.body_parts, "routes.yaml",
-                       shadow_destinations=frozenset())
+    table = RouteTable(
+        report.table.routes, report.table.body_parts, "routes.yaml", shadow_destinations=frozenset()
+    )
     chest_study(conn)
     make_stable(conn, STUDY)
     route_pending(conn, table)

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
+from routing_support import add_series, make_stable
 
 from node.config import FolderDestination, NodeConfig, StabilityConfig, StorageConfig
 from node.db import connect
 from routers.check import RoutesFileError
 from routers.stage import RoutingStage
-from tests.conftest import wait_until
-from tests.routing_support import add_series, make_stable
 
 PLUGINS = {"plugin-a": ("1",), "plugin-b": ("1",)}
 
@@ -73,8 +73,12 @@ def plugins_for(conn: sqlite3.Connection, version_id: int) -> list[str] | None:
     ).fetchone()[0]
     if routed is None:
         return None
-    return [r[0] for r in conn.execute(
-        "SELECT plugin FROM route_matches WHERE study_version_id = ?", (version_id,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT plugin FROM route_matches WHERE study_version_id = ?", (version_id,)
+        )
+    ]
 
 
 def test_valid_change_applies_invalid_change_is_rejected(config, conn, caplog) -> None:
@@ -87,8 +91,9 @@ def test_valid_change_applies_invalid_change_is_rejected(config, conn, caplog) -
         ]
 
         with caplog.at_level(logging.ERROR, logger="routers.reload"):
-            write_atomically(config.routes_file, routes_text("plugin-b").replace(
-                "modality:", "Modalty:"))
+            write_atomically(
+                config.routes_file, routes_text("plugin-b").replace("modality:", "Modalty:")
+            )
             wait_until(lambda: stage.routes.last_error is not None, what="rejection")
         assert stage.routes.generation == 1
         assert "unknown keyword 'Modalty'" in caplog.text
@@ -131,3 +136,12 @@ def test_node_refuses_to_start_on_an_invalid_routes_file(config) -> None:
     with pytest.raises(RoutesFileError) as raised:
         RoutingStage(config, plugin_catalog=lambda c: PLUGINS)
     assert "routes.yaml:4:11: error: unknown plugin 'plugin-c'" in str(raised.value)
+
+
+def test_serve_stages_refuse_an_invalid_routes_file(config) -> None:
+    """``ainode serve`` builds its stages from node.yaml; a broken routes.yaml stops it."""
+    from node.service import build_stages
+
+    write_atomically(config.routes_file, routes_text("plugin-a").replace("modality", "Modalty"))
+    with pytest.raises(RoutesFileError, match="unknown keyword 'Modalty'"):
+        build_stages(config)

@@ -20,11 +20,18 @@ SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
 
-def series(uid: str = "1.2.3", count: int = 1, *, sop_class: str = CT,
-           image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
-           orientation: tuple[float, ...] | None = AXIAL, thickness: float | None = 1.0,
-           calling: frozenset[str] = frozenset(), called: frozenset[str] = frozenset(),
-           **attributes: object) -> SeriesView:
+def series(
+    uid: str = "1.2.3",
+    count: int = 1,
+    *,
+    sop_class: str = CT,
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    orientation: tuple[float, ...] | None = AXIAL,
+    thickness: float | None = 1.0,
+    calling: frozenset[str] = frozenset(),
+    called: frozenset[str] = frozenset(),
+    **attributes: object,
+) -> SeriesView:
     instances = tuple(
         InstanceFacts(f"{uid}.{i}", sop_class, image_type, orientation, thickness, i)
         for i in range(1, count + 1)
@@ -73,9 +80,15 @@ def holds(when: object, view: SeriesView) -> bool:
 )
 def test_condition_operators(when: object, expected: bool) -> None:
     view = series(
-        count=3, thickness=1.25, calling=frozenset({"CT_SCANNER"}), called=frozenset({"AINODE"}),
-        Modality="CT", SeriesDescription="Axial 1.25 Lung", SliceThickness=1.25,
-        ImageType=("ORIGINAL", "PRIMARY", "AXIAL"), BodyPartExamined="",
+        count=3,
+        thickness=1.25,
+        calling=frozenset({"CT_SCANNER"}),
+        called=frozenset({"AINODE"}),
+        Modality="CT",
+        SeriesDescription="Axial 1.25 Lung",
+        SliceThickness=1.25,
+        ImageType=("ORIGINAL", "PRIMARY", "AXIAL"),
+        BodyPartExamined="",
         StudyDescription="CT THORAX",
     )
     assert holds(when, view) is expected
@@ -97,15 +110,28 @@ def test_failure_names_the_first_failing_condition_and_actual_value() -> None:
 @pytest.mark.parametrize(
     ("value", "region"),
     [
-        ("CHEST", Region.CHEST), ("THORAX", Region.CHEST), ("LUNG", Region.CHEST),
-        ("chest", Region.CHEST), ("HEAD", Region.HEAD), ("BRAIN", Region.HEAD),
-        ("SKULL", Region.HEAD), ("NECK", Region.NECK), ("CAROTID", Region.NECK),
-        ("HEADNECK", Region.NECK), ("L_SPINE", Region.SPINE), ("CSPINE", Region.SPINE),
-        ("WHOLE BODY", Region.WHOLE_BODY), ("BREAST", Region.BREAST),
-        ("EXTREMITY", Region.EXTREMITY), ("PANCREAS", Region.ABDOMEN),
+        ("CHEST", Region.CHEST),
+        ("THORAX", Region.CHEST),
+        ("LUNG", Region.CHEST),
+        ("chest", Region.CHEST),
+        ("HEAD", Region.HEAD),
+        ("BRAIN", Region.HEAD),
+        ("SKULL", Region.HEAD),
+        ("NECK", Region.NECK),
+        ("CAROTID", Region.NECK),
+        ("HEADNECK", Region.NECK),
+        ("L_SPINE", Region.SPINE),
+        ("CSPINE", Region.SPINE),
+        ("WHOLE BODY", Region.WHOLE_BODY),
+        ("BREAST", Region.BREAST),
+        ("EXTREMITY", Region.EXTREMITY),
+        ("PANCREAS", Region.ABDOMEN),
         ("B?cken", Region.UNKNOWN),  # invalid CS character: unknown, not an exception
-        ("", Region.UNKNOWN), (None, Region.UNKNOWN), ("ANNOON", Region.UNKNOWN),
-        (b"CHEST", Region.UNKNOWN), (12, Region.UNKNOWN),
+        ("", Region.UNKNOWN),
+        (None, Region.UNKNOWN),
+        ("ANNOON", Region.UNKNOWN),
+        (b"CHEST", Region.UNKNOWN),
+        (12, Region.UNKNOWN),
     ],
 )
 def test_body_part_examined_normalisation(value: object, region: Region) -> None:
@@ -115,19 +141,42 @@ def test_body_part_examined_normalisation(value: object, region: Region) -> None
 @pytest.mark.parametrize(
     ("attributes", "region", "source"),
     [
-        ({"BodyPartExamined": "", "StudyDescription": "CT THORAX"}, Region.CHEST,
-         RegionSource.STUDY_DESCRIPTION),
-        ({"SeriesDescription": "Carotids TOF", "StudyDescription": "BRAIN"}, Region.NECK,
-         RegionSource.SERIES_DESCRIPTION),  # series-level text wins over the study's
+        (
+            {"BodyPartExamined": "", "StudyDescription": "CT THORAX"},
+            Region.CHEST,
+            RegionSource.STUDY_DESCRIPTION,
+        ),
+        (
+            {"SeriesDescription": "Carotids TOF", "StudyDescription": "BRAIN"},
+            Region.NECK,
+            RegionSource.SERIES_DESCRIPTION,
+        ),  # series-level text wins over the study's
         ({"ProtocolName": "THORACIC SPINE"}, Region.SPINE, RegionSource.PROTOCOL_NAME),
         ({"StudyDescription": "XR C Spine Comp"}, Region.SPINE, RegionSource.STUDY_DESCRIPTION),
-        ({"AnatomicRegionSequence": [{"CodeValue": "51185008",
-                                       "CodingSchemeDesignator": "SCT"}]},
-         Region.CHEST, RegionSource.ANATOMIC_REGION_CODE),
-        ({"AnatomicRegionSequence": [{"CodeValue": "T-A0100", "CodingSchemeDesignator": "SRT"}],
-          "StudyDescription": "chest"}, Region.HEAD, RegionSource.ANATOMIC_REGION_CODE),
-        ({"BodyPartExamined": "B?cken", "SeriesDescription": "BÄCKEN FRONTAL"}, Region.PELVIS,
-         RegionSource.SERIES_DESCRIPTION),
+        (
+            {
+                "AnatomicRegionSequence": [
+                    {"CodeValue": "51185008", "CodingSchemeDesignator": "SCT"}
+                ]
+            },
+            Region.CHEST,
+            RegionSource.ANATOMIC_REGION_CODE,
+        ),
+        (
+            {
+                "AnatomicRegionSequence": [
+                    {"CodeValue": "T-A0100", "CodingSchemeDesignator": "SRT"}
+                ],
+                "StudyDescription": "chest",
+            },
+            Region.HEAD,
+            RegionSource.ANATOMIC_REGION_CODE,
+        ),
+        (
+            {"BodyPartExamined": "B?cken", "SeriesDescription": "BÄCKEN FRONTAL"},
+            Region.PELVIS,
+            RegionSource.SERIES_DESCRIPTION,
+        ),
         ({"StudyDescription": "No Finding"}, Region.UNKNOWN, RegionSource.NONE),
         ({"StudyDescription": "Sharpening"}, Region.UNKNOWN, RegionSource.NONE),  # no 'ARM'
     ],
@@ -148,8 +197,12 @@ def test_site_synonyms_extend_the_table_from_routes_yaml() -> None:
     parts = table.body_parts
     assert parts.normalise("KLATKA_PIERSIOWA") is Region.CHEST
     assert parts.decide({"StudyDescription": "胸腔CT"}).region is Region.CHEST
-    assert parts.decide({"AnatomicRegionSequence": [
-        {"CodeValue": "C1", "CodingSchemeDesignator": "99LOCAL"}]}).region is Region.CHEST
+    assert (
+        parts.decide(
+            {"AnatomicRegionSequence": [{"CodeValue": "C1", "CodingSchemeDesignator": "99LOCAL"}]}
+        ).region
+        is Region.CHEST
+    )
     assert parts.normalise("THORAX") is Region.CHEST  # defaults stay
     assert BodyPartTable.default().normalise("KLATKA PIERSIOWA") is Region.UNKNOWN
     assert BodyPartTable.default().decide({"StudyDescription": "胸腔CT"}).region is Region.UNKNOWN
@@ -161,7 +214,8 @@ def test_site_synonyms_extend_the_table_from_routes_yaml() -> None:
 @pytest.mark.parametrize(
     ("orientation", "plane"),
     [
-        (AXIAL, Orientation.AXIAL), (SAGITTAL, Orientation.SAGITTAL),
+        (AXIAL, Orientation.AXIAL),
+        (SAGITTAL, Orientation.SAGITTAL),
         (CORONAL, Orientation.CORONAL),
         ((1.0, 0.0, 0.0, 0.0, 0.95, -0.31), Orientation.AXIAL),  # 18 degree gantry tilt
         ((1.0, 0.0, 0.0, 0.0, 0.7071, -0.7071), None),  # 45 degrees: oblique
@@ -187,24 +241,26 @@ def criteria(**spec: object) -> SeriesCriteria:
 def test_selection_filters_and_says_why() -> None:
     candidates = [
         series("axial-thin", 100, thickness=1.0, SeriesDescription="AX 1mm"),
-        series("scout", 1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
-               orientation=SAGITTAL),
+        series("scout", 1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), orientation=SAGITTAL),
         series("dose", 5, sop_class=SC, image_type=("DERIVED", "SECONDARY")),
         series("axial-thick", 40, thickness=5.0),
         series("coronal", 300, orientation=CORONAL, thickness=1.0),
         series("short", 5, thickness=1.0),
     ]
     selection = select_series(
-        criteria(orientation="axial", slice_thickness_max=2.5, min_instances=10,
-                 exclude_image_type=["localizer"], include_sop_class=["CTImageStorage"]),
+        criteria(
+            orientation="axial",
+            slice_thickness_max=2.5,
+            min_instances=10,
+            exclude_image_type=["localizer"],
+            include_sop_class=["CTImageStorage"],
+        ),
         candidates,
     )
     assert selection.chosen is candidates[0]
     reasons = {v.series.series_instance_uid: v.reason for v in selection.verdicts}
     assert reasons["scout"] == "ImageType contains LOCALIZER"
-    assert reasons["dose"] == (
-        "SOP class SecondaryCaptureImageStorage is not in include_sop_class"
-    )
+    assert reasons["dose"] == ("SOP class SecondaryCaptureImageStorage is not in include_sop_class")
     assert reasons["axial-thick"] == "slice thickness 5 mm > 2.5 mm"
     assert reasons["coronal"] == "orientation is coronal, not axial"
     assert reasons["short"] == "5 images, fewer than min_instances 10"
@@ -234,8 +290,7 @@ def test_include_image_type_and_description_regex_and_max_instances() -> None:
         series("huge", 2000, SeriesDescription="Lung 0.6"),
     ]
     selection = select_series(
-        criteria(include_image_type=["ORIGINAL"], description_regex="lung",
-                 max_instances=1000),
+        criteria(include_image_type=["ORIGINAL"], description_regex="lung", max_instances=1000),
         candidates,
     )
     assert selection.chosen is candidates[1]
@@ -246,9 +301,13 @@ def test_include_image_type_and_description_regex_and_max_instances() -> None:
 
 def test_multiframe_frames_count_as_images() -> None:
     enhanced = SeriesView(
-        "enh", MappingProxyType({}),
-        (InstanceFacts("enh.1", "1.2.840.10008.5.1.4.1.1.2.1", ("ORIGINAL",), AXIAL, 1.0, 1,
-                       frames=120),),
+        "enh",
+        MappingProxyType({}),
+        (
+            InstanceFacts(
+                "enh.1", "1.2.840.10008.5.1.4.1.1.2.1", ("ORIGINAL",), AXIAL, 1.0, 1, frames=120
+            ),
+        ),
     )
     assert select_series(criteria(min_instances=100), [enhanced]).chosen is enhanced
 
@@ -256,3 +315,9 @@ def test_multiframe_frames_count_as_images() -> None:
 def test_study_view_is_only_a_container() -> None:
     study = StudyView("1.2", (series("a"),), version=3)
     assert study.series[0].image_count == 1
+
+
+@pytest.mark.parametrize("keyword", ["PatientName", "PatientID", "ReferringPhysicianName"])
+def test_patient_identifiers_cannot_be_routed_on(keyword: str) -> None:
+    _, problems = compile_when({keyword: "X"}, ("when",))
+    assert [p.message for p in problems] == [f"'{keyword}' cannot be used in routes"]

@@ -37,8 +37,9 @@ def test_check_passes_when_every_manifest_is_sound(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copytree(GOLDEN / "tree" / "lung-seg", tmp_path / "lung-seg")
-    status, out = _run(capsys, "plugins", "check", "--plugin-dir", str(tmp_path),
-                       "--no-entry-points")
+    status, out = _run(
+        capsys, "plugins", "check", "--plugin-dir", str(tmp_path), "--no-entry-points"
+    )
     assert status == 0
     assert out.splitlines()[-1] == "1 manifest(s): 1 ok, 0 broken"
 
@@ -49,8 +50,9 @@ def test_a_changed_model_file_is_caught_by_check(
     plugin = shutil.copytree(GOLDEN / "tree" / "lung-seg", tmp_path / "lung-seg")
     with open(plugin / "model.onnx", "ab") as model:
         model.write(b"\0")
-    status, out = _run(capsys, "plugins", "check", "--plugin-dir", str(tmp_path),
-                       "--no-entry-points")
+    status, out = _run(
+        capsys, "plugins", "check", "--plugin-dir", str(tmp_path), "--no-entry-points"
+    )
     assert status == 1
     assert "sha256 mismatch" in out
 
@@ -90,17 +92,30 @@ def test_shadow_report_prints_dice_and_measurement_differences(
     production[0, :2, :] = True  # 8 pixels
     shadow = np.zeros((1, 4, 4), bool)
     shadow[0, 1:3, :] = True  # 8 pixels, 4 shared: Dice = 2·4 / 16 = 0.5
-    record_findings(conn, job_id=1, series_instance_uid="1.2.3", mode="production",
-                    findings=_findings("1.0.0", production, 10.0), masks_dir=masks_dir_for(data))
-    record_findings(conn, job_id=2, series_instance_uid="1.2.3", mode="shadow",
-                    findings=_findings("1.1.0", shadow, 12.5), masks_dir=masks_dir_for(data))
+    record_findings(
+        conn,
+        job_id=1,
+        series_instance_uid="1.2.3",
+        mode="production",
+        findings=_findings("1.0.0", production, 10.0),
+        masks_dir=masks_dir_for(data),
+    )
+    record_findings(
+        conn,
+        job_id=2,
+        series_instance_uid="1.2.3",
+        mode="shadow",
+        findings=_findings("1.1.0", shadow, 12.5),
+        masks_dir=masks_dir_for(data),
+    )
     conn.close()
 
     status, out = _run(capsys, "shadow", "report", "--config", str(config))
     assert status == 0
     lines = out.splitlines()
-    assert lines[0] == ("series 1.2.3: production lung-seg@1.0.0 (job 1) "
-                        "vs shadow lung-seg@1.1.0 (job 2)")
+    assert lines[0] == (
+        "series 1.2.3: production lung-seg@1.0.0 (job 1) vs shadow lung-seg@1.1.0 (job 2)"
+    )
     assert lines[1].split() == ["segment", "Lung", "Dice", "0.500"]
     assert lines[2].split()[-2:] == ["Δ", "+2.5"]
     assert lines[-1] == "1 series compared; mean Dice 0.500"

@@ -48,9 +48,7 @@ def test_one_slot_runs_three_gpu_jobs_from_three_processes_one_at_a_time(tmp_pat
         wait_until(lambda: len(list(marks.glob("waiting-*"))) == 3, what="3 jobs waiting")
         finished: list[int] = []
         for _ in range(3):
-            running = wait_until(
-                lambda: [p for p in marks.glob("running-*")], what="a job running"
-            )
+            running = wait_until(lambda: [p for p in marks.glob("running-*")], what="a job running")
             assert len(running) == 1, f"more than one GPU job at once: {running}"
             assert running[0].read_text() == "0", "a job started while another held the slot"
             job = int(running[0].name.split("-")[1])

@@ -71,8 +71,10 @@ def _series(modality: str = "CT") -> PluginInput:
         series_instance_uid="1.2.3",
         modality=modality,
         pixels=np.ones((2, 3, 3), np.float32),
-        sources=(SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),
-                 SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.2")),
+        sources=(
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.2"),
+        ),
         pixel_spacing=(1.0, 1.0),
     )
 
@@ -86,8 +88,12 @@ def _probe(name: str, version: str) -> type:
 
 def _plugin(root: Path, name: str, version: str = "1.0.0", **extra: object) -> Path:
     return write_plugin(
-        root / f"{name}-{version}", name=name, version=version, entry="plugin:Probe",
-        code=PROBE, extra=dict(extra),
+        root / f"{name}-{version}",
+        name=name,
+        version=version,
+        entry="plugin:Probe",
+        code=PROBE,
+        extra=dict(extra),
     )
 
 
@@ -186,6 +192,7 @@ def test_three_concurrent_gpu_jobs_on_one_slot_run_one_at_a_time(tmp_path: Path)
             thread.join(timeout=60)
         assert len(results) == 3
         assert probe.most_running == expected_together
+        assert len(probe.loads) == expected_together  # one warm instance per concurrent run
 
 
 def test_a_job_past_its_deadline_times_out_and_frees_its_slot(tmp_path: Path) -> None:
@@ -206,8 +213,11 @@ def test_a_job_past_its_deadline_times_out_and_frees_its_slot(tmp_path: Path) ->
 def test_cuda_out_of_memory_retries_on_cpu_only_where_allowed(
     tmp_path: Path, fallback: bool
 ) -> None:
-    _plugin(tmp_path / "plugins", "greedy",
-            resources={"gpu": 1, "memory_mb": 256, "cpu_fallback_on_oom": fallback})
+    _plugin(
+        tmp_path / "plugins",
+        "greedy",
+        resources={"gpu": 1, "memory_mb": 256, "cpu_fallback_on_oom": fallback},
+    )
     host = _host(tmp_path, gpus=(0,))
     host.warm_up("greedy")
     _probe("greedy", "1.0.0").oom_on_gpu = True
@@ -222,7 +232,9 @@ def test_cuda_out_of_memory_retries_on_cpu_only_where_allowed(
 
 def test_a_plugin_that_raises_fails_the_job_with_its_message(tmp_path: Path) -> None:
     write_plugin(
-        tmp_path / "plugins" / "broken", name="broken", entry="plugin:Broken",
+        tmp_path / "plugins" / "broken",
+        name="broken",
+        entry="plugin:Broken",
         code="""
             class Broken:
                 def __init__(self, manifest):
@@ -235,3 +247,19 @@ def test_a_plugin_that_raises_fails_the_job_with_its_message(tmp_path: Path) -> 
     )
     with pytest.raises(PluginError, match=r"broken@1\.0\.0 failed: ValueError: lung fields"):
         _host(tmp_path).run("broken", None, _series())
+
+
+def test_a_version_installed_while_running_loads_beside_the_warm_one(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    _plugin(plugins, "upgraded", "1.0.0")
+    slots = GpuSlots((), 1, tmp_path / "slots", check_cuda=False)
+    host = PluginHost(discover([plugins], entry_points=False), slots, plugin_dirs=[plugins])
+    assert host.run("upgraded", None, _series()).report.findings.startswith("1.0.0")
+    _plugin(plugins, "upgraded", "1.1.0")  # dropped in by an operator; no restart
+    assert host.run("upgraded", None, _series()).report.findings.startswith("1.1.0")
+    assert host.run("upgraded", "1.0.0", _series()).report.findings.startswith("1.0.0")
+    assert [(p.key, p.runs) for p in host.loaded()] == [
+        ("upgraded@1.0.0", 2),
+        ("upgraded@1.1.0", 1),
+    ]
+    assert len(_probe("upgraded", "1.0.0").loads) == 1  # the old version stayed warm

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -53,7 +54,9 @@ REPORTER = """
             import idna
             self.marks.mkdir(exist_ok=True)
             attempt = len(list(self.marks.glob("attempt-*"))) + 1
-            (self.marks / f"attempt-{attempt}").write_text(str(os.getpid()))
+            pid_file = self.marks / f".pid-{attempt}"
+            pid_file.write_text(str(os.getpid()))
+            os.replace(pid_file, self.marks / f"attempt-{attempt}")  # whole, or not there
             if series.modality == "WAIT" and attempt == 1:
                 while not (self.marks / "never").exists():   # until the test kills us
                     time.sleep(0.01)
@@ -77,17 +80,42 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         check=True,
     )
     python = folder / "bin" / "python"
+    # Our packages stay visible behind the venv's own even when we run from a venv ourselves
+    # (--system-site-packages only reaches the base interpreter's): a .pth appends them.
+    their_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours_site = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(their_site, "ainode-host.pth").write_text("\n".join(sorted(ours_site)) + "\n")
     installed = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", f"{PACKAGE}!={ours}"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            f"{PACKAGE}!={ours}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if installed.returncode != 0:
-        pytest.skip(f"cannot install another {PACKAGE} from the package index: "
-                    f"{installed.stderr.strip()[-300:]}")
+        pytest.skip(
+            f"cannot install another {PACKAGE} from the package index: "
+            f"{installed.stderr.strip()[-300:]}"
+        )
     theirs = subprocess.run(
         [str(python), "-c", f"import {PACKAGE}; print({PACKAGE}.__version__)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert theirs != ours
     return python, theirs
@@ -99,15 +127,22 @@ def _series(modality: str) -> PluginInput:
         series_instance_uid="1.2.3",
         modality=modality,
         pixels=np.arange(18, dtype=np.float32).reshape(2, 3, 3),
-        sources=(SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),
-                 SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.2")),
+        sources=(
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.2"),
+        ),
         pixel_spacing=(0.5, 0.5),
     )
 
 
 def _host(tmp_path: Path, python: Path) -> PluginHost:
-    write_plugin(tmp_path / "plugins" / "vendor", name="vendor", entry="plugin:Reporter",
-                 code=REPORTER, extra={"python": str(python)})
+    write_plugin(
+        tmp_path / "plugins" / "vendor",
+        name="vendor",
+        entry="plugin:Reporter",
+        code=REPORTER,
+        extra={"python": str(python)},
+    )
     slots = GpuSlots((), 1, tmp_path / "slots")
     return PluginHost(discover([tmp_path / "plugins"], entry_points=False), slots, timeout_s=120)
 
@@ -169,12 +204,25 @@ def test_findings_and_inputs_survive_the_wire_protocol() -> None:
     mask[1, 1:, 1:] = True
     findings = Findings(
         AlgorithmIdentification("vendor", "2.0"),
-        segments=(Segment("n1", "Nodule 1", Code("49755003", "SCT", "Morphologically Abnormal "
-                          "Structure"), nodule, mask, color_rgb=(255, 0, 0)),),
-        findings=(Finding("n1", nodule, segment_key="n1",
-                          measurements=(Measurement(Code("81827009", "SCT", "Diameter"), 4.5,
-                                                    mm),),
-                          evaluations=(QualitativeEvaluation(nodule, nodule, 0.7),)),),
+        segments=(
+            Segment(
+                "n1",
+                "Nodule 1",
+                Code("49755003", "SCT", "Morphologically Abnormal Structure"),
+                nodule,
+                mask,
+                color_rgb=(255, 0, 0),
+            ),
+        ),
+        findings=(
+            Finding(
+                "n1",
+                nodule,
+                segment_key="n1",
+                measurements=(Measurement(Code("81827009", "SCT", "Diameter"), 4.5, mm),),
+                evaluations=(QualitativeEvaluation(nodule, nodule, 0.7),),
+            ),
+        ),
         report=Report("a nodule", "follow up"),
     )
     arrays: list[np.ndarray] = []
@@ -188,15 +236,28 @@ def test_findings_and_inputs_survive_the_wire_protocol() -> None:
     header.SOPInstanceUID = "1.2.3.1"
     pixels = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
     volume = highdicom.Volume.from_attributes(
-        array=pixels, image_position=[1.0, 2.0, 3.0], image_orientation=[1, 0, 0, 0, 1, 0],
-        pixel_spacing=[0.5, 0.5], spacing_between_slices=2.0, coordinate_system="PATIENT",
+        array=pixels,
+        image_position=[1.0, 2.0, 3.0],
+        image_orientation=[1, 0, 0, 0, 1, 0],
+        pixel_spacing=[0.5, 0.5],
+        spacing_between_slices=2.0,
+        coordinate_system="PATIENT",
         frame_of_reference_uid="1.2.9",
     )
-    series = PluginInput("1.2", "1.2.3", "CT", pixels,
-                         (SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),
-                          SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.2", 2)),
-                         (0.5, 0.5), headers=(header,), volume=volume,
-                         prior={"lungs": findings})
+    series = PluginInput(
+        "1.2",
+        "1.2.3",
+        "CT",
+        pixels,
+        (
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.1"),
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", "1.2.3.2", 2),
+        ),
+        (0.5, 0.5),
+        headers=(header,),
+        volume=volume,
+        prior={"lungs": findings},
+    )
     arrays = []
     back = decode_input(encode_input(series, arrays), arrays)
     np.testing.assert_array_equal(back.pixels, pixels)

@@ -111,8 +111,9 @@ def test_gantry_tilted_head_ct_has_no_volume(corpus: Path) -> None:
 @pytest.mark.corpus
 def test_every_lossless_encoding_of_one_image_decodes_to_the_same_pixels(corpus: Path) -> None:
     files = sorted((corpus / "transfer-syntaxes" / "dcm_qa_ts").glob("*.dcm"))
-    syntaxes = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
-                for f in files}
+    syntaxes = {
+        pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID for f in files
+    }
     assert len(syntaxes) >= 7
     reference = load_plugin_input([files[0]]).pixels
     for path in files[1:]:
@@ -153,3 +154,15 @@ def test_enhanced_multiframe_sources_carry_frame_numbers(corpus: Path) -> None:
         position = group.PlanePositionSequence[0].ImagePositionPatient
         mapped = loaded.volume.map_indices_to_reference(np.array([[index, 0, 0]]))[0]
         np.testing.assert_allclose(mapped, [float(v) for v in position], atol=1e-3)
+
+
+@pytest.mark.corpus
+def test_colour_jpeg2000_decodes_to_the_luminance_of_the_uncompressed_image(
+    corpus: Path,
+) -> None:
+    folder = corpus / "transfer-syntaxes" / "pydicom-data"
+    plain = load_plugin_input([folder / "US1_UNCR.dcm"])
+    rgb = pydicom.dcmread(folder / "US1_UNCR.dcm").pixel_array.astype(np.float32)
+    np.testing.assert_allclose(plain.pixels[0], rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+    lossless = load_plugin_input([folder / "US1_J2KR.dcm"])  # stored as YBR_RCT
+    np.testing.assert_array_equal(lossless.pixels, plain.pixels)

@@ -52,8 +52,9 @@ def _series(pixels: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> Pl
         series_instance_uid="1.2.3.4",
         modality="CT",
         pixels=pixels.astype(np.float32),
-        sources=tuple(SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.4.{i}") for i in
-                      range(pixels.shape[0])),
+        sources=tuple(
+            SourceFrame("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.4.{i}") for i in range(pixels.shape[0])
+        ),
         pixel_spacing=spacing,
     )
 
@@ -211,10 +212,20 @@ def test_two_versions_of_one_plugin_load_side_by_side(tmp_path: Path) -> None:
                 return Findings(AlgorithmIdentification(self.name, self.version),
                                 report=Report(ANSWER, ANSWER))
     """
-    old = write_plugin(tmp_path / "echo-1", name="echo", version="1.0.0", entry="plugin:Echo",
-                       code=code.format(answer="old"))
-    new = write_plugin(tmp_path / "echo-2", name="echo", version="2.0.0", entry="plugin:Echo",
-                       code=code.format(answer="new"))
+    old = write_plugin(
+        tmp_path / "echo-1",
+        name="echo",
+        version="1.0.0",
+        entry="plugin:Echo",
+        code=code.format(answer="old"),
+    )
+    new = write_plugin(
+        tmp_path / "echo-2",
+        name="echo",
+        version="2.0.0",
+        entry="plugin:Echo",
+        code=code.format(answer="new"),
+    )
     first, second = instantiate(load_manifest(old)), instantiate(load_manifest(new))
     series = _series(np.zeros((1, 4, 4)))
     assert first.run(series).report.findings == "old"

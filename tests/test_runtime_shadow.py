@@ -42,7 +42,8 @@ def conn(tmp_path: Path):
     with transaction(conn):
         conn.execute(
             "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at) "
-            "VALUES ('1.2', ?, ?)", (now, now),
+            "VALUES ('1.2', ?, ?)",
+            (now, now),
         )
         for series in ("1.2.3", "1.2.4"):
             conn.execute(
@@ -51,7 +52,8 @@ def conn(tmp_path: Path):
             )
         conn.execute(
             "INSERT INTO study_versions (id, study_instance_uid, version, stable_at, "
-            "instance_count) VALUES (1, '1.2', 1, ?, 2)", (now,),
+            "instance_count) VALUES (1, '1.2', 1, ?, 2)",
+            (now,),
         )
     yield conn
     conn.close()
@@ -60,10 +62,18 @@ def conn(tmp_path: Path):
 def _findings(version: str, lung: np.ndarray, nodule: np.ndarray, volume: float) -> Findings:
     return Findings(
         AlgorithmIdentification("ct-lung", version),
-        segments=(Segment("lung", "Lung", STRUCTURE, LUNG, lung),
-                  Segment("nodule-1", "Nodule 1", ABNORMAL, NODULE, nodule)),
-        findings=(Finding("n1", NODULE, segment_key="nodule-1",
-                          measurements=(Measurement(VOLUME, volume, ML),)),),
+        segments=(
+            Segment("lung", "Lung", STRUCTURE, LUNG, lung),
+            Segment("nodule-1", "Nodule 1", ABNORMAL, NODULE, nodule),
+        ),
+        findings=(
+            Finding(
+                "n1",
+                NODULE,
+                segment_key="nodule-1",
+                measurements=(Measurement(VOLUME, volume, ML),),
+            ),
+        ),
     )
 
 
@@ -95,7 +105,8 @@ def test_only_series_run_by_both_modes_are_recorded_and_compared(conn, tmp_path:
 
     rows = conn.execute("SELECT job_id, mode, summary FROM shadow_findings").fetchall()
     assert [(r["job_id"], r["mode"]) for r in rows] == [
-        (production_job, "production"), (shadow_job, "shadow")
+        (production_job, "production"),
+        (shadow_job, "shadow"),
     ]
     assert (masks / json.loads(rows[0]["summary"])["masks"]).exists()
 

@@ -463,6 +463,9 @@ def write_chest_xray(
     )
     sop_instance = derived_uid(series.uid_seed or series.series_instance_uid, "instance", 0)
     ds = identity_dataset(study, series, sop_class, sop_instance, 1)
+    # a projection image has no patient frame of reference (CR has no such module, DX makes
+    # it optional and radiography systems leave it out), so SEGs over it use the 2D geometry
+    del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator
     spacing = [round(v, 6) for v in phantom.anatomy.pixel_spacing]
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
@@ -544,9 +547,6 @@ def _cr_modules(ds: Dataset, spacing: list[float]) -> None:
     ds.PlateType = "ST-VI"
     ds.PhosphorType = "BaFBr"
     ds.Sensitivity = 200
-    for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
-        if keyword in ds:
-            delattr(ds, keyword)
 
 
 def _code_item(value: str, scheme: str, meaning: str) -> Dataset:

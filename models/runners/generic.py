@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.api import AlgorithmIdentification, Device, Findings, PluginInput
-from models.manifest import Dimensionality, PluginManifest, RunnerKind
+from models.manifest import Activation, Dimensionality, PluginManifest, RunnerKind
 from models.postprocess import activate, masks_from, segments_from
 from models.preprocess import (
     Reorientation,
@@ -89,7 +89,7 @@ class GenericModelPlugin:
             )
         else:
             probabilities = activate(self._predict(model_image), post.activation)
-        order = 0 if post.activation.value == "none" else 1
+        order = 0 if post.activation is Activation.NONE else 1  # label maps: nearest
         return resize_to(probabilities, image.shape, order=order)
 
     def run(self, series: PluginInput) -> Findings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,18 @@ def build_outputs(
     Raises ``SegmentationGeometryError`` (a ValueError) when the source geometry cannot be
     described by a SEG.
     """
+    with warnings.catch_warnings():
+        # highdicom warns about single-component person names copied from the source and
+        # quotes the name; patient names must not reach logs, and the value is the source's
+        warnings.filterwarnings(
+            "ignore", message=r"The string .* is unlikely to represent the intended person"
+        )
+        return _build(findings, source, context)
+
+
+def _build(
+    findings: Findings, source: PluginInput, context: OutputContext
+) -> tuple[ResultInstance, ...]:
     results: list[ResultInstance] = []
     needs_seg = bool(findings.segments) and (
         context.wants(OutputKind.SEG)

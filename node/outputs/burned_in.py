@@ -130,11 +130,10 @@ def build_burned_in(
         if frame.frame_number is not None:
             reference.ReferencedFrameNumber = frame.frame_number
         image.SourceImageSequence = [reference]
-        for keyword in ("BodyPartExamined", "Laterality"):
-            if header.get(keyword):
-                image[keyword] = header[keyword]
-        if "BodyPartExamined" not in image and "Laterality" not in image:
-            image.Laterality = None  # Type 2C when the body part is unknown: present, empty
+        if header.get("BodyPartExamined"):
+            image.BodyPartExamined = header.BodyPartExamined
+        if "Laterality" in header:  # Type 2C: present exactly where the source has it
+            image.Laterality = header.Laterality
         copy_identity(image, header)
         if context.institution_name:
             image.InstitutionName = context.institution_name

@@ -9,13 +9,18 @@ a character set that is not declared); none of that may stop a result from being
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 
 from highdicom._standard_utils import get_module_attribute_map
+from pydicom import config
 from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import PersonName, validate_value
+
+log = logging.getLogger(__name__)
 
 # Type 2 attributes of the Patient and General Study modules. highdicom's constructors read
 # the first six directly (AttributeError when absent) and dciodvfy flags each missing one.
@@ -79,15 +84,16 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
     can encode every text value ``target`` now holds.
 
     Attributes are copied as they are (absent Type 2 ones made present and empty), except
-    empty Type 1 and 1C values, which are errors in the result and are left out.
+    values that would make the result invalid: empty Type 1 and 1C values are left out, and a
+    value malformed for its VR (a PatientAge of "81", a date "1999.05.24") is left out, or
+    left empty where the attribute is Type 2. The source keeps its own values.
     """
     for keyword, attribute_type in IDENTITY_ATTRIBUTES.items():
-        present = keyword in source and not (
-            source[keyword].is_empty and attribute_type in ("1", "1C")
-        )
-        if present:
-            target[keyword] = copy.deepcopy(source[keyword])
-        elif keyword in TYPE2_IDENTITY:
+        element = source[keyword] if keyword in source else None  # noqa: SIM401 (the element, not its value)
+        usable = element is not None and _valid(element)
+        if usable and not (element.is_empty and attribute_type in ("1", "1C")):
+            target[keyword] = copy.deepcopy(element)
+        elif keyword in TYPE2_IDENTITY or (element is not None and attribute_type == "2"):
             setattr(target, keyword, None)
         elif keyword in target:
             del target[keyword]
@@ -102,6 +108,19 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
     target.SpecificCharacterSet = character_set_for(target, source.get("SpecificCharacterSet"))
     if target.SpecificCharacterSet is None:
         del target.SpecificCharacterSet
+
+
+def _valid(element: DataElement) -> bool:
+    if element.VR == "SQ" or element.is_empty:
+        return True
+    values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+    try:
+        for value in values:
+            validate_value(element.VR, value, config.RAISE)
+    except (ValueError, TypeError):
+        log.debug("not copying %s: its value is invalid for VR %s", element.keyword, element.VR)
+        return False
+    return True
 
 
 def character_set_for(

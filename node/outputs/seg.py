@@ -181,6 +181,40 @@ def _shared_geometry(header: Dataset) -> Dataset:
     return header
 
 
+def _frame_positions(layout: SourceLayout) -> list[tuple[float, ...] | None]:
+    """Plane position of each source frame, None where the source has none (radiographs)."""
+    if len(layout.images) == 1 and "PerFrameFunctionalGroupsSequence" in layout.images[0]:
+        return [
+            tuple(float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+            if "PlanePositionSequence" in item
+            else None
+            for item in layout.images[0].PerFrameFunctionalGroupsSequence
+        ]
+    return [
+        tuple(float(v) for v in image.ImagePositionPatient)
+        if "ImagePositionPatient" in image
+        else None
+        for image in layout.images
+    ]
+
+
+def check_distinct_positions(layout: SourceLayout) -> None:
+    """One SEG frame per position and segment: sources that repeat a position (dynamic,
+    multi-echo or diffusion series) need one of their repetitions chosen first."""
+    seen: dict[tuple[float, ...], int] = {}
+    for number, position in enumerate(_frame_positions(layout), 1):
+        if position is None:
+            continue
+        rounded = tuple(round(v, 3) for v in position)
+        if rounded in seen:
+            raise SegmentationGeometryError(
+                f"source frames {seen[rounded]} and {number} lie at the same position "
+                f"{list(rounded)}: the source repeats positions (time points, echoes or "
+                "b-values), which one SEG cannot describe; give the plugin one repetition"
+            )
+        seen[rounded] = number
+
+
 def _binary(mask: np.ndarray) -> np.ndarray:
     return mask if mask.dtype == np.bool_ else mask >= 0.5
 
@@ -251,6 +285,7 @@ def build_segmentation(
             "cover the input frame for frame"
         )
     layout = source_layout(source)
+    check_distinct_positions(layout)
     fractional = context.fractional_segmentation and all(
         np.issubdtype(s.mask.dtype, np.floating) for s in findings.segments
     )

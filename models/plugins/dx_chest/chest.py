@@ -29,7 +29,7 @@ __all__ = [
     "soft_targets",
 ]
 
-MODEL_SIZE = (128, 128)
+MODEL_SIZE = (96, 96)
 BACKGROUND, LUNGS, HEART = 0, 1, 2
 CARDIOMEGALY_THRESHOLD = 0.5
 # Standard deviation of the CTR error on held-out phantoms is about 0.006 (see README); the
@@ -39,7 +39,7 @@ _PERCENTILES = (0.5, 99.5)
 
 
 def preprocess(frame: np.ndarray) -> np.ndarray:
-    """One frame (larger is brighter, any range) to the network input (1, 1, 128, 128).
+    """One frame (larger is brighter, any range) to the network input (1, 1, 96, 96).
 
     Percentile scaling makes the input independent of bit depth, rescale and photometric
     inversion; anti-aliased resizing to a fixed square keeps whole-chest context.
@@ -54,7 +54,7 @@ def preprocess(frame: np.ndarray) -> np.ndarray:
 
 
 def soft_targets(lungs: np.ndarray, heart: np.ndarray) -> np.ndarray:
-    """Training targets (3, 128, 128): each class's area fraction in every model pixel, so
+    """Training targets (3, 96, 96): each class's area fraction in every model pixel, so
     the network learns where a boundary falls inside a pixel, not just which side wins."""
     fractions = [
         resize(mask.astype(np.float32), MODEL_SIZE, order=1, anti_aliasing=True)

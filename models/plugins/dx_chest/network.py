@@ -1,7 +1,7 @@
 """The dx-chest network: a small U-Net (about 120k parameters) for 3-class segmentation.
 
-Classes: 0 background, 1 lung field, 2 cardiac silhouette. Input (N, 1, 128, 128) in [0, 1]
-as ``chest.preprocess`` makes it; output logits (N, 3, 128, 128). Only ``train.py`` imports
+Classes: 0 background, 1 lung field, 2 cardiac silhouette. Input (N, 1, 96, 96) in [0, 1]
+as ``chest.preprocess`` makes it; output logits (N, 3, 96, 96). Only ``train.py`` imports
 torch; the plugin runs the exported ONNX file.
 """
 
@@ -25,7 +25,7 @@ def _block(inputs: int, outputs: int) -> nn.Sequential:
 
 
 class SmallUNet(nn.Module):
-    """Four resolutions (128, 64, 32, 16) with skip connections; widths ``base`` × 1, 2, 4, 8."""
+    """Four resolutions (96, 48, 24, 12) with skip connections; widths ``base`` × 1, 2, 4, 8."""
 
     def __init__(self, base: int = 8, classes: int = len(CLASSES)) -> None:
         super().__init__()

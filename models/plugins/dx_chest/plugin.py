@@ -1,7 +1,7 @@
 """dx-chest: lung fields and cardiac silhouette on PA chest radiographs, the cardiothoracic
 ratio, and cardiomegaly present/absent with a confidence. A demonstrator, not a device.
 
-The network (``model.onnx``, trained by ``train.py`` on phantoms) segments a 128×128 copy
+The network (``model.onnx``, trained by ``train.py`` on phantoms) segments a 96×96 copy
 of each frame; class probabilities are interpolated back to the frame's own size, so masks
 have the input's full resolution. The CTR is measured on the first frontal frame whose lungs
 and heart are both found; when none is, the result says the ratio could not be measured

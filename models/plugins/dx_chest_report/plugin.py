@@ -5,9 +5,15 @@ The runtime runs dx-chest first (``needs: [dx-chest]``) and hands its Findings o
 measurement and qualitative evaluation dx-chest produced, once, and nothing else: it never
 mentions a finding the model did not make, and it says plainly when the heart could not be
 assessed. A demonstrator; the text says the draft needs a radiologist's review.
+
+The job's results are those of the last plugin of its chain, so the returned Findings carry
+dx-chest's segments and measurements forward with the report added: one job gives the SEG,
+the TID 1500 SR and the text SR.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from pydicom.sr.coding import Code
 
@@ -130,7 +136,8 @@ class DxChestReportPlugin:
                 f"{self.name} needs {SOURCE_PLUGIN}'s findings in PluginInput.prior"
                 f"[{SOURCE_PLUGIN!r}]; got {sorted(series.prior)} (run it in the same job)"
             )
-        return Findings(
+        return replace(
+            prior,
             algorithm=AlgorithmIdentification(self.name, self.version),
             report=draft_report(prior),
         )

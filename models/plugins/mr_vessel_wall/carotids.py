@@ -73,11 +73,13 @@ def _candidates(
         blob = np.zeros(image.shape, dtype=bool)
         blob[region.slice] = region.image
         distance = ndimage.distance_transform_edt(~blob) * pixel_mm
-        rim = (distance > 0.2) & (distance <= 1.0)
+        rim = (distance > 0.2) & (distance <= 1.6)
         around = (distance > 2.5 * radius) & (distance <= 2.5 * radius + 3.0) & largest
         if rim.sum() < 5 or around.sum() < 5:
             continue
-        contrast = float(np.mean(smooth[rim]) / max(np.median(smooth[around]), 1e-6))
+        # the rim band also holds the lumen's blurred edge: its upper quartile is the wall
+        rim_level = float(np.percentile(smooth[rim], 75))
+        contrast = rim_level / max(float(np.median(smooth[around])), 1e-6)
         if contrast < settings.min_rim_contrast:
             continue
         row, col = region.centroid

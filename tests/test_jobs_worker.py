@@ -1,0 +1,90 @@
+"""The worker's pipeline failing the ways a real job fails, each with the reason an operator
+reads in ``ainode jobs``, and whether a retry could help."""
+
+from __future__ import annotations
+
+import pytest
+from pipeline_rows import secondary_capture
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from runtime_support import write_plugin
+
+from node.config import NodeConfig, OutputKind
+from node.jobs.work import WorkItem
+from node.jobs.worker import PipelineRunner
+
+BROKEN = """
+    class Broken:
+        def __init__(self, manifest):
+            self.name, self.version = manifest.name, manifest.version
+        def load(self, device):
+            pass
+        def run(self, series):
+            raise ValueError("lung fields not found")
+"""
+
+
+@pytest.fixture
+def runner(tmp_path):
+    plugins = tmp_path / "plugins"
+    write_plugin(plugins / "broken", name="broken", entry="plugin:Broken", code=BROKEN)
+    config = NodeConfig.model_validate(
+        {"storage": {"data_dir": str(tmp_path / "data")}, "plugin_dirs": [str(plugins)]}
+    )
+    return PipelineRunner(config), config
+
+
+def item_for(config, files, plugin="broken") -> WorkItem:
+    outputs = config.storage.outputs_dir
+    return WorkItem(
+        job_id=1,
+        job_key="study/route/plugin",
+        attempt=1,
+        study_instance_uid="1.2.3",
+        study_version=1,
+        series_instance_uid="1.2.3.4",
+        plugin=plugin,
+        plugin_version=None,
+        files=tuple(files),
+        output_dir=outputs / "job-1",
+        outputs_root=outputs,
+        output_kinds=(OutputKind.SEG, OutputKind.SR),
+    )
+
+
+def write_series(folder, count=3, undecodable=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for seed in range(count):
+        ds = secondary_capture(study, series, seed)
+        if undecodable:
+            ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+            ds.PixelData = encapsulate([b"\xff\xd8 not a jpeg stream \xff\xd9"])
+        path = folder / f"{seed}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_plugin_error_is_reported_and_retryable(runner, tmp_path):
+    pipeline, config = runner
+    result = pipeline.run(item_for(config, write_series(tmp_path / "ok")))
+    assert not result.ok and result.retryable
+    assert "lung fields not found" in result.error
+    assert "load" in result.timings and "inference" not in result.timings
+
+
+def test_undecodable_series_fails_for_good(runner, tmp_path):
+    pipeline, config = runner
+    result = pipeline.run(item_for(config, write_series(tmp_path / "bad", undecodable=True)))
+    assert not result.ok and not result.retryable
+    assert result.error.startswith("cannot load series:")
+
+
+def test_missing_plugin_fails_for_good(runner, tmp_path):
+    pipeline, config = runner
+    result = pipeline.run(item_for(config, write_series(tmp_path / "ok"), plugin="nonesuch"))
+    assert not result.ok and not result.retryable
+    assert result.error.startswith("plugin unavailable:") and "nonesuch" in result.error

@@ -1,0 +1,209 @@
+"""ct-lung-nodule against the chest CT phantom's ground truth (acceptance: every nodule of
+5 mm or more found, none on vessels or airways, diameter within 1 mm, volume within 15%),
+on the real LIDC slices of the corpus, and through the output builders and the validator."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from models.api import Device, Findings, PluginInput
+from models.loading import load_plugin_input
+from models.manifest import Severity, check_manifest, load_manifest
+from models.phantoms.chest_ct import ChestCT, ChestCTSpec, NoduleKind, write_chest_ct
+from models.runners.python import instantiate
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "ct_lung_nodule"
+MATCH_DISTANCE_MM = 3.0
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    instance = instantiate(load_manifest(PLUGIN_DIR))
+    instance.load(Device())
+    return instance
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[ChestCT, list[Path]]:
+    return write_chest_ct(tmp_path_factory.mktemp("chest-ct"), ChestCTSpec.small(seed=3))
+
+
+@pytest.fixture(scope="module")
+def series(written) -> PluginInput:
+    return load_plugin_input(written[1])
+
+
+@pytest.fixture(scope="module")
+def findings(plugin, series) -> Findings:
+    return plugin.run(series)
+
+
+def phantom_order(series: PluginInput, paths: list[Path]) -> list[int]:
+    """Phantom slice index of each loaded frame (the loader may reverse the z order)."""
+    index = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: i for i, p in enumerate(paths)
+    }
+    return [index[source.sop_instance_uid] for source in series.sources]
+
+
+def measurement(finding, meaning: str) -> float:
+    (value,) = [m.value for m in finding.measurements if m.concept.meaning == meaning]
+    return value
+
+
+def centre_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    return np.argwhere(mask).mean(axis=0) * np.asarray(spacing)
+
+
+def match(findings: Findings, phantom: ChestCT, order: list[int]) -> dict[int, object]:
+    """Truth nodule index → the reported finding whose segment centre lies within 3 mm."""
+    spacing = (phantom.geometry.slice_spacing, *phantom.geometry.pixel_spacing)
+    matched = {}
+    for finding in findings.findings:
+        mask = findings.segment(finding.segment_key).mask
+        in_phantom_order = np.empty_like(mask)
+        in_phantom_order[order] = mask
+        centre = centre_mm(in_phantom_order, spacing)
+        for index, truth in enumerate(phantom.nodules):
+            distance = np.linalg.norm(centre - np.array(truth.centre_voxel) * spacing)
+            if distance < MATCH_DISTANCE_MM:
+                matched[index] = finding
+    return matched
+
+
+def test_manifest_checks_clean() -> None:
+    problems = check_manifest(load_manifest(PLUGIN_DIR))
+    assert [p for p in problems if p.severity is Severity.ERROR] == []
+
+
+def assert_accurate(findings: Findings, phantom: ChestCT, order: list[int]) -> None:
+    matched = match(findings, phantom, order)
+    for index, truth in enumerate(phantom.nodules):
+        if truth.long_axis_mm < 5:
+            continue
+        assert index in matched, f"missed the {truth.long_axis_mm:.0f} mm {truth.spec.kind} nodule"
+        finding = matched[index]
+        assert abs(measurement(finding, "Long axis") - truth.long_axis_mm) <= 1.0
+        assert abs(measurement(finding, "Short axis") - truth.short_axis_mm) <= 1.0
+        assert measurement(finding, "Volume") == pytest.approx(truth.volume_mm3, rel=0.15)
+    assert len(matched) == len(findings.findings), "a finding matches no phantom nodule"
+
+
+def test_every_nodule_from_5_mm_is_found_and_measured(findings, written, series) -> None:
+    phantom, paths = written
+    assert_accurate(findings, phantom, phantom_order(series, paths))
+
+
+def test_no_finding_lies_on_a_vessel_or_an_airway(findings, written, series) -> None:
+    phantom, paths = written
+    order = phantom_order(series, paths)
+    structures = (phantom.vessels | phantom.airways)[order]
+    for finding in findings.findings:
+        mask = findings.segment(finding.segment_key).mask
+        assert (mask & structures).sum() <= 0.02 * mask.sum(), f"{finding.tracking_id} is a vessel"
+
+
+def test_side_zone_and_composition_are_reported(findings, written, series) -> None:
+    phantom, paths = written
+    matched = match(findings, phantom, phantom_order(series, paths))
+    side_codes = {"right": codes.SCT.Right, "left": codes.SCT.Left}
+    zone_codes = {
+        "upper": codes.SCT.UpperZoneOfLung,
+        "middle": codes.SCT.MiddleZoneOfLung,
+        "lower": codes.SCT.LowerZoneOfLung,
+    }
+    for index, finding in matched.items():
+        truth = phantom.nodules[index].spec
+        evaluations = {e.concept.meaning: e.value for e in finding.evaluations}
+        assert evaluations["Laterality"] == side_codes[truth.side]
+        assert finding.finding_site == zone_codes[truth.zone]
+        ground_glass = evaluations["Ground glass opacity"] == codes.SCT.Present
+        assert ground_glass == (truth.kind is NoduleKind.PART_SOLID)
+        mean_hu = measurement(finding, "Mean Attenuation Coefficient")
+        assert (mean_hu < -200) == (truth.kind is NoduleKind.PART_SOLID)
+
+
+def test_lungs_are_segmented_and_counted(findings, written, series) -> None:
+    phantom, paths = written
+    order = phantom_order(series, paths)
+    for side, truth in (("right", phantom.right_lung), ("left", phantom.left_lung)):
+        mask = findings.segment(f"{side}-lung").mask
+        dice = 2 * (mask & truth[order]).sum() / (mask.sum() + truth.sum())
+        assert dice >= 0.95, f"{side} lung Dice {dice:.3f}"
+    (count,) = findings.study_measurements
+    assert count.concept == codes.SCT.NumberOfLesions
+    assert count.value == len(findings.findings)
+    for segment in findings.segments:
+        assert segment.mask.shape == series.shape and segment.mask.dtype == np.bool_
+
+
+def test_a_chest_without_nodules_says_so(tmp_path, plugin) -> None:
+    spec = replace(ChestCTSpec.small(seed=5), nodules=())
+    _, paths = write_chest_ct(tmp_path, spec)
+    result = plugin.run(load_plugin_input(paths))
+    assert result.findings == ()
+    assert result.study_evaluations[0].value == codes.SCT.Absent
+    assert result.study_measurements[0].value == 0
+    assert "No lung nodule" in result.report.impression
+
+
+def test_a_non_ct_series_is_refused(plugin, series) -> None:
+    with pytest.raises(ValueError, match="CT"):
+        plugin.run(replace(series, modality="MR"))
+
+
+@pytest.mark.corpus
+def test_real_lidc_chest_ct_runs(corpus, plugin) -> None:
+    folders = sorted(p for p in (corpus / "ct-chest-lidc").glob("*/*/*") if p.is_dir())
+    assert len(folders) == 2
+    for folder in folders:
+        series = load_plugin_input(sorted(folder.glob("*.dcm")))
+        result = plugin.run(series)
+        keys = {s.key for s in result.segments}
+        assert {"right-lung", "left-lung"} <= keys, f"lungs not found in {folder.name}"
+        (presence,) = result.study_evaluations
+        assert presence.value in (codes.SCT.Present, codes.SCT.Absent)
+        assert result.report is not None and result.report.impression
+
+
+@pytest.mark.slow
+def test_large_phantom_acceptance(tmp_path, plugin) -> None:
+    phantom, paths = write_chest_ct(tmp_path, ChestCTSpec.large())
+    series = load_plugin_input(paths)
+    assert_accurate(plugin.run(series), phantom, phantom_order(series, paths))
+
+
+def _outputs_available() -> bool:
+    try:
+        import node.outputs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.dicom3tools
+@pytest.mark.skipif(not _outputs_available(), reason="node.outputs is not available")
+def test_findings_become_valid_seg_and_sr(tmp_path, plugin, written, series, validate_dicom):
+    from node.outputs import OutputContext, build_outputs
+
+    findings = plugin.run(series)
+    context = OutputContext(
+        job_id="test-ct-lung-nodule",
+        study_version=1,
+        plugin_name=plugin.name,
+        plugin_version=plugin.version,
+    )
+    results = build_outputs(findings, series, context)
+    assert {r.kind.value for r in results} >= {"seg", "sr"}
+    out = tmp_path / "out"
+    out.mkdir()
+    for result in results:
+        result.write(out)
+    outcome = validate_dicom(out, sources=(written[1][0].parent,))
+    assert outcome.returncode == 0, outcome.stdout + outcome.stderr
