@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.api import Device, DeviceKind  # noqa: E402
-from models.devices import GpuSlots  # noqa: E402
-from models.loading import load_plugin_input  # noqa: E402
-from models.manifest import load_manifest  # noqa: E402
-from models.runtime import PluginHost, catalog_of  # noqa: E402
+from models.api import Device, DeviceKind
+from models.devices import GpuSlots
+from models.loading import load_plugin_input
+from models.manifest import load_manifest
+from models.runtime import PluginHost, catalog_of
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = REPO / "models" / "plugins"
@@ -75,7 +75,9 @@ def bench_dx_chest(device: Device, repeats: int) -> list[Timing]:
             load_s = _median_seconds(lambda path=written.path: load_plugin_input([path]), repeats)
             for name in ("dx-chest", "dx-chest-report"):
                 host.run(name, None, series)  # warm-up: load the model
-                run_s = _median_seconds(lambda n=name: host.run(n, None, series), repeats)
+                run_s = _median_seconds(
+                    lambda n=name, s=series: host.run(n, None, s), repeats
+                )
                 rows.append(Timing(name, f"{kind.value} 2560×2048", load_s, run_s))
         host.close()
     return rows

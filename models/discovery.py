@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -71,6 +71,11 @@ class Catalog:
 
     manifests: tuple[PluginManifest, ...]
     problems: tuple[DiscoveryProblem, ...] = ()
+
+    @classmethod
+    def of(cls, manifests: Iterable[PluginManifest]) -> Catalog:
+        """A catalog of given manifests (tools and tests), in name then version order."""
+        return cls(tuple(sorted(manifests, key=lambda m: (m.name, version_key(m.version)))))
 
     def versions(self, name: str) -> tuple[PluginManifest, ...]:
         return tuple(m for m in self.manifests if m.name == name)
@@ -184,10 +189,9 @@ def discover(plugin_dirs: Sequence[Path] = (), *, entry_points: bool = True) -> 
             )
             continue
         found[item.key] = item
-    manifests = sorted(found.values(), key=lambda m: (m.name, version_key(m.version)))
     for problem in problems:
         log.warning("plugin discovery: %s: %s", problem.source, problem.message)
-    return Catalog(tuple(manifests), tuple(problems))
+    return replace(Catalog.of(found.values()), problems=tuple(problems))
 
 
 def available_plugins(plugin_dirs: Sequence[Path] = ()) -> dict[str, tuple[str, ...]]:

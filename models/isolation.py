@@ -334,14 +334,18 @@ class IsolatedPlugin:
             cwd=REPO_ROOT,
             env=env,
         )
-        reply, _ = self._request(
-            {
-                "op": "load",
-                "manifest": str(self.manifest.directory),
-                "device": encode_device(self._device),
-            },
-            [],
-        )
+        try:
+            reply, _ = self._request(
+                {
+                    "op": "load",
+                    "manifest": str(self.manifest.directory),
+                    "device": encode_device(self._device),
+                },
+                [],
+            )
+        except BaseException:
+            self.close()  # a worker whose plugin did not load must not linger
+            raise
         self.interpreter = reply["interpreter"]
         self.python_version = reply["python_version"]
         log.info(

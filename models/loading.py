@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 from highdicom.spatial import get_volume_positions
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 
 from models.api import PluginInput, SourceFrame
@@ -157,11 +158,12 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
 
 
 def _header(ds: Dataset) -> Dataset:
-    header = Dataset(ds)
-    for keyword in _PIXEL_KEYWORDS:
-        if keyword in header:
-            del header[keyword]
-    header.file_meta = getattr(ds, "file_meta", Dataset())
+    """A new dataset with every element of ``ds`` but the pixel data (``ds`` is untouched)."""
+    header = Dataset()
+    for element in ds:
+        if element.keyword not in _PIXEL_KEYWORDS:
+            header.add(element)
+    header.file_meta = getattr(ds, "file_meta", FileMetaDataset())
     return header
 
 

@@ -93,6 +93,7 @@ __all__ = [
     "check_manifest",
     "is_snomed_identifier",
     "load_manifest",
+    "model_file_problem",
     "sha256_of",
 ]
 
@@ -533,26 +534,29 @@ def _check_code(where: str, spec: CodeSpec) -> list[CheckProblem]:
     return []
 
 
+def model_file_problem(manifest: PluginManifest) -> str | None:
+    """Why the model file cannot be trusted (missing, or not the file the manifest names)."""
+    if manifest.model is None:
+        return None
+    model_path = manifest.model_path
+    assert model_path is not None
+    if not model_path.is_file():
+        return f"model file {manifest.model.file} is missing"
+    actual = sha256_of(model_path)
+    if actual != manifest.model.sha256:
+        return (
+            f"model file {manifest.model.file}: sha256 mismatch "
+            f"(manifest {manifest.model.sha256[:12]}…, file {actual[:12]}…)"
+        )
+    return None
+
+
 def check_manifest(manifest: PluginManifest) -> list[CheckProblem]:
     """Problems the schema cannot see: files, checksums, codes, the isolated interpreter."""
     problems: list[CheckProblem] = []
-    if manifest.model is not None:
-        model_path = manifest.model_path
-        assert model_path is not None
-        if not model_path.is_file():
-            problems.append(
-                CheckProblem(Severity.ERROR, f"model file {manifest.model.file} is missing")
-            )
-        else:
-            actual = sha256_of(model_path)
-            if actual != manifest.model.sha256:
-                problems.append(
-                    CheckProblem(
-                        Severity.ERROR,
-                        f"model file {manifest.model.file}: sha256 mismatch "
-                        f"(manifest {manifest.model.sha256[:12]}…, file {actual[:12]}…)",
-                    )
-                )
+    model_problem = model_file_problem(manifest)
+    if model_problem is not None:
+        problems.append(CheckProblem(Severity.ERROR, model_problem))
     if manifest.entry is not None:
         module = manifest.entry.split(":", 1)[0]
         module_file = manifest.directory / (module.replace(".", "/") + ".py")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -32,7 +32,7 @@ from models.api import Device, DeviceKind, Findings, Plugin, PluginInput
 from models.devices import GpuOutOfMemory, GpuSlots, SlotLease, is_out_of_memory
 from models.discovery import Catalog, discover, manifest_signature
 from models.isolation import IsolatedPlugin
-from models.manifest import PluginManifest
+from models.manifest import PluginManifest, model_file_problem
 from models.runners.python import instantiate
 
 if TYPE_CHECKING:
@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChainResult",
+    "InputRefused",
     "LoadedPlugin",
     "PluginError",
     "PluginHost",
     "PluginState",
     "PluginTimeout",
+    "catalog_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class PluginError(RuntimeError):
 
 class PluginTimeout(PluginError):
     """The job ran past its deadline."""
+
+
+class InputRefused(PluginError):
+    """The manifest's ``input`` section does not accept the series; a retry cannot help."""
 
 
 class PluginState(StrEnum):
@@ -81,6 +87,21 @@ class ChainResult:
     @property
     def final(self) -> Findings:
         return list(self.findings.values())[-1]
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """When the job must be done by (monotonic clock), and the timeout it came from."""
+
+    at: float
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float) -> _Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
 
 
 class _Instance:
@@ -186,6 +207,9 @@ class PluginHost:
                 if not instance.busy:
                     instance.busy = True
                     return instance
+        problem = model_file_problem(manifest)  # once per load: a swapped file never runs
+        if problem is not None:
+            raise PluginError(f"{manifest.key}: {problem}")
         plugin: Plugin = (
             IsolatedPlugin(manifest, retries=self.isolated_retries)
             if manifest.isolated
@@ -255,11 +279,10 @@ class PluginHost:
         manifest: PluginManifest,
         lease: SlotLease,
         series: PluginInput,
-        deadline: float,
+        deadline: _Deadline,
     ) -> Findings:
         """Run on the lease's device; the lease is released when the plugin returns."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline.remaining() <= 0:
             lease.release()
             raise PluginTimeout(f"{manifest.key}: job deadline passed before it started")
         try:
@@ -283,11 +306,10 @@ class PluginHost:
 
         thread = threading.Thread(target=work, name=f"plugin-{manifest.key}", daemon=True)
         thread.start()
-        if not finished.wait(deadline - time.monotonic()):
+        if not finished.wait(deadline.remaining()):
             self._drop_instance(manifest, instance)
             raise PluginTimeout(
-                f"{manifest.key} did not finish within the job timeout "
-                f"({self.timeout_s:.0f}s or the job's own)"
+                f"{manifest.key} did not finish within the job timeout of {deadline.seconds:g} s"
             )
         if "error" in outcome:
             error = outcome["error"]
@@ -301,10 +323,10 @@ class PluginHost:
         return findings
 
     def _run_one(
-        self, manifest: PluginManifest, series: PluginInput, deadline: float
+        self, manifest: PluginManifest, series: PluginInput, deadline: _Deadline
     ) -> tuple[Findings, Device]:
         resources = manifest.resources
-        wait = max(0.0, deadline - time.monotonic())
+        wait = max(0.0, deadline.remaining())
         try:
             lease = self.slots.acquire(
                 resources.gpu, memory_limit_mb=resources.memory_mb, timeout_s=wait
@@ -326,9 +348,21 @@ class PluginHost:
                         f"allow a CPU retry (resources.cpu_fallback_on_oom: false): {exc}"
                     ) from exc
                 log.warning("%s: CUDA out of memory on %s, retrying on CPU", manifest.key, device)
-                cpu = self.slots.acquire(0)
-                return self._run_with_deadline(manifest, cpu, series, deadline), cpu.device
+                return self._run_on_cpu_after_oom(manifest, series, deadline), Device()
             raise PluginError(f"{manifest.key} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _run_on_cpu_after_oom(
+        self, manifest: PluginManifest, series: PluginInput, deadline: _Deadline
+    ) -> Findings:
+        try:
+            return self._run_with_deadline(manifest, self.slots.acquire(0), series, deadline)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{manifest.key} failed on CPU after CUDA ran out of memory: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def run_chain(
         self,
@@ -339,16 +373,13 @@ class PluginHost:
         timeout_s: float | None = None,
     ) -> ChainResult:
         """Run ``name`` (and what it needs, first) on ``series`` within one deadline."""
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        deadline = _Deadline.after(self.timeout_s if timeout_s is None else timeout_s)
         findings: dict[str, Findings] = {}
         devices: dict[str, Device] = {}
         for manifest in self.resolve_chain(name, version):
-            accepted = manifest.input.modalities
-            if accepted and series.modality not in accepted:
-                raise PluginError(
-                    f"{manifest.key} accepts modalities {list(accepted)}, "
-                    f"the series is {series.modality}"
-                )
+            refusal = _refusal(manifest, series)
+            if refusal is not None:
+                raise InputRefused(f"{manifest.key} does not accept this series: {refusal}")
             given = replace(series, prior=MappingProxyType(dict(findings)))
             result, device = self._run_one(manifest, given, deadline)
             shapes = {segment.mask.shape for segment in result.segments}
@@ -371,3 +402,24 @@ class PluginHost:
     ) -> Findings:
         """The job's Findings: those of the last plugin of the chain."""
         return self.run_chain(name, version, series, timeout_s=timeout_s).final
+
+
+def _refusal(manifest: PluginManifest, series: PluginInput) -> str | None:
+    """Why the manifest's ``input`` section refuses ``series``, or None if it accepts it."""
+    accepted = manifest.input
+    if accepted.modalities and series.modality not in accepted.modalities:
+        return f"it accepts modalities {list(accepted.modalities)}, the series is {series.modality}"
+    if series.shape[0] < accepted.min_frames:
+        return f"it needs at least {accepted.min_frames} frames, the series has {series.shape[0]}"
+    coarsest = max(series.pixel_spacing)
+    if accepted.max_pixel_spacing_mm is not None and coarsest > accepted.max_pixel_spacing_mm:
+        return (
+            f"its pixel spacing must be at most {accepted.max_pixel_spacing_mm:g} mm, "
+            f"the series has {coarsest:g} mm"
+        )
+    return None
+
+
+def catalog_of(manifests: Iterable[PluginManifest]) -> Catalog:
+    """A Catalog of given manifests, for a ``PluginHost`` built without plugin folders."""
+    return Catalog.of(manifests)

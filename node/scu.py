@@ -60,7 +60,8 @@ class Peer:
         return cls(match["ae"], match["host"].strip("[]"), int(match["port"]))
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
 
 
 class AssociationFailed(ConnectionError):

@@ -131,11 +131,26 @@ def write_config(folder: Path, port: int, **sections: dict) -> Path:
 
 
 def _listening(port: int) -> bool:
+    """True once something accepts TCP connections on ``port``."""
     import socket
 
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _answering(port: int) -> bool:
+    """True once the node answers an association (accepting or refusing it).
+
+    A bare TCP probe would leave the node an association thread waiting out its ACSE
+    timeout, which counts against ``max_associations``.
+    """
+    from node.scu import AssociationFailed, Peer, echo
+
+    try:
+        return echo(Peer("AINODE", "127.0.0.1", port), "PROBE", timeout_s=5) == 0
+    except AssociationFailed as exc:
+        return "rejected" in str(exc)
 
 
 @contextmanager
@@ -162,7 +177,7 @@ def start_node(folder: Path, port: int | None = None, **sections: dict) -> Runni
         )
     node = RunningNode(process, config_path, folder / "data", port, "AINODE", log_path)
     deadline = time.monotonic() + 30
-    while not _listening(port):
+    while not _answering(port):
         if process.poll() is not None:
             raise RuntimeError(f"ainode serve exited {process.returncode}:\n{node.log()}")
         if time.monotonic() > deadline:
@@ -272,9 +287,12 @@ def dcmtk_store(
                 text = line[len("I: Received Store Response"):].strip().strip("()")
                 outcomes[current] = DcmtkOutcome(current, text)
                 current = None
-            elif line.startswith(("E: ", "W: ")) and current is not None:
-                if outcomes[current].error is None:
-                    outcomes[current] = DcmtkOutcome(current, None, line[3:].strip())
+            elif (
+                line.startswith(("E: ", "W: "))
+                and current is not None
+                and outcomes[current].error is None
+            ):
+                outcomes[current] = DcmtkOutcome(current, None, line[3:].strip())
     sent_first = [outcomes[p] for p in dict.fromkeys(order) if p in outcomes]
     rest = [o for p, o in outcomes.items() if p not in set(order)]
     return sent_first + rest

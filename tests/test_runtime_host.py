@@ -13,7 +13,7 @@ from runtime_support import write_plugin
 from models.api import DeviceKind, PluginInput, SourceFrame
 from models.devices import GpuSlots
 from models.discovery import available_plugins, discover
-from models.runtime import PluginError, PluginHost, PluginTimeout
+from models.runtime import InputRefused, PluginError, PluginHost, PluginTimeout
 
 # A python plugin whose behaviour the tests steer through class attributes of its module,
 # reached via sys.modules (every version is imported under its own package name).
@@ -145,6 +145,8 @@ def test_cycles_missing_needs_and_wrong_modalities_fail_clearly(tmp_path: Path) 
     _plugin(plugins, "egg", needs=["chicken"])
     _plugin(plugins, "orphan", needs=["ghost"])
     _plugin(plugins, "xray-only", input={"modalities": ["CR", "DX"]})
+    _plugin(plugins, "long-series", input={"min_frames": 40})
+    _plugin(plugins, "fine-pixels", input={"max_pixel_spacing_mm": 0.5})
     host = _host(tmp_path)
     with pytest.raises(PluginError, match="cycle: chicken → egg → chicken"):
         host.run("chicken", None, _series())
@@ -152,6 +154,10 @@ def test_cycles_missing_needs_and_wrong_modalities_fail_clearly(tmp_path: Path) 
         host.run("orphan", None, _series())
     with pytest.raises(PluginError, match=r"accepts modalities \['CR', 'DX'\].*CT"):
         host.run("xray-only", None, _series())
+    with pytest.raises(InputRefused, match="at least 40 frames, the series has 2"):
+        host.run("long-series", None, _series())
+    with pytest.raises(PluginError, match=r"at most 0\.5 mm, the series has 1 mm"):
+        host.run("fine-pixels", None, _series())
 
 
 def test_three_concurrent_gpu_jobs_on_one_slot_run_one_at_a_time(tmp_path: Path) -> None:
@@ -263,3 +269,16 @@ def test_a_version_installed_while_running_loads_beside_the_warm_one(tmp_path: P
         ("upgraded@1.1.0", 1),
     ]
     assert len(_probe("upgraded", "1.0.0").loads) == 1  # the old version stayed warm
+
+
+def test_a_model_file_that_differs_from_its_manifest_never_loads(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"trained weights")
+    folder = _plugin(tmp_path / "plugins", "tampered")
+    write_plugin(folder, name="tampered", entry="plugin:Probe", code=PROBE, model=weights)
+    (folder / "weights.bin").write_bytes(b"other weights")
+    with pytest.raises(PluginError, match=r"weights\.bin: sha256 mismatch"):
+        _host(tmp_path).run("tampered", None, _series())
+    (folder / "weights.bin").unlink()
+    with pytest.raises(PluginError, match=r"model file weights\.bin is missing"):
+        _host(tmp_path).run("tampered", None, _series())

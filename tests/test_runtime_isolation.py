@@ -33,7 +33,7 @@ from models.api import (
 from models.devices import GpuSlots
 from models.discovery import discover
 from models.isolation import decode_findings, decode_input, encode_findings, encode_input
-from models.runtime import PluginError, PluginHost
+from models.runtime import PluginError, PluginHost, PluginTimeout
 
 PACKAGE = "idna"  # small and pure Python; the venv gets a version other than ours
 
@@ -265,3 +265,52 @@ def test_findings_and_inputs_survive_the_wire_protocol() -> None:
     assert back.sources == series.sources
     assert back.headers[0].SOPInstanceUID == "1.2.3.1"
     assert back.prior["lungs"].report == findings.report
+
+
+def test_an_isolated_job_past_its_deadline_kills_the_worker(
+    tmp_path: Path, venv: tuple[Path, str]
+) -> None:
+    python, _ = venv
+    host = _host(tmp_path, python)
+    marks = tmp_path / "plugins" / "vendor" / "marks"
+    try:
+        host.warm_up("vendor")
+        with pytest.raises(PluginTimeout):
+            host.run("vendor", None, _series("WAIT"), timeout_s=3.0)
+        pid = int((marks / "attempt-1").read_text())
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(gone, what="the timed-out worker to be killed")
+        assert host.loaded() == ()
+        # the next job gets a fresh worker (attempt 2 does not wait)
+        assert host.run("vendor", None, _series("WAIT")).report.impression.endswith("attempt 2")
+    finally:
+        host.close()
+
+
+def test_a_plugin_that_cannot_load_in_its_interpreter_fails_the_job_clearly(
+    tmp_path: Path, venv: tuple[Path, str]
+) -> None:
+    python, _ = venv
+    write_plugin(
+        tmp_path / "plugins" / "needs-torch-9",
+        name="needs-torch-9",
+        entry="plugin:Model",
+        code="import torch_version_nine  # not installed anywhere\n",
+        extra={"python": str(python)},
+    )
+    host = PluginHost(
+        discover([tmp_path / "plugins"], entry_points=False), GpuSlots((), 1, tmp_path / "s")
+    )
+    try:
+        with pytest.raises(PluginError, match=r"cannot import plugin.*torch_version_nine"):
+            host.run("needs-torch-9", None, _series("CT"))
+        assert host.loaded() == ()
+    finally:
+        host.close()

@@ -166,3 +166,11 @@ def test_colour_jpeg2000_decodes_to_the_luminance_of_the_uncompressed_image(
     np.testing.assert_allclose(plain.pixels[0], rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
     lossless = load_plugin_input([folder / "US1_J2KR.dcm"])  # stored as YBR_RCT
     np.testing.assert_array_equal(lossless.pixels, plain.pixels)
+
+
+def test_headers_leave_out_pixel_data_without_touching_the_source(tmp_path: Path) -> None:
+    path = _ct_slice(tmp_path, generate_uid(), 0.0, 1, np.ones((2, 2)))
+    (header,) = load_plugin_input([path]).headers
+    assert "PixelData" not in header
+    assert header.RescaleIntercept == -1024
+    assert header.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian

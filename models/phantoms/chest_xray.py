@@ -229,10 +229,12 @@ def _heart_level(s: _Shape) -> float:
 
 
 def _lung_field(
-    x: np.ndarray, y: np.ndarray, s: _Shape, side: int, floor: np.ndarray
+    x: np.ndarray, y: np.ndarray, s: _Shape, side: int, floor: np.ndarray, cardiac_y: float
 ) -> np.ndarray:
-    """One lung field before the heart is cut out: a boxy superellipse clipped medially by
-    the mediastinum and below by the hemidiaphragm. side -1 is image left (patient right)."""
+    """One lung field before the heart is cut out: a boxy superellipse clipped below by the
+    hemidiaphragm and medially by the mediastinum down to ``cardiac_y``; lower down it
+    reaches the heart, whose borders are lung against heart as on a real film.
+    side -1 is image left (patient right)."""
     half = s.half_width_right if side < 0 else s.half_width_left
     lateral = s.cx + side * half
     a = (half - s.mediastinum) * 0.62
@@ -242,18 +244,23 @@ def _lung_field(
     b_down = (s.base_y - widest_y) * 1.6
     b = np.where(y < widest_y, b_up, b_down)
     inside = np.abs((x - centre_x) / a) ** 2.4 + np.abs((y - widest_y) / b) ** 2.2 <= 1.0
-    medial = side * (x - s.cx) >= s.mediastinum + 0.06 * np.clip(y - s.apex_y, 0, None)
+    mediastinum = s.mediastinum + 0.06 * np.clip(y - s.apex_y, 0, None)
+    medial = side * (x - s.cx) >= np.where(y < cardiac_y, mediastinum, 6.0)
     return inside & medial & (y <= floor)
 
 
-def _heart(x: np.ndarray, y: np.ndarray, s: _Shape, width: float) -> np.ndarray:
-    """The cardiac silhouette: a tilted ellipse resting on the floor, ``width`` mm wide."""
-    centre_x = s.cx + s.heart_shift * width
+def _heart_ellipse(s: _Shape, width: float) -> tuple[float, float, float, float]:
+    """(centre x, centre y, semi-axis a, semi-axis b) of the heart ``width`` mm wide."""
     # horizontal half-extent of a rotated ellipse: sqrt(a²cos²t + b²sin²t) = width / 2
     tilt = s.heart_tilt
     a = width / 2 / np.sqrt(np.cos(tilt) ** 2 + (s.heart_aspect * np.sin(tilt)) ** 2)
     b = a * s.heart_aspect
-    centre_y = _heart_level(s) - 0.3 * b
+    return s.cx + s.heart_shift * width, _heart_level(s) - 0.3 * b, a, b
+
+
+def _heart(x: np.ndarray, y: np.ndarray, s: _Shape, width: float) -> np.ndarray:
+    """The cardiac silhouette: a tilted ellipse resting on the floor, ``width`` mm wide."""
+    centre_x, centre_y, a, b = _heart_ellipse(s, width)
     dx, dy = x - centre_x, y - centre_y
     u = dx * np.cos(s.heart_tilt) + dy * np.sin(s.heart_tilt)
     v = -dx * np.sin(s.heart_tilt) + dy * np.cos(s.heart_tilt)
@@ -312,7 +319,11 @@ def _anatomy_masks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(lung fields before the heart is cut out, heart, aortic knob, floor) on one grid."""
     floor = _floor(x, s, heart_width)
-    lung_fields = _lung_field(x, y, s, -1, floor) | _lung_field(x, y, s, 1, floor)
+    _, centre_y, _, b = _heart_ellipse(s, heart_width)
+    cardiac_y = centre_y - 0.5 * b
+    lung_fields = _lung_field(x, y, s, -1, floor, cardiac_y) | _lung_field(
+        x, y, s, 1, floor, cardiac_y
+    )
     heart = _heart(x, y, s, heart_width)
     knob = (x - (s.cx + s.mediastinum + 0.4 * s.knob_radius)) ** 2 + (
         y - (s.apex_y + 0.3 * (s.base_y - s.apex_y))

@@ -132,8 +132,12 @@ def build_burned_in(
         image.SourceImageSequence = [reference]
         if header.get("BodyPartExamined"):
             image.BodyPartExamined = header.BodyPartExamined
-        if "Laterality" in header:  # Type 2C: present exactly where the source has it
+        # Laterality is Type 2C (paired body parts): as the source has it, and empty where
+        # the body part is unknown (dciodvfy then demands it)
+        if "Laterality" in header:
             image.Laterality = header.Laterality
+        elif "BodyPartExamined" not in image:
+            image.Laterality = None
         copy_identity(image, header)
         if context.institution_name:
             image.InstitutionName = context.institution_name

@@ -160,8 +160,18 @@ def _encodes(text: str, codecs: list[str]) -> bool:
     return False
 
 
+# Functional groups hold UIDs, numbers and highdicom's own codes, never source text, and on a
+# long SEG they are most of the dataset: not walked.
+NOT_WALKED = frozenset({"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"})
+
+
 def _text_values(dataset: Dataset) -> Iterable[str]:
-    for element in dataset.iterall():
+    for element in dataset:
+        if element.VR == "SQ":
+            if element.keyword not in NOT_WALKED:
+                for item in element.value:
+                    yield from _text_values(item)
+            continue
         if element.VR not in TEXT_VRS or element.value is None:
             continue
         values = element.value if isinstance(element.value, MultiValue | list) else [element.value]

@@ -9,7 +9,7 @@ The pipeline, each step chosen so a vessel or an airway cannot pass for a nodule
 3. Lungs: air inside the body without the airways; the two largest components, each with its
    holes filled slice by slice so that vessels and nodules inside the lung belong to it.
 4. Candidates: lung voxels denser than -700 HU (ground glass and solid), opened by a ball of
-   ``opening_radius_mm`` through distance transforms: thin vessels and airway walls vanish, a
+   ``opening_radius_mm`` (round in mm): thin vessels and airway walls vanish, a
    nodule touching a thin vessel comes apart from it, and convex nodules keep their shape.
 5. Rejection: what survives the opening and is elongated (principal-axis ratio) or much larger
    than its largest inscribed sphere is a vessel; what encloses air is an airway.
@@ -100,6 +100,7 @@ class DetectionSettings:
     airway_air_fraction: float = 0.05
     ground_glass_fraction: float = 0.25
     min_isolation: float = 0.5
+    pleural_closing_mm: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,19 @@ class LungAnalysis:
     rejected_airways: int
 
 
+def _ball(radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """A ball of ``radius_mm`` as a structuring element on voxels of ``spacing`` mm."""
+    grids = np.ogrid[tuple(slice(-int(radius_mm // s), int(radius_mm // s) + 1) for s in spacing)]
+    return sum((g * s) ** 2 for g, s in zip(grids, spacing, strict=True)) <= radius_mm**2
+
+
 def _ball_open(mask: np.ndarray, radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
-    """Morphological opening with a ball in mm, via two Euclidean distance transforms."""
+    """Morphological opening with a ball in mm (round on anisotropic voxels)."""
     if not mask.any():
         return mask
-    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
-    core = inside > radius_mm
-    if not core.any():
-        return np.zeros_like(mask)
-    outside = ndimage.distance_transform_edt(~core, sampling=spacing)
-    return (outside <= radius_mm) & mask
+    ball = _ball(radius_mm, spacing)
+    core = ndimage.binary_erosion(mask, ball, border_value=1)
+    return ndimage.binary_dilation(core, ball) & mask
 
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
@@ -199,7 +203,7 @@ def _airway_tree(smooth: np.ndarray, body: np.ndarray, frame: VolumeFrame) -> np
 
 
 def _segment_lungs(
-    smooth: np.ndarray, body: np.ndarray, frame: VolumeFrame
+    smooth: np.ndarray, body: np.ndarray, frame: VolumeFrame, closing_radius_mm: float
 ) -> dict[LungSide, np.ndarray]:
     air = (smooth < -400) & body
     airways = _airway_tree(smooth, body, frame)
@@ -231,7 +235,34 @@ def _segment_lungs(
         filled = np.zeros_like(part)
         filled[region] = _fill_slices(part[region])
         lungs[side] = filled | lungs.get(side, np.zeros_like(part))
+    if closing_radius_mm > 0:
+        for side, lung in lungs.items():
+            others = [other for key, other in lungs.items() if key != side]
+            closed = _close(lung, frame.spacing_mm, closing_radius_mm) & body
+            for other in others:
+                closed &= ~other
+            lungs[side] = closed
     return lungs
+
+
+def _close(mask: np.ndarray, spacing: tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """Morphological closing with a ball of ``radius_mm`` (rolling-ball lung border), computed
+    on a grid coarsened in-plane to about 2 mm and added to the full-resolution mask: it takes
+    in nodules that touch the pleura without changing the rest of the lung border."""
+    step = max(1, int(2.0 // spacing[1]))
+    region = _bbox(mask, (0, 0, 0), mask.shape)
+    coarse = mask[region][:, ::step, ::step]
+    sampling = (spacing[0], spacing[1] * step, spacing[2] * step)
+    pad = [math.ceil(radius_mm / s) + 1 for s in sampling]
+    coarse = np.pad(coarse, [(p, p) for p in pad])
+    dilated = ndimage.distance_transform_edt(~coarse, sampling=sampling) <= radius_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=sampling) > radius_mm
+    closed = closed[tuple(slice(p, -p) for p in pad)]
+    full = np.repeat(np.repeat(closed, step, axis=1), step, axis=2)
+    shape = [r.stop - r.start for r in region]
+    result = mask.copy()
+    result[region] |= full[: shape[0], : shape[1], : shape[2]]
+    return result
 
 
 def _principal_elongation(coords_mm: np.ndarray) -> float:
@@ -239,6 +270,64 @@ def _principal_elongation(coords_mm: np.ndarray) -> float:
         return 1.0
     eigen = np.linalg.eigvalsh(np.cov(coords_mm.T))
     return float(math.sqrt(max(eigen[-1], 1e-9) / max(eigen[0], 1e-9)))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    volume_mm3: float
+    equivalent_diameter_mm: float
+    inscribed_radius_mm: float
+    compactness: float  # volume over the volume of the largest inscribed sphere
+    elongation: float  # ratio of the longest to the shortest principal axis
+
+    @classmethod
+    def of(cls, component: np.ndarray, spacing: tuple[float, float, float]) -> _Shape:
+        volume = float(component.sum() * np.prod(spacing))
+        inscribed = float(
+            ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing).max()
+        )
+        return cls(
+            volume_mm3=volume,
+            equivalent_diameter_mm=(6 * volume / math.pi) ** (1 / 3),
+            inscribed_radius_mm=inscribed,
+            compactness=volume / (4 / 3 * math.pi * max(inscribed, 1e-6) ** 3),
+            elongation=_principal_elongation(np.argwhere(component) * np.asarray(spacing)),
+        )
+
+    def tubular(self, settings: DetectionSettings) -> bool:
+        """Vessel-like or too big: elongated, much larger than its inscribed ball, or huge."""
+        return (
+            self.elongation > settings.max_elongation
+            or self.compactness > settings.max_compactness
+            or self.equivalent_diameter_mm > settings.max_diameter_mm
+        )
+
+
+def _split(
+    found: tuple[slice, ...],
+    component: np.ndarray,
+    shape: tuple[int, ...],
+    measured: _Shape,
+    settings: DetectionSettings,
+    spacing: tuple[float, float, float],
+) -> list[tuple[tuple[slice, ...], np.ndarray, np.ndarray, bool]]:
+    """A thick component rejected as tubular may be a nodule joined to a strip of tissue (a
+    pleural attachment, a thick vessel): open it again with a ball scaled to its inscribed
+    radius and return what survives, each to be judged against the parent component."""
+    radius = max(2 * settings.opening_radius_mm, 0.6 * measured.inscribed_radius_mm)
+    parent = np.zeros(shape, dtype=bool)
+    parent[found] = component
+    cores = _ball_open(component, radius, spacing)
+    labels, _ = ndimage.label(cores)
+    pieces = []
+    for index, where in enumerate(ndimage.find_objects(labels), start=1):
+        if where is None:
+            continue
+        location = tuple(
+            slice(f.start + w.start, f.start + w.stop) for f, w in zip(found, where, strict=True)
+        )
+        pieces.append((location, labels[where] == index, parent, True))
+    return pieces
 
 
 def _isolation(
@@ -298,16 +387,27 @@ def _zone(lung: np.ndarray, centre_slice: float, frame: VolumeFrame) -> LungZone
 def _measure(
     hu: np.ndarray,
     smooth: np.ndarray,
-    candidate: np.ndarray,
+    component: np.ndarray,
+    location: tuple[slice, ...],
     lungs: dict[LungSide, np.ndarray],
     frame: VolumeFrame,
     settings: DetectionSettings,
 ) -> MeasuredNodule | None:
-    """Refine one accepted candidate at its own half-maximum level and measure it."""
+    """Refine one accepted candidate (``component`` at ``location`` in the volume) at its own
+    half-maximum level and measure it."""
     spacing = frame.spacing_mm
-    pad = tuple(math.ceil(6.0 / s) + 1 for s in spacing)
-    box = _bbox(candidate, pad, hu.shape)  # type: ignore[arg-type]
-    core, local, local_hu = candidate[box], smooth[box], hu[box]
+    pad = [math.ceil(6.0 / s) + 1 for s in spacing]
+    box = tuple(
+        slice(max(where.start - p, 0), min(where.stop + p, n))
+        for where, p, n in zip(location, pad, hu.shape, strict=True)
+    )
+    core = np.zeros([b.stop - b.start for b in box], dtype=bool)
+    core[
+        tuple(
+            slice(w.start - b.start, w.stop - b.start) for w, b in zip(location, box, strict=True)
+        )
+    ] = component
+    local, local_hu = smooth[box], hu[box]
     distance_out = ndimage.distance_transform_edt(~core, sampling=spacing)
     shell = (distance_out > 2.5) & (distance_out < 6.0) & (local < settings.candidate_hu)
     if shell.sum() < 10:
@@ -326,7 +426,10 @@ def _measure(
     else:
         level = float(np.percentile(inner_values, 90))
     threshold = (background + level) / 2
-    near = distance_out <= 1.5 * max(spacing)
+    in_lung = np.zeros(core.shape, dtype=bool)
+    for lung in lungs.values():
+        in_lung |= lung[box]
+    near = (distance_out <= 1.5 * max(spacing)) & in_lung
     labels, _ = ndimage.label((local > threshold) & near)
     overlap = np.bincount(labels[core].ravel(), minlength=labels.max() + 1)
     overlap[0] = 0
@@ -389,7 +492,7 @@ def analyse_chest_ct(
     sigma = tuple(0.5 * min(spacing) / s for s in spacing)
     smooth = ndimage.gaussian_filter(hu, sigma, output=np.float32)
     body = _body_mask(smooth)
-    lungs = _segment_lungs(smooth, body, frame)
+    lungs = _segment_lungs(smooth, body, frame, settings.pleural_closing_mm)
     if not lungs:
         return LungAnalysis(lungs={}, nodules=(), rejected_vessels=0, rejected_airways=0)
     either = np.zeros(hu.shape, dtype=bool)
@@ -403,30 +506,24 @@ def analyse_chest_ct(
     nodules: list[MeasuredNodule] = []
     vessels = airways = 0
     offsets = np.array([s.start for s in box])
-    for index, found in enumerate(ndimage.find_objects(labels), start=1):
-        if found is None:
+    # (where in the lung box, the component, the mask it must stand out from, refined yet)
+    queue = [
+        (found, labels[found] == index, dense, False)
+        for index, found in enumerate(ndimage.find_objects(labels), start=1)
+        if found is not None
+    ]
+    while queue:
+        found, component, context, refined = queue.pop()
+        shape = _Shape.of(component, spacing)
+        if shape.equivalent_diameter_mm < settings.min_diameter_mm:
             continue
-        component = labels[found] == index
-        volume = component.sum() * frame.voxel_volume_mm3
-        equivalent_diameter = (6 * volume / math.pi) ** (1 / 3)
-        if equivalent_diameter < settings.min_diameter_mm:
-            continue
-        coords_mm = np.argwhere(component) * np.asarray(spacing)
-        inscribed = float(
-            ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing).max()
-        )
-        compactness = volume / (4 / 3 * math.pi * inscribed**3)
-        elongation = _principal_elongation(coords_mm)
-        if (
-            elongation > settings.max_elongation
-            or compactness > settings.max_compactness
-            or equivalent_diameter > settings.max_diameter_mm
-        ):
+        if shape.tubular(settings):
+            if not refined and shape.inscribed_radius_mm >= 2 * settings.opening_radius_mm:
+                queue += _split(found, component, dense.shape, shape, settings, spacing)
             vessels += 1
             continue
-        if _isolation(dense, found, component, equivalent_diameter / 2, spacing) < (
-            settings.min_isolation
-        ):
+        radius = shape.equivalent_diameter_mm / 2
+        if _isolation(context, found, component, radius, spacing) < settings.min_isolation:
             vessels += 1  # a blob left where vessels branch: most of its neighbourhood is vessel
             continue
         enclosed = ndimage.binary_fill_holes(component)
@@ -434,10 +531,10 @@ def analyse_chest_ct(
         if enclosed_air > settings.airway_air_fraction:
             airways += 1
             continue
-        full = np.zeros(hu.shape, dtype=bool)
-        region = tuple(slice(s.start + o, s.stop + o) for s, o in zip(found, offsets, strict=True))
-        full[region] = component
-        nodule = _measure(hu, smooth, full, lungs, frame, settings)
+        location = tuple(
+            slice(s.start + o, s.stop + o) for s, o in zip(found, offsets, strict=True)
+        )
+        nodule = _measure(hu, smooth, component, location, lungs, frame, settings)
         if nodule is not None and nodule.long_axis_mm >= settings.min_diameter_mm:
             nodules.append(nodule)
     nodules.sort(key=lambda n: -n.volume_mm3)

@@ -50,7 +50,7 @@ log = logging.getLogger("dx_chest.train")
 class TrainingConfig:
     seed: int = 20260101
     phantoms: int = 400
-    epochs: int = 10
+    epochs: int = 14
     batch_size: int = 16
     learning_rate: float = 3e-3
     base_width: int = 8

@@ -1,0 +1,231 @@
+"""Output building speed: SEG + TID 1500 SR of a 300-slice 512x512 CT (not a test).
+
+A chest CT of 300 single-frame 512x512 slices (headers only, as PluginInput carries them)
+with the findings of a lung-nodule plugin: 5 nodules (spheres of 4-12 px radius), each a
+segment and a finding with volume and diameter measurements and a qualitative evaluation,
+plus a study-level nodule count. Timed, in the same process, with rounds alternating:
+
+- ainode: ``build_outputs`` for SEG + SR, then both written to Part-10 bytes;
+- reference: the straightforward highdicom call for the SEG alone -- ``Segmentation`` with
+  the masks as a (frames, rows, columns, segments) bool stack, the same segment
+  descriptions, ``omit_empty_frames=False`` -- written to bytes.
+
+Printed: median seconds of both and their ratio; the target is ainode under 3 s.
+
+    python bench/outputs.py [--slices 300] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import CTImageStorage, generate_uid
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from models.api import (  # noqa: E402
+    AlgorithmIdentification,
+    Finding,
+    Findings,
+    Measurement,
+    PluginInput,
+    QualitativeEvaluation,
+    Segment,
+    SourceFrame,
+)
+from node.config import OutputKind  # noqa: E402
+from node.outputs import OutputContext, build_outputs  # noqa: E402
+from node.outputs.seg import source_layout  # noqa: E402
+
+SIZE = 512
+SPACING = 0.7
+NODULES = (  # (slice fraction, row, column, radius in px)
+    (0.30, 180, 150, 6),
+    (0.45, 300, 360, 12),
+    (0.52, 220, 330, 4),
+    (0.70, 340, 170, 9),
+    (0.85, 260, 260, 5),
+)
+
+
+def chest_ct(slices: int) -> PluginInput:
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    headers = []
+    for index in range(slices):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Bench^P", "B1", "", "O"
+        ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = study, "1", "20260101", "1200"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "A1", ""
+        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series, 1
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-SIZE * SPACING / 2, -SIZE * SPACING / 2, index * 1.0]
+        ds.PixelSpacing, ds.SliceThickness = [SPACING, SPACING], 1.0
+        ds.Rows = ds.Columns = SIZE
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        headers.append(ds)
+    return PluginInput(
+        study_instance_uid=study,
+        series_instance_uid=series,
+        modality="CT",
+        pixels=np.zeros((slices, SIZE, SIZE), np.float32),
+        sources=tuple(SourceFrame(h.SOPClassUID, h.SOPInstanceUID) for h in headers),
+        pixel_spacing=(SPACING, SPACING),
+        headers=tuple(headers),
+    )
+
+
+def nodule_findings(source: PluginInput) -> Findings:
+    slices = source.shape[0]
+    z, y, x = np.ogrid[:slices, :SIZE, :SIZE]
+    segments, findings = [], []
+    for number, (fraction, row, column, radius) in enumerate(NODULES, 1):
+        center = fraction * slices
+        mask = (z - center) ** 2 + (y - row) ** 2 + (x - column) ** 2 <= radius**2
+        segments.append(
+            Segment(
+                f"n{number}",
+                f"Nodule {number}",
+                codes.SCT.MorphologicallyAbnormalStructure,
+                codes.SCT.Nodule,
+                mask,
+                anatomic_site=codes.SCT.Lung,
+            )
+        )
+        findings.append(
+            Finding(
+                f"Nodule {number}",
+                codes.SCT.Nodule,
+                codes.SCT.Lung,
+                f"n{number}",
+                measurements=(
+                    Measurement(
+                        codes.SCT.Volume,
+                        float(mask.sum() * SPACING**2),
+                        Code("mm3", "UCUM", "cubic millimeter"),
+                    ),
+                    Measurement(
+                        codes.SCT.Diameter, 2 * radius * SPACING, Code("mm", "UCUM", "millimeter")
+                    ),
+                ),
+                evaluations=(
+                    QualitativeEvaluation(codes.DCM.LevelOfSignificance, codes.SCT.Moderate, 0.7),
+                ),
+            )
+        )
+    return Findings(
+        algorithm=AlgorithmIdentification("ct-lung-nodule", "1.2.0"),
+        segments=tuple(segments),
+        findings=tuple(findings),
+        study_measurements=(
+            Measurement(
+                codes.SCT.NumberOfLesions, len(NODULES), Code("{lesions}", "UCUM", "lesions")
+            ),
+        ),
+    )
+
+
+def to_bytes(dataset: Dataset) -> int:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.tell()
+
+
+def ainode(findings: Findings, source: PluginInput, context: OutputContext) -> int:
+    """Build and write; the split (build seconds, write seconds, CPU seconds) is kept."""
+    start, cpu = time.perf_counter(), time.process_time()
+    results = build_outputs(findings, source, context)
+    built = time.perf_counter()
+    size = sum(to_bytes(r.dataset) for r in results)
+    ainode.split = (  # type: ignore[attr-defined]
+        built - start,
+        time.perf_counter() - built,
+        time.process_time() - cpu,
+    )
+    return size
+
+
+def reference(findings: Findings, source: PluginInput, context: OutputContext) -> int:
+    built = build_outputs(findings, source, context)[0].dataset  # descriptions to reuse
+    descriptions = [hd.seg.SegmentDescription.from_dataset(item) for item in built.SegmentSequence]
+    start = time.perf_counter()
+    seg = hd.seg.Segmentation(
+        source_images=list(source_layout(source).images),
+        pixel_array=np.stack([s.mask for s in findings.segments], axis=-1),
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="reference",
+        manufacturer_model_name="reference",
+        software_versions="1",
+        device_serial_number="1",
+        omit_empty_frames=False,
+    )
+    size = to_bytes(seg)
+    reference.seconds = time.perf_counter() - start  # type: ignore[attr-defined]
+    return size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    source = chest_ct(args.slices)
+    findings = nodule_findings(source)
+    both = OutputContext(
+        job_id="bench",
+        study_version=1,
+        plugin_name="ct-lung-nodule",
+        plugin_version="1.2.0",
+        outputs=(OutputKind.SEG, OutputKind.SR),
+    )
+    seg_only = OutputContext(
+        job_id="bench",
+        study_version=1,
+        plugin_name="ct-lung-nodule",
+        plugin_version="1.2.0",
+        outputs=(OutputKind.SEG,),
+    )
+    ainode(findings, source, both)  # warm imports and caches once
+    ours, splits, theirs = [], [], []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        size = ainode(findings, source, both)
+        ours.append(time.perf_counter() - start)
+        splits.append(ainode.split)  # type: ignore[attr-defined]
+        reference(findings, source, seg_only)
+        theirs.append(reference.seconds)  # type: ignore[attr-defined]
+    mine, ref = statistics.median(ours), statistics.median(theirs)
+    build_s, write_s, cpu_s = (statistics.median(values) for values in zip(*splits, strict=True))
+    print(f"{args.slices} slices {SIZE}x{SIZE}, {len(NODULES)} segments, {args.rounds} rounds")
+    print(
+        f"ainode SEG+SR build+write: {mine:.2f} s (build {build_s:.2f} s, write {write_s:.2f} s, "
+        f"CPU {cpu_s:.2f} s; {size / 1e6:.1f} MB)"
+    )
+    print(f"reference highdicom SEG (4D bool stack) build+write: {ref:.2f} s")
+    print(
+        f"ratio ainode/reference: {mine / ref:.2f}   target ainode < 3 s: "
+        f"{'met' if mine < 3 else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

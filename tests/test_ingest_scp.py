@@ -1,0 +1,175 @@
+"""The SCP against real peers: echo, who may associate, duplicates, disk watermark, index rows.
+
+Acceptance 2 (DCMTK echoscu gets Success; an unknown calling AE is refused at association)
+and the durability rules of the issue that do not need the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom.association import Association
+
+from node.scu import AssociationFailed, Peer, _contexts, associate, send
+from tests.conftest import REPO, wait_until
+from tests.ingest_support import DCMTK_ENV, make_instances, running_node
+
+
+def _echo(dcmtk, port: int, calling_ae: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk("echoscu"), "-v", "-aet", calling_ae, "-aec", "AINODE", "127.0.0.1", str(port)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=30, check=False,
+    )
+
+
+@pytest.mark.dcmtk
+def test_echoscu_succeeds_and_unknown_callers_are_refused_with_the_reason(
+    tmp_path: Path, dcmtk
+) -> None:
+    access = {
+        "accept_any": False,
+        "callers": [
+            {"ae_title": "KNOWN"},
+            {"ae_title": "PINNED", "host": "10.9.8.7"},
+        ],
+    }
+    with running_node(tmp_path, access=access) as node:
+        known = _echo(dcmtk, node.port, "KNOWN")
+        unknown = _echo(dcmtk, node.port, "STRANGER")
+        wrong_host = _echo(dcmtk, node.port, "PINNED")
+        log = node.log()
+
+    assert known.returncode == 0, known.stdout + known.stderr
+    assert "Received Echo Response (Success)" in known.stdout + known.stderr
+    for refused in (unknown, wrong_host):
+        output = refused.stdout + refused.stderr
+        assert refused.returncode != 0
+        assert "Association Rejected" in output
+        assert "Calling AE Title Not Recognized" in output, output
+    assert "'STRANGER' at 127.0.0.1" in log and "'PINNED' at 127.0.0.1" in log
+    assert "'KNOWN'" not in log
+
+
+def test_association_limit_refuses_the_extra_association(tmp_path: Path) -> None:
+    files = make_instances(tmp_path / "in", 1)
+    contexts = _contexts([("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")])
+
+    def associated(peer: Peer) -> Association | None:
+        try:
+            return associate(peer, contexts)
+        except AssociationFailed:
+            return None  # the node has not yet seen the previous association go
+
+    with running_node(tmp_path / "node", listener={"max_associations": 1}) as node:
+        peer = Peer("AINODE", "127.0.0.1", node.port)
+        held = wait_until(lambda: associated(peer), timeout=20, what="first association")
+        try:
+            with pytest.raises(AssociationFailed, match="rejected"):
+                send(files, peer)
+        finally:
+            held.release()
+        second = wait_until(lambda: associated(peer), timeout=20, what="a free slot")
+        assert second.send_c_store(files[0]).Status == 0
+        second.release()
+        log = node.log()
+    assert "refused association from calling AE 'AINODE'" in log
+    assert "Local limit exceeded" in log
+
+
+def test_duplicate_replaces_file_and_row_and_reopens_the_study(tmp_path: Path) -> None:
+    first = make_instances(tmp_path / "a", 3)
+    uid = str(dcmread(first[0]).SOPInstanceUID)
+    changed = dcmread(first[0])
+    changed.SeriesDescription = "re-sent with a new description"
+    changed.save_as(tmp_path / "changed.dcm", enforce_file_format=True)
+    stability = {"stable_after_s": 0.5, "poll_interval_s": 0.05}
+    with running_node(tmp_path / "node", stability=stability) as node:
+        peer = Peer("AINODE", "127.0.0.1", node.port)
+        assert send(first, peer).ok
+        conn = sqlite3.connect(node.database)
+        wait_until(
+            lambda: conn.execute("SELECT state FROM studies").fetchone()[0] == "stable",
+            timeout=20, what="version 1 stable",
+        )
+        assert send([tmp_path / "changed.dcm"], peer).ok
+        wait_until(
+            lambda: conn.execute("SELECT COUNT(*) FROM study_versions").fetchone()[0] == 2,
+            timeout=20, what="version 2 stable",
+        )
+    rows = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchall()
+    assert len(rows) == 1
+    stored = dcmread(node.spool / rows[0][0])
+    assert stored.SeriesDescription == "re-sent with a new description"
+    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 3
+    study = conn.execute("SELECT version, changed_at FROM studies").fetchone()
+    assert study[0] == 2 and study[1] is not None
+    versions = conn.execute("SELECT version, instance_count FROM study_versions ORDER BY version")
+    assert versions.fetchall() == [(1, 3), (2, 3)]
+    assert len(list(node.spool.rglob("*.dcm"))) == 3
+
+
+@pytest.mark.dcmtk
+def test_below_the_disk_watermark_answers_out_of_resources_and_writes_nothing(
+    tmp_path: Path, dcmtk
+) -> None:
+    files = make_instances(tmp_path / "in", 2)
+    huge = 1 << 40  # MB: more free disk than any machine has
+    with running_node(tmp_path / "node", storage={"min_free_mb": huge}) as node:
+        result = subprocess.run(
+            [dcmtk("storescu"), "-v", "-nh", "-aec", "AINODE", "127.0.0.1", str(node.port),
+             *map(str, files)],
+            capture_output=True, text=True, env=DCMTK_ENV, timeout=60, check=False,
+        )
+        log = node.log()
+    output = result.stdout + result.stderr
+    assert output.count("Received Store Response (Refused: OutOfResources)") == 2, output
+    assert not list(node.spool.rglob("*.dcm"))
+    assert not list((node.spool / ".incoming").iterdir())
+    conn = sqlite3.connect(node.database)
+    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
+    assert "free disk below storage.min_free_mb" in log
+
+
+def test_index_rows_hold_the_routing_attributes_and_no_names_in_logs(tmp_path: Path) -> None:
+    files = make_instances(tmp_path / "in", 2, size=16)
+    with running_node(tmp_path / "node") as node:
+        assert send(files, Peer("AINODE", "127.0.0.1", node.port), calling_ae="MODALITY").ok
+        log = node.log()
+    conn = sqlite3.connect(node.database)
+    conn.row_factory = sqlite3.Row
+    row = conn.execute("SELECT * FROM instances WHERE instance_number = 2").fetchone()
+    source = dcmread(files[1])
+    assert row["sop_class_uid"] == source.SOPClassUID
+    assert row["transfer_syntax_uid"] == source.file_meta.TransferSyntaxUID
+    assert row["calling_ae"] == "MODALITY" and row["called_ae"] == "AINODE"
+    assert row["image_type"] == "ORIGINAL\\PRIMARY\\AXIAL"
+    assert [float(v) for v in row["image_orientation"].split("\\")] == [1, 0, 0, 0, 1, 0]
+    assert [float(v) for v in row["image_position"].split("\\")] == [0.0, 0.0, 2.5]
+    assert (row["rows"], row["columns"], row["slice_thickness"]) == (16, 16, 1.25)
+    assert row["size_bytes"] == (node.spool / row["path"]).stat().st_size
+    attributes = json.loads(row["attributes"])
+    assert attributes["Modality"] == "CT"
+    assert attributes["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert attributes["SliceThickness"] == 1.25
+    assert attributes["Rows"] == 16
+    assert "PixelData" not in attributes
+    series = conn.execute("SELECT modality, body_part_examined FROM series").fetchone()
+    assert tuple(series) == ("CT", "CHEST")
+    assert "Synthetic" not in log and "SYNTH-001" not in log
+
+
+def test_serve_exits_nonzero_with_a_clear_message_on_a_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("listener:\n  port: 70000\n  colour: blue\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "serve", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "listener.port" in result.stderr and "listener.colour" in result.stderr
