@@ -184,22 +184,25 @@ class Bench:
         self.log.close()
 
 
-def phantom(folder: Path, slices: int, size: int, seed: int) -> tuple[str, list[Path]]:
-    large = ChestCTSpec.large(seed=seed)
-    if (slices, size) == large.shape[:2]:
-        spec = large
-    else:
-        spec = ChestCTSpec(
-            shape=(slices, size, size),
-            pixel_spacing_mm=large.pixel_spacing_mm * 512 / size,
-            slice_spacing_mm=1.0,
-            nodules=large.nodules[:4],
-            seed=seed,
-        )
-    _, paths = write_chest_ct(folder, spec, uid_seed=f"bench-e2e-{seed}-{time.time()}")
+def phantom(folder: Path, spec: ChestCTSpec) -> tuple[str, list[Path]]:
+    _, paths = write_chest_ct(folder, spec, uid_seed=f"bench-e2e-{spec.seed}-{time.time()}")
     from pydicom import dcmread
 
     return str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID), paths
+
+
+def large_spec(slices: int, size: int) -> ChestCTSpec:
+    """ChestCTSpec.large(), or a series of the same physics and field of view in another size."""
+    large = ChestCTSpec.large(seed=2)
+    if (slices, size) == large.shape[:2]:
+        return large
+    return ChestCTSpec(
+        shape=(slices, size, size),
+        pixel_spacing_mm=min(2.0, large.pixel_spacing_mm * 512 / size),
+        slice_spacing_mm=1.0,
+        nodules=large.nodules[:4],
+        seed=2,
+    )
 
 
 def reference_load(paths: list[Path]) -> float:
@@ -227,15 +230,12 @@ def reference_send(files: list[Path], port: int) -> float | None:
 
 def latency(bench: Bench, root: Path, slices: int, size: int) -> None:
     print("warming up: a small study starts the worker process and loads the plugin")
-    _, warm = phantom(root / "warm", 40, 128, seed=1)
-    warm_study = str(
-        __import__("pydicom").dcmread(warm[0], stop_before_pixels=True).StudyInstanceUID
-    )
+    warm_study, warm = phantom(root / "warm", ChestCTSpec.small(seed=1))
     bench.send(warm)
     bench._wait(lambda: bench.study_done(warm_study), 600, "the warm-up study")
 
     print(f"writing a {slices}×{size}×{size} phantom chest CT ...")
-    study, paths = phantom(root / "ct", slices, size, seed=2)
+    study, paths = phantom(root / "ct", large_spec(slices, size))
     last_success, took = bench.send(paths)
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
     print(
@@ -296,7 +296,7 @@ def ingest_under_load(bench: Bench, root: Path, count: int) -> None:
     # keep the workers busy: studies whose jobs run while the ingest send goes on
     studies = []
     for seed in (3, 4, 5):
-        study, paths = phantom(root / f"load{seed}", 160, 384, seed=seed)
+        study, paths = phantom(root / f"load{seed}", ChestCTSpec.small(seed=seed))
         bench.send(paths)
         studies.append(study)
     bench._wait(

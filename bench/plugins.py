@@ -83,8 +83,61 @@ def bench_dx_chest(device: Device, repeats: int) -> list[Timing]:
     return rows
 
 
+def _bench_volume(
+    folder_name: str,
+    name: str,
+    case: str,
+    write: Callable[[Path], list[Path]],
+    device: Device,
+    repeats: int,
+) -> list[Timing]:
+    """One cross-sectional plugin on one phantom series, through the PluginHost."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write(Path(folder) / "series")
+        series = load_plugin_input(paths)
+        load_s = _median_seconds(lambda: load_plugin_input(paths), repeats)
+        slots = GpuSlots(
+            [device.index] if device.kind is DeviceKind.CUDA else [], 1, Path(folder) / "slots"
+        )
+        host = PluginHost(catalog_of([load_manifest(PLUGINS / folder_name)]), slots)
+        host.run(name, None, series)  # warm-up
+        run_s = _median_seconds(lambda: host.run(name, None, series), repeats)
+        host.close()
+    return [Timing(name, case, load_s, run_s)]
+
+
+def bench_ct_lung_nodule(device: Device, repeats: int) -> list[Timing]:
+    """ct-lung-nodule on the large chest CT phantom: 300 slices of 512×512, 1 mm."""
+    from models.phantoms.chest_ct import ChestCTSpec, write_chest_ct
+
+    return _bench_volume(
+        "ct_lung_nodule",
+        "ct-lung-nodule",
+        "CT 300×512×512",
+        lambda folder: write_chest_ct(folder, ChestCTSpec.large())[1],
+        device,
+        repeats,
+    )
+
+
+def bench_mr_vessel_wall(device: Device, repeats: int) -> list[Timing]:
+    """mr-vessel-wall on the large neck MR phantom: 40 slices of 384×384, 0.4 mm."""
+    from models.phantoms.neck_mr import NeckMRSpec, write_neck_mr
+
+    return _bench_volume(
+        "mr_vessel_wall",
+        "mr-vessel-wall",
+        "MR 40×384×384",
+        lambda folder: write_neck_mr(folder, NeckMRSpec.large())[1],
+        device,
+        repeats,
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Device, int], list[Timing]]] = {
     "dx-chest": bench_dx_chest,
+    "ct-lung-nodule": bench_ct_lung_nodule,
+    "mr-vessel-wall": bench_mr_vessel_wall,
 }
 
 

@@ -93,9 +93,7 @@ class StudyAssembler:
             )
         return [(row[0], row[1], row[2]) for row in rows]
 
-    def run_once(
-        self, conn: sqlite3.Connection, now: float | None = None
-    ) -> list[StableVersion]:
+    def run_once(self, conn: sqlite3.Connection, now: float | None = None) -> list[StableVersion]:
         """Record every study that is due; return the versions recorded by this pass."""
         now = time.time() if now is None else now
         recorded = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -173,6 +174,18 @@ def _content_items(items) -> Iterator[Dataset]:
         yield from _content_items(item.get("ContentSequence"))
 
 
+# Coded items that describe the report rather than what was found.
+_NOT_FINDINGS = frozenset(
+    {
+        "Finding",
+        "Procedure reported",
+        "Finding category",
+        "Language of Content Item and Descendants",
+        "Observer Type",
+    }
+)
+
+
 def summarise_sr(path: Path, limit: int = 12) -> list[str]:
     """Measurements, evaluations and report text of an SR, one readable line each."""
     ds = dcmread(path)
@@ -188,12 +201,11 @@ def summarise_sr(path: Path, limit: int = 12) -> list[str]:
             value = item.MeasuredValueSequence[0]
             unit = value.MeasurementUnitsCodeSequence[0].CodeValue
             lines.append(f"{concept}: {float(value.NumericValue):.4g} {unit}")
-        elif kind == "CODE" and concept not in ("Finding", "Procedure reported"):
-            if concept in ("Finding category", "Language of Content Item and Descendants"):
-                continue
+        elif kind == "CODE" and concept not in _NOT_FINDINGS:
             lines.append(f"{concept}: {item.ConceptCodeSequence[0].CodeMeaning}")
         elif kind == "TEXT" and concept in ("Impression", "Finding", "Findings"):
-            lines.append(f"{concept}: {item.TextValue}")
+            text = str(item.TextValue).strip().replace("\n", "\n        ")
+            lines.append(f"{concept}: {text}")
     if len(lines) > limit:
         lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
     return lines
@@ -231,6 +243,10 @@ def validate(files: list[Path], sources: tuple[Path, ...]) -> str:
 # -- the command -------------------------------------------------------------------------------
 def _node_answers(config: NodeConfig) -> bool:
     listener = config.listener
+    try:
+        socket.create_connection((listener.host, listener.port), timeout=2).close()
+    except OSError:
+        return False  # nothing listens: no need to ask with C-ECHO
     try:
         return echo(Peer(listener.ae_title, listener.host, listener.port), CALLING_AE, 5) == 0
     except (AssociationFailed, OSError):
@@ -292,15 +308,30 @@ def _run(config: NodeConfig, args: argparse.Namespace) -> int:
                     print(f"  not sent: {failure.path.name}: {failure.reason}")
             studies.append(study)
 
+        stability = config.stability
+        quiet = (
+            f"{stability.after_release_s:g}s after the sender's release"
+            if stability.after_release_s is not None
+            else f"{stability.stable_after_s:g}s of quiet"
+        )
         print(
-            f"waiting for results (stable after {config.stability.stable_after_s:g}s of quiet, "
-            f"then routing, inference, outputs, delivery)..."
+            f"waiting for results (study stable {quiet}; then routing, inference, outputs, "
+            "delivery)..."
         )
         conn = connect(config.storage.database_path)
         try:
             deadline = time.monotonic() + args.timeout
+            arrival_deadline = time.monotonic() + 60
             views = {}
             while time.monotonic() < deadline:
+                if time.monotonic() > arrival_deadline and not _arrived(conn, studies):
+                    print(
+                        f"the node at {peer} accepted the studies but they are not in "
+                        f"{config.storage.database_path}: is it running with another "
+                        f"node.yaml? Stop it or pass its --config.",
+                        file=sys.stderr,
+                    )
+                    return 1
                 views = {
                     s.study_instance_uid: study_view(
                         conn, s.study_instance_uid, config.storage.outputs_dir
@@ -313,6 +344,15 @@ def _run(config: NodeConfig, args: argparse.Namespace) -> int:
         finally:
             conn.close()
         return _print(config, studies, views)
+
+
+def _arrived(conn, studies: list[DemoStudy]) -> bool:
+    marks = ",".join("?" * len(studies))
+    found = conn.execute(
+        f"SELECT COUNT(*) FROM studies WHERE study_instance_uid IN ({marks})",
+        [s.study_instance_uid for s in studies],
+    ).fetchone()[0]
+    return found > 0
 
 
 def _print(config: NodeConfig, studies: list[DemoStudy], views: dict[str, StudyView]) -> int:

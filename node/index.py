@@ -136,13 +136,31 @@ def parse_header(
         if deflated:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             dataset = inflater.decompress(dataset, MAX_INFLATED_BYTES)
-        ds = read_dataset(BytesIO(dataset), implicit, little, stop_when=_stop_at_pixels)
+        reader = _TruncationCheckingReader(dataset)
+        ds = read_dataset(reader, implicit, little, stop_when=_stop_at_pixels)
+        if reader.short_read:
+            raise HeaderError("dataset is truncated: it ends inside a data element")
         _check_structure(ds)
     except HeaderError:
         raise
     except (Exception, RecursionError) as exc:
         raise HeaderError(f"unreadable dataset: {type(exc).__name__}: {exc}"[:200]) from exc
     return header_from_dataset(ds, transfer_syntax_uid, sop_class_uid, sop_instance_uid)
+
+
+class _TruncationCheckingReader(BytesIO):
+    """Notes a read that got some but not all of its bytes: a dataset cut short.
+
+    pydicom ends a dataset quietly when fewer than 8 bytes of an element header are left.
+    """
+
+    short_read = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and 0 < len(data) < size:
+            self.short_read = True
+        return data
 
 
 def _check_structure(ds: Dataset) -> None:

@@ -283,9 +283,7 @@ def send(
                     else:
                         comment = str(status.get("ErrorComment", "") or "")
                         reason = "no response" if code is None else f"status 0x{code:04X}"
-                        failures.append(
-                            SendFailure(item.path, f"{reason} {comment}".strip(), code)
-                        )
+                        failures.append(SendFailure(item.path, f"{reason} {comment}".strip(), code))
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -78,9 +78,12 @@ def uid_component(uid: str) -> str:
 
 def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
     """Where an instance lives, relative to the spool folder."""
-    return "/".join(
-        (uid_component(study_uid), uid_component(series_uid), uid_component(sop_instance_uid))
-    ) + ".dcm"
+    return (
+        "/".join(
+            (uid_component(study_uid), uid_component(series_uid), uid_component(sop_instance_uid))
+        )
+        + ".dcm"
+    )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -108,6 +108,8 @@ def validate_dicom() -> Callable[..., subprocess.CompletedProcess[str]]:
             args += ["-s", str(source)]
         args += [str(p) for p in paths]
         env = dict(os.environ, VALIDATE_PYTHON=os.environ.get("VALIDATE_PYTHON", sys.executable))
-        return subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+        return subprocess.run(
+            args, capture_output=True, text=True, errors="replace", env=env, check=False
+        )
 
     return run

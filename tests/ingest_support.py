@@ -274,17 +274,34 @@ def dcmtk_store(
             continue
         profile = dcmtk_profile(pairs, workdir)
         result = subprocess.run(
-            [storescu, "-v", "-nh", "-aet", calling_ae, "-aec", called_ae,
-             "-xf", str(profile), "Exact", "127.0.0.1", str(port), *map(str, batch)],
-            capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout, check=False,
+            [
+                storescu,
+                "-v",
+                "-nh",
+                "-aet",
+                calling_ae,
+                "-aec",
+                called_ae,
+                "-xf",
+                str(profile),
+                "Exact",
+                "127.0.0.1",
+                str(port),
+                *map(str, batch),
+            ],
+            capture_output=True,
+            text=True,
+            env=DCMTK_ENV,
+            timeout=timeout,
+            check=False,
         )
         current: Path | None = None
         for line in (result.stdout + result.stderr).splitlines():
             if line.startswith("I: Sending file: "):
-                current = Path(line[len("I: Sending file: "):].strip())
+                current = Path(line[len("I: Sending file: ") :].strip())
                 order.append(current)
             elif line.startswith("I: Received Store Response") and current is not None:
-                text = line[len("I: Received Store Response"):].strip().strip("()")
+                text = line[len("I: Received Store Response") :].strip().strip("()")
                 outcomes[current] = DcmtkOutcome(current, text)
                 current = None
             elif (

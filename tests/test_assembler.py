@@ -167,7 +167,8 @@ def test_pending_study_becomes_stable_on_schedule_after_kill_9(tmp_path: Path) -
     try:
         wait_until(
             lambda: conn.execute("SELECT COUNT(*) FROM study_versions").fetchone()[0],
-            timeout=30, what="the pending study to become stable after the restart",
+            timeout=30,
+            what="the pending study to become stable after the restart",
         )
         stable_at = conn.execute("SELECT stable_at FROM study_versions").fetchone()[0]
         assert stable_at >= last + 3.0  # on schedule: not early
@@ -180,7 +181,8 @@ def test_pending_study_becomes_stable_on_schedule_after_kill_9(tmp_path: Path) -
         assert send(files[:1], Peer("AINODE", "127.0.0.1", node.port)).ok  # a duplicate
         wait_until(
             lambda: conn.execute("SELECT COUNT(*) FROM study_versions").fetchone()[0] == 2,
-            timeout=30, what="the re-opened study to become stable",
+            timeout=30,
+            what="the re-opened study to become stable",
         )
     finally:
         stop_node(node)

@@ -79,9 +79,7 @@ def test_sent_rows_stay_sent_and_reenqueue_resets(outbox):
     assert due_rows(conn, "a", outputs, 1e12, 10) == []
     # a failure reported late (e.g. after a crash) does not resurrect a sent row
     mark_failed(conn, rows, "late", RetryPolicy(1, 0, 0), 1e12)
-    assert {r.state for r in list_rows(conn, outputs) if r.destination == "a"} == {
-        OutboxState.SENT
-    }
+    assert {r.state for r in list_rows(conn, outputs) if r.destination == "a"} == {OutboxState.SENT}
     # a re-run job writes the same UIDs: the rows are owed again
     enqueue(conn, rows[0].sop_instance_uid, "a", now=7.0)
     again = due_rows(conn, "a", outputs, 1e12, 10)

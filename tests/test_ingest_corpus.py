@@ -93,7 +93,9 @@ def _dcmtk_reference_scp(storescp: str, folder: Path, files: list[Path]) -> Iter
     port = free_port()
     process = subprocess.Popen(
         [storescp, "+B", "-xf", str(profile), "Exact", "-od", str(folder), str(port)],
-        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: _listening(port), timeout=20, what="storescp to listen")
@@ -149,7 +151,9 @@ def test_dcmtk_storescu_stores_every_sendable_corpus_file_as_sent(
     # A dataset without a SOP Instance UID of its own (the Philips DIRFILEs) goes out under
     # a UID storescu borrows from inside it, a real image's: storescp files it over that
     # image, we file it under a UID derived from the borrowed one, next to the image.
-    without_own_uid = [p for p in sent if "SOPInstanceUID" not in dcmread(p, stop_before_pixels=True)]
+    without_own_uid = [
+        p for p in sent if "SOPInstanceUID" not in dcmread(p, stop_before_pixels=True)
+    ]
     captured = sorted((tmp_path / "reference").iterdir())
     assert len(rows) == len(captured) + len(without_own_uid)
     for wire_file in captured:
@@ -183,7 +187,10 @@ def test_every_malformed_file_gets_an_answer_and_nothing_half_written(
         statuses = raw_store(node.port, instances, tmp_path / "wire")
         echo = subprocess.run(
             [dcmtk("echoscu"), "-aec", "AINODE", "127.0.0.1", str(node.port)],
-            capture_output=True, env=DCMTK_ENV, timeout=30, check=False,
+            capture_output=True,
+            env=DCMTK_ENV,
+            timeout=30,
+            check=False,
         )
         log = node.log()
 
@@ -206,7 +213,8 @@ def test_every_malformed_file_gets_an_answer_and_nothing_half_written(
     for item, status in zip(instances, statuses, strict=True):
         if status == 0x0000:
             own_or_derived = {
-                item.sop_instance_uid, derived_uid("SOPInstanceUID", item.sop_instance_uid)
+                item.sop_instance_uid,
+                derived_uid("SOPInstanceUID", item.sop_instance_uid),
             }
             assert own_or_derived & set(indexed), item.source
         else:

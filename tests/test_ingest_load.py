@@ -22,9 +22,22 @@ from tests.ingest_support import DCMTK_ENV, make_instances, running_node, start_
 
 def _storescu(dcmtk, port: int, files: list[Path], aet: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [dcmtk("storescu"), "-v", "-nh", "-aet", aet, "-aec", "AINODE", "127.0.0.1", str(port),
-         *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV,
+        [
+            dcmtk("storescu"),
+            "-v",
+            "-nh",
+            "-aet",
+            aet,
+            "-aec",
+            "AINODE",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=DCMTK_ENV,
     )
 
 
@@ -33,7 +46,7 @@ def _acknowledged(output: str) -> list[Path]:
     acknowledged, current = [], None
     for line in output.splitlines():
         if line.startswith("I: Sending file: "):
-            current = Path(line[len("I: Sending file: "):].strip())
+            current = Path(line[len("I: Sending file: ") :].strip())
         elif line.startswith("I: Received Store Response (Success)") and current:
             acknowledged.append(current)
             current = None
@@ -45,12 +58,11 @@ def test_eight_simultaneous_storescu_store_all_800_with_an_exact_index(
     tmp_path: Path, dcmtk
 ) -> None:
     studies = [generate_uid(), generate_uid()]
-    batches = [
-        make_instances(tmp_path / f"in{n}", 100, study_uid=studies[n % 2]) for n in range(8)
-    ]
+    batches = [make_instances(tmp_path / f"in{n}", 100, study_uid=studies[n % 2]) for n in range(8)]
     with running_node(tmp_path / "node", listener={"max_associations": 8}) as node:
-        senders = [_storescu(dcmtk, node.port, files, f"SENDER{n}") for n, files in
-                   enumerate(batches)]
+        senders = [
+            _storescu(dcmtk, node.port, files, f"SENDER{n}") for n, files in enumerate(batches)
+        ]
         outputs = [sender.communicate(timeout=300)[0] for sender in senders]
     for sender, output in zip(senders, outputs, strict=True):
         assert sender.returncode == 0, output[-2000:]
@@ -92,7 +104,8 @@ def test_kill_9_mid_send_loses_nothing_acknowledged_and_the_rest_completes_the_s
         conn = sqlite3.connect(node.database, timeout=30)
         wait_until(
             lambda: conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] >= 100,
-            timeout=120, what="100 instances indexed",
+            timeout=120,
+            what="100 instances indexed",
         )
         node.process.send_signal(signal.SIGKILL)
         node.process.wait(timeout=30)
@@ -120,10 +133,14 @@ def test_kill_9_mid_send_loses_nothing_acknowledged_and_the_rest_completes_the_s
         report = send(files, Peer("AINODE", "127.0.0.1", node.port), calling_ae="CRASHTEST")
         assert report.ok, report.failed[:3]
         wait_until(
-            lambda: conn.execute(
-                "SELECT instance_count FROM study_versions ORDER BY version DESC"
-            ).fetchone() == (500,),
-            timeout=60, what="the completed study to become stable",
+            lambda: (
+                conn.execute(
+                    "SELECT instance_count FROM study_versions ORDER BY version DESC"
+                ).fetchone()
+                == (500,)
+            ),
+            timeout=60,
+            what="the completed study to become stable",
         )
         assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 500
     finally:

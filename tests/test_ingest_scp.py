@@ -24,7 +24,11 @@ from tests.ingest_support import DCMTK_ENV, make_instances, running_node
 def _echo(dcmtk, port: int, calling_ae: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [dcmtk("echoscu"), "-v", "-aet", calling_ae, "-aec", "AINODE", "127.0.0.1", str(port)],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=30,
+        check=False,
     )
 
 
@@ -95,12 +99,14 @@ def test_duplicate_replaces_file_and_row_and_reopens_the_study(tmp_path: Path) -
         conn = sqlite3.connect(node.database)
         wait_until(
             lambda: conn.execute("SELECT state FROM studies").fetchone()[0] == "stable",
-            timeout=20, what="version 1 stable",
+            timeout=20,
+            what="version 1 stable",
         )
         assert send([tmp_path / "changed.dcm"], peer).ok
         wait_until(
             lambda: conn.execute("SELECT COUNT(*) FROM study_versions").fetchone()[0] == 2,
-            timeout=20, what="version 2 stable",
+            timeout=20,
+            what="version 2 stable",
         )
     rows = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchall()
     assert len(rows) == 1
@@ -122,9 +128,21 @@ def test_below_the_disk_watermark_answers_out_of_resources_and_writes_nothing(
     huge = 1 << 40  # MB: more free disk than any machine has
     with running_node(tmp_path / "node", storage={"min_free_mb": huge}) as node:
         result = subprocess.run(
-            [dcmtk("storescu"), "-v", "-nh", "-aec", "AINODE", "127.0.0.1", str(node.port),
-             *map(str, files)],
-            capture_output=True, text=True, env=DCMTK_ENV, timeout=60, check=False,
+            [
+                dcmtk("storescu"),
+                "-v",
+                "-nh",
+                "-aec",
+                "AINODE",
+                "127.0.0.1",
+                str(node.port),
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            env=DCMTK_ENV,
+            timeout=60,
+            check=False,
         )
         log = node.log()
     output = result.stdout + result.stderr
@@ -169,7 +187,40 @@ def test_serve_exits_nonzero_with_a_clear_message_on_a_bad_config(tmp_path: Path
     config.write_text("listener:\n  port: 70000\n  colour: blue\n")
     result = subprocess.run(
         [sys.executable, "-m", "node", "serve", "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "listener.port" in result.stderr and "listener.colour" in result.stderr
+
+
+def test_cli_echo_send_and_studies(tmp_path: Path) -> None:
+    files = make_instances(tmp_path / "in", 3)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "node", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    with running_node(tmp_path / "node") as node:
+        echo = cli("echo", node.peer)
+        sent = cli("send", str(tmp_path / "in"), "--to", node.peer, "--aet", "CLI")
+        refused = cli("send", str(files[0]), "--to", f"AINODE@127.0.0.1:{node.port + 1}")
+        studies = cli("studies", "--config", str(node.config_path))
+    assert echo.returncode == 0 and "status 0x0000" in echo.stdout
+    assert sent.returncode == 0 and "sent 3, failed 0" in sent.stdout, sent.stderr
+    assert refused.returncode == 1 and "cannot associate" in refused.stderr
+    assert studies.returncode == 0
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    line = next(line for line in studies.stdout.splitlines() if line.startswith(study_uid))
+    assert line.split()[1:5] == ["receiving", "1", "1", "3"]
+    assert "CT" in line and "CHEST" in line
+    assert "Synthetic" not in studies.stdout and "SYNTH-001" not in studies.stdout

@@ -255,8 +255,10 @@ def test_burned_in_captures_show_the_segment_on_touched_frames(built, ct_input, 
 
 def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
     findings = full_findings(ct_input)
+    before = [str(header) for header in ct_input.headers]
     first = build_outputs(findings, ct_input, context())
     again = build_outputs(findings, ct_input, context())
+    assert [str(header) for header in ct_input.headers] == before  # input left as it came
     assert [(r.kind, r.series_instance_uid, r.sop_instance_uid) for r in first] == [
         (r.kind, r.series_instance_uid, r.sop_instance_uid) for r in again
     ]
@@ -288,7 +290,7 @@ def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
     assert not {r.sop_instance_uid for r in bumped} & {r.sop_instance_uid for r in first}
 
 
-def test_context_from_config_and_kind_selection(ct_input):
+def test_context_from_config_and_kind_selection(ct_input, tmp_path):
     config = OutputsConfig(
         series_number_base=123, not_for_diagnostic_use=False, institution_name="General Hospital"
     )
@@ -307,6 +309,18 @@ def test_context_from_config_and_kind_selection(ct_input):
     assert sr.SeriesNumber == 124
     assert sr.SeriesDescription == "AI p 9 measurements"
     assert sr.InstitutionName == "General Hospital"
+    # without a SEG the nodule's group names the slices it lies on, and nothing else
+    report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(results[0].write(tmp_path))])
+    groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    assert not report.get_volumetric_roi_measurement_groups()
+    nodule = findings.segment("nodule-1").mask
+    expected = {ct_input.sources[i].sop_instance_uid for i in np.flatnonzero(nodule.any((1, 2)))}
+    cited = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in groups["Nodule 1"][0].ContentSequence
+        if item.ValueType == "IMAGE"
+    }
+    assert cited == expected
     no_report = dataclasses.replace(findings, report=None, segments=(), findings=())
     kinds = [r.kind for r in build_outputs(no_report, ct_input, context())]
     assert kinds == [OutputKind.SR]  # nothing to segment, burn in or narrate
@@ -406,7 +420,10 @@ def test_odd_sources_do_not_break_building(tmp_path):
         ds.save_as(path)
     source = load_plugin_input(files)
     findings = full_findings(source)
-    for result in build_outputs(findings, source, context()):
+    before = [str(header) for header in source.headers]
+    results = build_outputs(findings, source, context())
+    assert [str(header) for header in source.headers] == before  # the input is not touched
+    for result in results:
         ds = written(result, tmp_path)
         for keyword in (
             "PatientBirthDate",

@@ -143,7 +143,9 @@ def test_corpus_stacks_follow_source(corpus: Path, relative: str):
 def test_enhanced_multiframe_follows_source(corpus: Path, relative: str):
     source = load_plugin_input([corpus / relative])
     assert all(frame.frame_number is not None for frame in source.sources)
+    before = str(source.headers[0])
     seg, findings = seg_of(source)
+    assert str(source.headers[0]) == before  # geometry rewritten on a copy only
     assert assert_geometry_follows_source(seg, source) == source.shape[0] * len(findings.segments)
 
 

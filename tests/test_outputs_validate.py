@@ -72,6 +72,8 @@ def test_synthetic_ct_outputs_validate(tmp_path: Path, validate_dicom: Validator
     )
     for files, name in ((tilted, "tilt"), (odd, "odd")):
         assert set(build(files, tmp_path / "out" / name, tuple(OutputKind))) == set(OutputKind)
+    # an SR without its SEG (a destination that takes only SRs) stands on its own
+    assert build(tilted, tmp_path / "out" / "sr-only", (OutputKind.SR,)) == [OutputKind.SR]
     assert_valid(validate_dicom(tmp_path / "out", sources=(tmp_path / "tilt", tmp_path / "odd")))
 
 

@@ -86,7 +86,8 @@ def test_written_instance_has_radiography_headers_and_loads_as_drawn(
     ds = pydicom.dcmread(written.path)
     assert ds.Modality == kind.value
     assert ds.SOPClassUID == (
-        DigitalXRayImageStorageForPresentation if kind is RadiographKind.DX
+        DigitalXRayImageStorageForPresentation
+        if kind is RadiographKind.DX
         else ComputedRadiographyImageStorage
     )
     assert ds.PhotometricInterpretation == photometric.value
@@ -98,7 +99,9 @@ def test_written_instance_has_radiography_headers_and_loads_as_drawn(
         expected_shape = "IDENTITY" if photometric is Photometric.MONOCHROME2 else "INVERSE"
         assert ds.PresentationLUTShape == expected_shape
     assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) == (
-        written.study_instance_uid, written.series_instance_uid, written.sop_instance_uid
+        written.study_instance_uid,
+        written.series_instance_uid,
+        written.sop_instance_uid,
     )
 
     loaded = load_plugin_input([written.path])

@@ -170,6 +170,16 @@ def test_real_lidc_chest_ct_runs(corpus, plugin) -> None:
         (presence,) = result.study_evaluations
         assert presence.value in (codes.SCT.Present, codes.SCT.Absent)
         assert result.report is not None and result.report.impression
+        if "LIDC-IDRI-0001" in str(folder):
+            # the large juxtapleural nodule of the left lower lobe visible in these slices
+            sides = {
+                e.value.meaning
+                for f in result.findings
+                if measurement(f, "Long axis") >= 15
+                for e in f.evaluations
+                if e.concept == codes.SCT.Laterality
+            }
+            assert "Left" in sides, result.report.findings
 
 
 @pytest.mark.slow

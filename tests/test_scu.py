@@ -28,7 +28,9 @@ def dcmtk_scp(dcmtk, tmp_path: Path) -> Iterator[int]:
     port = free_port()
     process = subprocess.Popen(
         [dcmtk("storescp"), "--ignore", "-aet", "STORESCP", str(port)],
-        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: _listening(port), timeout=20, what="storescp to listen")

@@ -464,11 +464,14 @@ def make_chest_ct(spec: ChestCTSpec) -> ChestCT:
     rib_ring = grid.coverage(np.abs(ellipse - 0.885) * anatomy.body_b - 0.025 * anatomy.body_b)
     rib_ring *= (y > -0.7 * anatomy.body_b).astype(np.float32)
     rib_period = 22 * anatomy.body_b / 115
+    angle = np.arctan2(y, x)
     z_centres = grid.origin[2] + np.arange(spec.shape[0]) * grid.spacing[0]
     for k, z in enumerate(z_centres):
         volume[k] = plane
         if (z % rib_period) < 0.4 * rib_period:
-            volume[k] += rib_ring * (BONE_HU - volume[k])
+            # ribs run obliquely, so a slice cuts them as separate arcs that shift with z
+            arcs = np.cos(9 * angle + math.pi * z / rib_period) > -0.2
+            volume[k] += rib_ring * arcs * (BONE_HU - volume[k])
 
     # Lungs: parenchyma with a gentle gradient (dependent lung is denser).
     for side in LungSide:

@@ -331,6 +331,15 @@ def _anatomy_masks(
     return lung_fields, heart, knob, floor
 
 
+def _two_largest(mask: np.ndarray) -> np.ndarray:
+    """The two lung fields, without the slivers left where the heart meets the floor."""
+    labelled, count = ndimage.label(mask)
+    if count <= 2:
+        return mask
+    sizes = np.bincount(labelled.ravel())[1:]
+    return np.isin(labelled, np.argsort(sizes)[-2:] + 1)
+
+
 def render_chest_xray(anatomy: ChestXrayAnatomy) -> ChestXray:
     """Draw one PA chest radiograph with its masks; see the module docstring.
 
@@ -358,12 +367,13 @@ def render_chest_xray(anatomy: ChestXrayAnatomy) -> ChestXray:
         lung_fields, heart, _, _ = _anatomy_masks(cx, cy, s, width)
         width *= anatomy.ctr / measure_ctr(lung_fields, heart, coarse_spacing[1])[0]
     lung_fields, heart, knob, floor = _anatomy_masks(cx, cy, s, width)
-    image = _draw(cx, cy, s, rng, lung_fields & ~heart & ~knob, heart, knob, floor, coarse_spacing)
+    lungs = _two_largest(lung_fields & ~heart & ~knob)
+    image = _draw(cx, cy, s, rng, lungs, heart, knob, floor, coarse_spacing)
     if coarse_shape != anatomy.shape:
         image = resize(image, anatomy.shape, order=1, preserve_range=True).astype(np.float32)
         x, y = _grid(anatomy.shape, anatomy.field_mm, tilt)
         lung_fields, heart, knob, _ = _anatomy_masks(x, y, s, width)
-    lungs = lung_fields & ~heart & ~knob
+        lungs = _two_largest(lung_fields & ~heart & ~knob)
     noise = anatomy.noise if anatomy.noise is not None else rng.uniform(0.005, 0.03)
     image = np.clip(image + rng.normal(0, noise, image.shape).astype(np.float32), 0, 1)
     ctr, heart_mm, thoracic_mm = measure_ctr(lungs, heart, anatomy.pixel_spacing[1])

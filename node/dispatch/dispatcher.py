@@ -66,8 +66,8 @@ class DestinationSender:
             while not self._stop.is_set():
                 try:
                     sent_any = self.send_due(conn)
-                except sqlite3.Error:
-                    LOG.exception("destination %s: database error; retrying", self.name)
+                except Exception:
+                    LOG.exception("destination %s: send step failed; retrying", self.name)
                     sent_any = False
                 if not sent_any:
                     self._sleep(conn)
@@ -79,7 +79,11 @@ class DestinationSender:
         rows = due_rows(conn, self.name, self.outputs_dir, self.clock(), BATCH_SIZE)
         if not rows:
             return False
-        outcome = self.transport.deliver(rows)
+        try:
+            outcome = self.transport.deliver(rows)
+        except Exception as exc:  # a transport bug must cost attempts, not the sender thread
+            LOG.exception("destination %s: delivery raised", self.name)
+            outcome = {row.id: f"delivery failed: {type(exc).__name__}: {exc}" for row in rows}
         now = self.clock()
         mark_sent(conn, [row.id for row in rows if outcome.get(row.id, "no outcome") is None], now)
         failed = [row for row in rows if outcome.get(row.id, "no outcome") is not None]

@@ -184,8 +184,8 @@ class LocalExecutor:
             while not self._stop.is_set():
                 try:
                     self._step(conn)
-                except sqlite3.Error:
-                    LOG.exception("job scheduler: database error; retrying")
+                except Exception:  # the scheduler must outlive any one bad step
+                    LOG.exception("job scheduler: step failed; retrying")
                     self._stop.wait(POLL_S)
         finally:
             conn.close()
@@ -303,9 +303,7 @@ class LocalExecutor:
             LOG.error("job %d (%s): %s -> %s", job.id, job.plugin, result.error, state.value)
             return
         if store_results(conn, job, result, self.config):
-            LOG.info(
-                "job %d (%s) succeeded: %d result(s)", job.id, job.plugin, len(result.results)
-            )
+            LOG.info("job %d (%s) succeeded: %d result(s)", job.id, job.plugin, len(result.results))
             if self.on_results is not None:
                 self.on_results()
         else:
@@ -325,4 +323,3 @@ class LocalExecutor:
             LOG.info("job %d cancelled while running: stopping its worker", record["id"])
             worker.job = worker.deadline = None
             self._discard(worker)
-

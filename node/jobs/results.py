@@ -143,8 +143,14 @@ def store_results(
                     kind = excluded.kind, sop_class_uid = excluded.sop_class_uid,
                     path = excluded.path, created_at = excluded.created_at
                 """,
-                (item.sop_instance_uid, job.id, item.kind.value, item.sop_class_uid, item.path,
-                 now),
+                (
+                    item.sop_instance_uid,
+                    job.id,
+                    item.kind.value,
+                    item.sop_class_uid,
+                    item.path,
+                    now,
+                ),
             )
             for name, destination in destinations.items():
                 if item.kind in destination.send_as:

@@ -106,6 +106,14 @@ def _job(record: sqlite3.Row) -> Job:
 def create_jobs(conn: sqlite3.Connection, now: float | None = None) -> int:
     """Make a QUEUED job for every route match that has none yet; returns how many."""
     now = time.time() if now is None else now
+    # Read first: the scheduler polls, and a write lock taken for nothing would make the
+    # SCP's index commits wait.
+    missing = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM route_matches m "
+        "WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.route_match_id = m.id))"
+    ).fetchone()[0]
+    if not missing:
+        return 0
     with transaction(conn):
         cursor = conn.execute(
             """
@@ -141,12 +149,12 @@ def reconcile(conn: sqlite3.Connection, policy: RetryPolicy, now: float | None =
 def claim_next(conn: sqlite3.Connection, now: float | None = None) -> Job | None:
     """Take the oldest due QUEUED job: RUNNING, one more attempt, started now."""
     now = time.time() if now is None else now
+    due = "SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= ? "
+    due += "ORDER BY next_attempt_at, id LIMIT 1"
+    if conn.execute(due, (now,)).fetchone() is None:  # read first, as in create_jobs
+        return None
     with transaction(conn):
-        record = conn.execute(
-            "SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= ? "
-            "ORDER BY next_attempt_at, id LIMIT 1",
-            (now,),
-        ).fetchone()
+        record = conn.execute(due, (now,)).fetchone()
         if record is None:
             return None
         conn.execute(
@@ -175,9 +183,7 @@ def fail(
     """Record a failed attempt: QUEUED again after a backoff, or FAILED for good."""
     now = time.time() if now is None else now
     with transaction(conn):
-        record = conn.execute(
-            "SELECT attempts, state FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+        record = conn.execute("SELECT attempts, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if record is None or record["state"] != JobState.RUNNING:
             return JobState(record["state"]) if record else JobState.FAILED
         attempts = record["attempts"]

@@ -53,8 +53,8 @@ def build_outputs(
 
     A SEG needs segments, a text SR needs report text, a burned-in SC needs segments; kinds
     the findings cannot fill are skipped, not faked. The TID 1500 SR is built whenever asked
-    (a report that found nothing still says what was looked at); when findings point at
-    segments the SEG is built for it even if the SEG itself is not wanted.
+    (a report that found nothing still says what was looked at); it references SEG segments
+    only when the SEG is among the results, so it never points at an object nobody gets.
     Raises ``SegmentationGeometryError`` (a ValueError) when the source geometry cannot be
     described by a SEG.
     """
@@ -71,12 +71,9 @@ def _build(
     findings: Findings, source: PluginInput, context: OutputContext
 ) -> tuple[ResultInstance, ...]:
     results: list[ResultInstance] = []
-    needs_seg = bool(findings.segments) and (
-        context.wants(OutputKind.SEG)
-        or (context.wants(OutputKind.SR) and any(f.segment_key for f in findings.findings))
-    )
-    segmentation = build_segmentation(findings, source, context) if needs_seg else None
-    if segmentation is not None and context.wants(OutputKind.SEG):
+    segmentation = None
+    if findings.segments and context.wants(OutputKind.SEG):
+        segmentation = build_segmentation(findings, source, context)
         results.append(ResultInstance.of(OutputKind.SEG, segmentation))
     if context.wants(OutputKind.SR):
         report = build_measurement_report(findings, source, context, segmentation)

@@ -57,9 +57,11 @@ def _first(value: object) -> float:
     return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)  # type: ignore[index,arg-type]
 
 
-def _grey(frame: np.ndarray, header: Dataset) -> np.ndarray:
+def _grey(frame: np.ndarray, header: Dataset, inverted: bool) -> np.ndarray:
+    """8-bit grey of a frame: the source's first window, unless the loader inverted the
+    values (MONOCHROME1), which the window no longer fits; else the 1st-99th percentile."""
     center, width = header.get("WindowCenter"), header.get("WindowWidth")
-    if center is not None and width is not None:
+    if center is not None and width is not None and not inverted:
         center, width = _first(center), _first(width)
         low, high = center - width / 2, center + width / 2
     else:
@@ -87,7 +89,9 @@ def build_burned_in(
     for number, index in enumerate(touched, 1):
         frame = source.sources[index]
         header = prepared_header(headers[frame.sop_instance_uid])
-        grey = _grey(source.pixels[index], header)
+        grey = _grey(
+            source.pixels[index], header, source.photometric_interpretation == "MONOCHROME1"
+        )
         rgb = np.repeat(grey[..., None], 3, axis=2)
         for mask, color in masks:
             plane = mask[index]

@@ -66,13 +66,24 @@ UTF8 = "ISO_IR 192"
 UNSPECIFIED_METHOD = "unspecified by the source"
 
 
+def shallow_copy(header: Dataset) -> Dataset:
+    """A new mapping over the same elements: adding or replacing elements leaves ``header``
+    alone (copy.copy and Dataset(header) share the mapping itself). Never assign to the
+    shared elements' values."""
+    copied = Dataset()
+    copied.update(header)
+    return copied
+
+
 def prepared_header(header: Dataset) -> Dataset:
     """A copy of a source header that highdicom and the validators accept.
 
     Missing Type 2 identity attributes become present and empty; nothing else changes, so the
-    copy still says what the source said.
+    copy still says what the source said. A complete header is returned as it is.
     """
-    prepared = copy.copy(header)  # shallow: elements are shared, the mapping is not
+    if all(keyword in header for keyword in TYPE2_IDENTITY):
+        return header
+    prepared = shallow_copy(header)
     for keyword in TYPE2_IDENTITY:
         if keyword not in prepared:
             setattr(prepared, keyword, None)
@@ -89,7 +100,8 @@ def copy_identity(target: Dataset, source: Dataset) -> None:
     left empty where the attribute is Type 2. The source keeps its own values.
     """
     for keyword, attribute_type in IDENTITY_ATTRIBUTES.items():
-        element = source[keyword] if keyword in source else None  # noqa: SIM401 (the element, not its value)
+        # the element, not its value (Dataset.get returns the value)
+        element = source[keyword] if keyword in source else None  # noqa: SIM401
         usable = element is not None and _valid(element)
         if usable and not (element.is_empty and attribute_type in ("1", "1C")):
             target[keyword] = copy.deepcopy(element)

@@ -9,18 +9,20 @@ by one SEG raise ``SegmentationGeometryError`` with the reason.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from models.api import Findings, PluginInput, Segment
 from node.config import OutputKind
 from node.outputs.context import OutputContext
-from node.outputs.identity import copy_identity, prepared_header
+from node.outputs.identity import copy_identity, prepared_header, shallow_copy
 from node.outputs.uids import ResultUids
 
 # Distinguishable default colours (RGB) for segments that do not name one.
@@ -109,7 +111,7 @@ def source_layout(source: PluginInput) -> SourceLayout:
         if order[frame.frame_number - 1] != -1:
             raise SegmentationGeometryError(f"source frame {frame.frame_number} appears twice")
         order[frame.frame_number - 1] = index
-    return SourceLayout((_shared_geometry(prepared_header(header)),), tuple(order))
+    return SourceLayout((_shared_geometry(shallow_copy(prepared_header(header))),), tuple(order))
 
 
 def _values(item: Dataset, keyword: str) -> tuple[float, ...]:
@@ -143,16 +145,14 @@ def _shared_geometry(header: Dataset) -> Dataset:
             "the multi-frame source has no Per-frame Functional Groups Sequence, so its frame "
             "geometry is unknown"
         )
-    shared = Dataset()
-    if header.get("SharedFunctionalGroupsSequence"):
-        for element in header.SharedFunctionalGroupsSequence[0]:
-            shared.add(element)
-    frames = []
-    for item in header.PerFrameFunctionalGroupsSequence:
-        frame = Dataset()
-        for element in item:
-            frame.add(element)
-        frames.append(frame)
+    # deep copies: highdicom writes into the functional groups it is given (e.g. adds
+    # SpacingBetweenSlices), and the caller's header must stay as it came
+    shared = (
+        copy.deepcopy(header.SharedFunctionalGroupsSequence[0])
+        if header.get("SharedFunctionalGroupsSequence")
+        else Dataset()
+    )
+    frames = [copy.deepcopy(item) for item in header.PerFrameFunctionalGroupsSequence]
     for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
         if keyword in shared:
             continue
@@ -162,7 +162,10 @@ def _shared_geometry(header: Dataset) -> Dataset:
             )
         first = _values(frames[0], keyword)
         for number, frame in enumerate(frames, 1):
-            if not np.allclose(_values(frame, keyword), first, atol=1e-4, equal_nan=True):
+            values = _values(frame, keyword)
+            if len(values) != len(first) or not np.allclose(
+                values, first, atol=1e-4, equal_nan=True
+            ):
                 what = "pixel spacing" if keyword == "PixelMeasuresSequence" else "orientation"
                 raise SegmentationGeometryError(
                     f"frame {number} of the multi-frame source has another {what} than frame 1; "
@@ -176,8 +179,9 @@ def _shared_geometry(header: Dataset) -> Dataset:
             if "PlanePositionSequence" not in frame:
                 frame["PlanePositionSequence"] = shared["PlanePositionSequence"]
         del shared["PlanePositionSequence"]
-    header.SharedFunctionalGroupsSequence = [shared]
-    header.PerFrameFunctionalGroupsSequence = frames
+    # new elements, not new values: the other elements are still the caller's
+    header["SharedFunctionalGroupsSequence"] = DataElement(0x52009229, "SQ", [shared])
+    header["PerFrameFunctionalGroupsSequence"] = DataElement(0x52009230, "SQ", frames)
     return header
 
 

@@ -5,10 +5,11 @@ UCUM units, qualitative evaluations). A finding with a segment is a volumetric R
 (TID 1411) that references the SEG segment and the source images it lies on, also on
 single-frame sources: TID 1410's segmentation-frame reference names both a frame and a
 segment, which the Image Reference Macro forbids (dciodvfy rejects it). A finding without a
-segment is a TID 1501 group listing the source images; the study-level results are a TID 1501
-group of their own (about the whole series, whose images are the evidence). The SEG and the
-sources are the evidence. A re-run of a newer study version names the report it supersedes
-in the Predecessor Documents Sequence.
+segment, or whose SEG is not made, is a TID 1501 group listing the source images (those the
+segment lies on); the study-level results are a TID 1501 group of their own (about the whole
+series, whose images are the evidence). The SEG and the sources are the evidence. A re-run
+of a newer study version names the report it supersedes in the Predecessor Documents
+Sequence.
 
 Comprehensive SR, not Comprehensive 3D SR: ROIs are SEG references, never 3D coordinates,
 and Comprehensive SR is the class more PACS and viewers accept.
@@ -87,20 +88,35 @@ def _measurements(items: Sequence[Measurement]) -> list[hd.sr.Measurement]:
     return [hd.sr.Measurement(name=m.concept, value=m.value, unit=m.unit) for m in items]
 
 
-def _source_images(source: PluginInput) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    """One reference per source instance (multi-frame: with the frames the plugin got)."""
+def _by_instance(source: PluginInput, indices: Sequence[int]) -> dict[tuple[str, str], list[int]]:
+    """(SOP class, SOP instance) -> frame numbers (empty for single-frame instances)."""
     frames: dict[tuple[str, str], list[int]] = {}
-    for frame in source.sources:
+    for index in indices:
+        frame = source.sources[index]
         numbers = frames.setdefault((frame.sop_class_uid, frame.sop_instance_uid), [])
         if frame.frame_number is not None:
             numbers.append(frame.frame_number)
+    return frames
+
+
+def _touched(mask: np.ndarray) -> np.ndarray:
+    """Indices of the input frames a mask has any pixel on."""
+    return np.flatnonzero((mask if mask.dtype == np.bool_ else mask >= 0.5).any(axis=(1, 2)))
+
+
+def _source_images(
+    source: PluginInput, indices: Sequence[int] | None = None
+) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """One reference per source instance (multi-frame: with the frames meant), of the given
+    input frames or of all of them."""
+    chosen = range(len(source.sources)) if indices is None else indices
     return [
         hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=sop_class,
             referenced_sop_instance_uid=sop_instance,
             referenced_frame_numbers=sorted(numbers) or None,
         )
-        for (sop_class, sop_instance), numbers in frames.items()
+        for (sop_class, sop_instance), numbers in _by_instance(source, chosen).items()
     ]
 
 
@@ -114,7 +130,7 @@ def _referenced_segment(
     No frame numbers on the SEG reference itself: the Image Reference Macro allows a
     segment number or frame numbers, not both.
     """
-    touched = np.flatnonzero((mask if mask.dtype == np.bool_ else mask >= 0.5).any(axis=(1, 2)))
+    touched = _touched(mask)
     if len(touched) == 0:
         return hd.sr.ReferencedSegment(
             sop_class_uid=segmentation.SOPClassUID,
@@ -122,12 +138,6 @@ def _referenced_segment(
             segment_number=number,
             source_series=hd.sr.SourceSeriesForSegmentation(source.series_instance_uid),
         )
-    frames: dict[tuple[str, str], list[int]] = {}
-    for index in touched:
-        frame = source.sources[index]
-        numbers = frames.setdefault((frame.sop_class_uid, frame.sop_instance_uid), [])
-        if frame.frame_number is not None:
-            numbers.append(frame.frame_number)
     return hd.sr.ReferencedSegment(
         sop_class_uid=segmentation.SOPClassUID,
         sop_instance_uid=segmentation.SOPInstanceUID,
@@ -138,7 +148,7 @@ def _referenced_segment(
                 referenced_sop_instance_uid=sop_instance,
                 referenced_frame_numbers=sorted(numbers) or None,
             )
-            for (sop_class, sop_instance), numbers in frames.items()
+            for (sop_class, sop_instance), numbers in _by_instance(source, touched).items()
         ],
     )
 
@@ -163,11 +173,18 @@ def _finding_group(
         "measurements": _measurements(finding.measurements) or None,
         "qualitative_evaluations": _evaluations(finding.evaluations) or None,
     }
-    if finding.segment_key is None or segmentation is None:
+    if finding.segment_key is None:
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=_source_images(source), **common
         )
     segment = findings.segment(finding.segment_key)
+    if segmentation is None:  # no SEG is made (not asked for): name the images it lies on
+        touched = _touched(segment.mask)
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=_source_images(source, touched if len(touched) else None),
+            finding_category=segment.category,
+            **common,
+        )
     number = segment_numbers(findings)[finding.segment_key]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         referenced_segment=_referenced_segment(segmentation, number, segment.mask, source),
@@ -191,11 +208,10 @@ def build_measurement_report(
     context: OutputContext,
     segmentation: Dataset | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """The TID 1500 report of ``findings``; ``segmentation`` is the SEG built from them."""
+    """The TID 1500 report of ``findings``; ``segmentation`` is the SEG built from them, or
+    None where no SEG is made: segment findings then name the source images they lie on."""
     if not source.headers:
         raise ValueError("PluginInput.headers is empty: the report needs the source headers")
-    if any(f.segment_key is not None for f in findings.findings) and segmentation is None:
-        raise ValueError("findings reference segments, so the SEG must be built first and passed")
     uids = ResultUids(context.job_id, context.study_version)
     algorithm = hd.sr.AlgorithmIdentification(
         name=findings.algorithm.name, version=findings.algorithm.version

@@ -7,12 +7,15 @@ The pipeline, each step chosen so a vessel or an airway cannot pass for a nodule
    slices and grown through air darker than lung parenchyma; trachea and main bronchi are
    removed so the two lungs come apart.
 3. Lungs: air inside the body without the airways; the two largest components, each with its
-   holes filled slice by slice so that vessels and nodules inside the lung belong to it.
+   holes filled slice by slice so that vessels and nodules inside the lung belong to it, then
+   closed with a rolling ball so that nodules touching the pleura belong to it too.
 4. Candidates: lung voxels denser than -700 HU (ground glass and solid), opened by a ball of
    ``opening_radius_mm`` (round in mm): thin vessels and airway walls vanish, a
    nodule touching a thin vessel comes apart from it, and convex nodules keep their shape.
 5. Rejection: what survives the opening and is elongated (principal-axis ratio) or much larger
-   than its largest inscribed sphere is a vessel; what encloses air is an airway.
+   than its largest inscribed sphere is a vessel, unless a second, larger opening frees a
+   compact core (a nodule on a pleural strip or a thick vessel); a blob that is a small part
+   of the dense tissue around it is a vessel junction; what encloses air is an airway.
 6. Measurement per nodule: half-maximum threshold between the local lung background and the
    nodule's own level (its solid level, or its ground-glass level if part-solid), a
    partial-volume-weighted volume, long and short axis on the axial slice of largest area
@@ -91,16 +94,31 @@ class VolumeFrame:
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    candidate_hu: float = -700.0
-    opening_radius_mm: float = 1.6
-    min_diameter_mm: float = 3.5
-    max_diameter_mm: float = 35.0
-    max_elongation: float = 1.8
-    max_compactness: float = 2.6
-    airway_air_fraction: float = 0.05
-    ground_glass_fraction: float = 0.25
-    min_isolation: float = 0.5
-    pleural_closing_mm: float = 10.0
+    """The pipeline's thresholds; the defaults are the ones measured on the phantoms."""
+
+    candidate_hu: float = -700.0  # between lung (-860) and ground glass (-550)
+    opening_radius_mm: float = 1.6  # removes vessels and airway walls thinner than 3.2 mm
+    min_diameter_mm: float = 3.5  # smaller candidates are not reported
+    max_diameter_mm: float = 35.0  # larger ones are masses or vessels, not nodules
+    max_elongation: float = 1.8  # principal-axis ratio above which a candidate is tubular
+    max_compactness: float = 2.6  # volume / largest inscribed sphere above which likewise
+    airway_air_fraction: float = 0.05  # enclosed air above which a candidate is an airway
+    ground_glass_fraction: float = 0.25  # interior share of ground glass for part-solid
+    min_isolation: float = 0.5  # share of its connected neighbourhood a nodule must be
+    pleural_closing_mm: float = 10.0  # rolling-ball radius of the lung border (0: none)
+
+    def __post_init__(self) -> None:
+        if not -1000 < self.candidate_hu < 0:
+            raise ValueError(
+                f"candidate_hu must lie between air and water, got {self.candidate_hu}"
+            )
+        if self.opening_radius_mm <= 0 or self.pleural_closing_mm < 0:
+            raise ValueError("opening_radius_mm must be > 0 and pleural_closing_mm >= 0")
+        if not 0 < self.min_diameter_mm < self.max_diameter_mm:
+            raise ValueError("need 0 < min_diameter_mm < max_diameter_mm")
+        for name in ("airway_air_fraction", "ground_glass_fraction", "min_isolation"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a fraction in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ __all__ = [
     "HEART",
     "LUNGS",
     "MODEL_SIZE",
+    "PLAUSIBLE_CTR",
     "ChestMasks",
     "CtrMeasurement",
     "cardiomegaly_probability",
@@ -32,7 +33,9 @@ __all__ = [
 MODEL_SIZE = (96, 96)
 BACKGROUND, LUNGS, HEART = 0, 1, 2
 CARDIOMEGALY_THRESHOLD = 0.5
-# Standard deviation of the CTR error on held-out phantoms is about 0.006 (see README); the
+# a ratio outside this range is a failed segmentation, not a heart: report no measurement
+PLAUSIBLE_CTR = (0.25, 0.8)
+# The RMS CTR error on held-out phantoms is about 0.007 (see metrics.json); the
 # confidence uses a wider 0.015 so that it stays honest on images unlike the phantoms.
 CTR_SIGMA = 0.015
 _PERCENTILES = (0.5, 99.5)
@@ -75,14 +78,16 @@ class ChestMasks:
     lung_components: int
 
     @property
-    def complete(self) -> bool:
-        """Both lungs and a heart between them: enough to measure a CTR."""
+    def measurable(self) -> bool:
+        """Two lungs, a heart between them and a ratio a chest can have: enough for a CTR."""
         if self.lung_components != 2 or not self.heart.any():
             return False
         heart_columns = np.flatnonzero(self.heart.any(axis=0))
         lung_columns = np.flatnonzero(self.lungs.any(axis=0))
-        centre = heart_columns.mean()
-        return bool(lung_columns[0] < centre < lung_columns[-1])
+        if not lung_columns[0] < heart_columns.mean() < lung_columns[-1]:
+            return False
+        ratio = measure_ctr(self.lungs, self.heart, 1.0).ratio
+        return PLAUSIBLE_CTR[0] <= ratio <= PLAUSIBLE_CTR[1]
 
 
 def masks_from_logits(logits: np.ndarray, shape: tuple[int, int]) -> ChestMasks:

@@ -4,8 +4,9 @@
     python -m models.plugins.dx_chest.train --output /tmp/dx   # somewhere else (tests)
 
 Everything is seeded (phantom seeds, weight initialisation, batch order) and runs on the CPU
-in a few minutes. Training phantoms use seeds below ``HELD_OUT_SEED_START``; evaluation and
-the tests use seeds from it upwards, so accuracy is always measured on unseen patients.
+in a few minutes. Seeds from ``HELD_OUT_SEED_START`` up to ``HELD_OUT_SEED_END`` are kept for
+evaluation and the tests, and training seeds never enter that range, so accuracy is always
+measured on unseen patients.
 The run writes ``model.onnx``, ``metrics.json`` (held-out accuracy) and, when writing into
 the plugin folder, the model's sha256 into ``plugin.yaml``.
 """
@@ -41,6 +42,7 @@ from models.plugins.dx_chest.network import SmallUNet
 
 HERE = Path(__file__).resolve().parent
 HELD_OUT_SEED_START = 1_000_000
+HELD_OUT_SEED_END = 2_000_000
 ONNX_OPSET = 17
 
 log = logging.getLogger("dx_chest.train")
@@ -59,8 +61,11 @@ class TrainingConfig:
     threads: int = 1  # on shared cores one thread beats two oversubscribed ones
 
     def __post_init__(self) -> None:
-        if self.phantoms + self.seed > HELD_OUT_SEED_START and self.seed < HELD_OUT_SEED_START:
-            raise ValueError("training phantom seeds would reach the held-out seed range")
+        if self.seed < HELD_OUT_SEED_END and self.seed + self.phantoms > HELD_OUT_SEED_START:
+            raise ValueError(
+                f"training seeds {self.seed}..{self.seed + self.phantoms - 1} overlap the "
+                f"held-out range {HELD_OUT_SEED_START}..{HELD_OUT_SEED_END - 1}; pick another seed"
+            )
 
 
 def training_anatomy(seed: int) -> ChestXrayAnatomy:

@@ -28,12 +28,22 @@ class CarotidSide(StrEnum):
 
 @dataclass(frozen=True)
 class LumenSettings:
+    """What counts as a carotid lumen; common carotids are 2–5 mm in radius."""
+
     min_radius_mm: float = 1.5
     max_radius_mm: float = 5.5
-    max_eccentricity: float = 0.6
+    max_eccentricity: float = 0.6  # jugular veins are flatter than this
     min_rim_contrast: float = 1.35  # rim intensity / surrounding tissue intensity
     max_step_mm: float = 3.0  # largest centre shift between neighbouring slices
-    min_slices: int = 3
+    min_slices: int = 3  # shortest run of slices accepted as a vessel
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_radius_mm < self.max_radius_mm:
+            raise ValueError("need 0 < min_radius_mm < max_radius_mm")
+        if not 0 <= self.max_eccentricity < 1:
+            raise ValueError("max_eccentricity is in [0, 1)")
+        if self.min_rim_contrast <= 1 or self.max_step_mm <= 0 or self.min_slices < 1:
+            raise ValueError("min_rim_contrast must exceed 1, max_step_mm and min_slices be > 0")
 
 
 @dataclass(frozen=True)
@@ -70,16 +80,23 @@ def _candidates(
             continue
         if region.eccentricity > settings.max_eccentricity:
             continue
+        # a window reaching past the outer ring around the blob is all the distances need
+        margin = math.ceil((2.5 * radius + 3.5) / pixel_mm)
+        window = tuple(
+            slice(max(s.start - margin, 0), min(s.stop + margin, n))
+            for s, n in zip(region.slice, image.shape, strict=True)
+        )
         blob = np.zeros(image.shape, dtype=bool)
         blob[region.slice] = region.image
-        distance = ndimage.distance_transform_edt(~blob) * pixel_mm
+        distance = ndimage.distance_transform_edt(~blob[window]) * pixel_mm
         rim = (distance > 0.2) & (distance <= 1.6)
-        around = (distance > 2.5 * radius) & (distance <= 2.5 * radius + 3.0) & largest
+        around = (distance > 2.5 * radius) & (distance <= 2.5 * radius + 3.0) & largest[window]
         if rim.sum() < 5 or around.sum() < 5:
             continue
         # the rim band also holds the lumen's blurred edge: its upper quartile is the wall
-        rim_level = float(np.percentile(smooth[rim], 75))
-        contrast = rim_level / max(float(np.median(smooth[around])), 1e-6)
+        local = smooth[window]
+        rim_level = float(np.percentile(local[rim], 75))
+        contrast = rim_level / max(float(np.median(local[around])), 1e-6)
         if contrast < settings.min_rim_contrast:
             continue
         row, col = region.centroid

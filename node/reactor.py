@@ -1,0 +1,240 @@
+"""An event-driven receive path for pynetdicom's acceptor: no fixed 1 ms polling sleeps.
+
+pynetdicom 3.0.4 runs two loops per association, the DUL reactor (socket <-> PDUs) and the
+association reactor (DIMSE messages -> handlers), and each sleeps 1 ms whenever it finds
+nothing to do. Every C-STORE crosses both loops twice (request in, response out), so on a
+fast link most of an instance's time is spent asleep. Here the same loops wait on what they
+are waiting for instead: the DUL on ``select`` over the socket and a wake-up socket that is
+signalled whenever a primitive is queued for it; the association on an event set whenever a
+DIMSE message or an ACSE primitive is queued for it. PDUs are read with ``recv_into`` into one
+buffer instead of 4 KiB ``recv`` calls. Everything else (state machine, ACSE, DIMSE, service
+classes, handlers) is pynetdicom's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import threading
+from collections.abc import Callable
+from copy import deepcopy
+from datetime import datetime
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+LOGGER = logging.getLogger(__name__)
+
+#: Longest a loop sleeps with nothing to do; only timers (ARTIM, idle) rely on it.
+TIMER_RESOLUTION_S = 0.05
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that calls ``wake`` after every ``put``."""
+
+    def __init__(self, wake: Callable[[], object]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _FastSocket(AssociationSocket):
+    """Reads a whole PDU with ``recv_into`` instead of a loop of 4 KiB ``recv`` calls."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        if sock is None:
+            return bytearray()
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        received = 0
+        while received < nr_bytes:
+            count = sock.recv_into(view[received:], nr_bytes - received)
+            if not count:  # the peer closed the connection
+                view.release()
+                del buffer[received:]
+                return buffer
+            received += count
+        view.release()
+        return buffer
+
+
+class _EventDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, waiting on the socket and a wake-up instead of sleeping."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self.to_provider_queue = _WakingQueue(self.wake)
+        self.event_queue = _WakingQueue(self.wake)
+
+    def wake(self) -> None:
+        # OSError: already signalled (buffer full), or the reactor has ended.
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def run_reactor(self) -> None:
+        try:
+            self._run_events()
+        finally:
+            self._wake_reader.close()
+            self._wake_writer.close()
+            assoc_wake = getattr(self.assoc, "wake", None)
+            if assoc_wake is not None:
+                assoc_wake()  # the association notices the DUL has ended
+
+    def _run_events(self) -> None:
+        self._idle_timer.start()
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if self._kill_thread:
+                return
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                self._abort_on(exc)
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                self._wait_for_work()
+                continue
+            self.state_machine.do_action(event)
+
+    def _wait_for_work(self) -> None:
+        readers: list[Any] = [self._wake_reader]
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is not None and sock.fileno() >= 0:
+            readers.append(sock)
+        # OSError/ValueError: the socket closed under us; the loop will see it.
+        with contextlib.suppress(OSError, ValueError):
+            select.select(readers, [], [], TIMER_RESOLUTION_S)
+        try:
+            while self._wake_reader.recv(4096):
+                pass
+        except OSError:  # drained
+            pass
+
+    def _abort_on(self, exc: Exception) -> None:
+        """What pynetdicom's reactor does on an unexpected error: A-ABORT and stop."""
+        LOGGER.error("exception in the DUL reactor, aborting the association: %s", exc)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+
+class EventAssociation(Association):
+    """An acceptor association whose reactor sleeps only until there is something to do."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._wake_event = threading.Event()
+        self.dul = _EventDUL(self)
+        self.dul.to_user_queue = _WakingQueue(self.wake)
+        self.dimse.msg_queue = _WakingQueue(self.wake)
+
+    def wake(self) -> None:
+        self._wake_event.set()
+
+    def kill(self) -> None:
+        self.wake()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop with the 1 ms sleep replaced by a wait on work."""
+        self._is_paused = False
+        idle = False
+        while not self._kill:
+            if idle:
+                self._wake_event.wait(TIMER_RESOLUTION_S)
+            self._wake_event.clear()
+            idle = True
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, int(context_id or 0))
+                idle = False
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                LOGGER.error("network timeout reached, aborting the association")
+                self.abort()
+                self.kill()
+                return
+
+
+class EventRequestHandler(RequestHandler):
+    """pynetdicom's request handler building an ``EventAssociation`` and a fast socket."""
+
+    def _create_association(self) -> Association:
+        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        sock = _FastSocket(assoc, client_socket=self.request)
+        assoc.set_socket(sock)
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc

@@ -1,0 +1,114 @@
+"""Spool and index units: File Meta encoding, safe paths, atomic writes, crash recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+
+from node.index import HeaderError, Index, parse_file_header, parse_header, recover_spool
+from node.spool import (
+    IMPLEMENTATION_CLASS_UID,
+    TEMP_DIR_NAME,
+    OutOfSpace,
+    Spool,
+    encode_file_meta,
+    instance_relpath,
+    uid_component,
+)
+from tests.ingest_support import make_instances
+
+
+@pytest.mark.parametrize("source_ae", ["MODALITY", "ODD", None])
+def test_file_meta_reads_back_with_pydicom(tmp_path: Path, source_ae: str | None) -> None:
+    path = tmp_path / "meta.dcm"
+    ct, explicit_le = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
+    path.write_bytes(encode_file_meta(ct, "1.2.3.45", explicit_le, source_ae))
+    meta = read_file_meta_info(path)
+    assert meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert meta.get("SourceApplicationEntityTitle") == source_ae
+    assert meta.FileMetaInformationGroupLength == len(path.read_bytes()) - 132 - 12
+
+
+@pytest.mark.parametrize("uid", ["..", "../../etc/passwd", "1.2/3", "1." + "2" * 80, "", "1..2"])
+def test_malformed_uids_never_become_paths(uid: str) -> None:
+    name = uid_component(uid)
+    assert name.startswith("x") and "/" not in name and ".." not in name
+    assert uid_component("1.2.840.10008.1") == "1.2.840.10008.1"
+    assert instance_relpath("1.2", uid, "3.4").count("/") == 2
+
+
+def test_write_replaces_atomically_and_refuses_below_the_watermark(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    relpath = instance_relpath("1.2", "1.2.3", "1.2.3.4")
+    assert spool.write(relpath, (b"first", memoryview(b"-data"))) == 10
+    assert spool.write(relpath, (b"second",)) == 6
+    assert spool.path(relpath).read_bytes() == b"second"
+    assert not list((tmp_path / "spool" / TEMP_DIR_NAME).iterdir())
+
+    full = Spool(tmp_path / "spool", min_free_bytes=1 << 62)
+    with pytest.raises(OutOfSpace):
+        full.write(instance_relpath("1.2", "1.2.3", "1.2.3.5"), (b"x",))
+    assert list(spool.files()) == [relpath]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    relpath = instance_relpath("1.2", "1.2.3", "1.2.3.4")
+    spool.write(relpath, (b"old",))
+
+    class Broken(bytes):
+        def __len__(self) -> int:
+            raise OSError("disk went away")
+
+    with pytest.raises(OSError):
+        spool.write(relpath, (b"new", Broken()))
+    assert spool.path(relpath).read_bytes() == b"old"
+    assert not list((tmp_path / "spool" / TEMP_DIR_NAME).iterdir())
+
+
+def test_header_parse_stops_before_pixels_and_refuses_junk(tmp_path: Path) -> None:
+    path = make_instances(tmp_path, 1, size=4)[0]
+    data = path.read_bytes()
+    meta_end = 132 + 12 + read_file_meta_info(path).FileMetaInformationGroupLength
+    header = parse_header(data[meta_end:], "1.2.840.10008.1.2.1")
+    source = dcmread(path)
+    assert header.sop_instance_uid == source.SOPInstanceUID
+    assert header.study_instance_uid == source.StudyInstanceUID
+    assert (header.rows, header.columns, header.instance_number) == (4, 4, 1)
+    assert header.derived_uids == ()
+    assert "PixelData" not in header.attributes
+    assert parse_file_header(path) == header
+    for cut in (200, 203, 307):  # inside an element header, inside a value
+        with pytest.raises(HeaderError, match="truncated"):
+            parse_header(data[meta_end : meta_end + cut], "1.2.840.10008.1.2.1")
+    with pytest.raises(HeaderError):
+        parse_header(b"\x1f\x8b\x08\x08" + bytes(100), "1.2.840.10008.1.2.1")
+
+
+def test_recovery_indexes_whole_orphans_and_removes_temp_and_junk(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    source = make_instances(tmp_path / "in", 1)[0]
+    ds = dcmread(source)
+    orphan = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    spool.write(orphan, (source.read_bytes(),))  # renamed in, but the index commit never ran
+    junk = instance_relpath("1.2", "1.2.3", "1.2.3.9")
+    spool.write(junk, (b"not dicom",))
+    (tmp_path / "spool" / TEMP_DIR_NAME / "crash.part").write_bytes(b"half")
+
+    assert spool.clear_temp() == 1
+    index = Index(tmp_path / "ainode.sqlite3")
+    assert recover_spool(spool, index) == 1
+    index.close()
+    assert list(spool.files()) == [orphan]
+    conn = sqlite3.connect(tmp_path / "ainode.sqlite3")
+    assert conn.execute("SELECT sop_instance_uid, path FROM instances").fetchall() == [
+        (ds.SOPInstanceUID, orphan)
+    ]
