@@ -220,7 +220,7 @@ def reference_send(files: list[Path], port: int) -> float | None:
         return None
     started = time.perf_counter()
     subprocess.run(
-        [storescu, "-aec", "PACS", "127.0.0.1", str(port), *map(str, files)],
+        [storescu, "-R", "-aec", "PACS", "127.0.0.1", str(port), *map(str, files)],
         env=dict(os.environ, TCP_NODELAY="1"),
         check=True,
         capture_output=True,

@@ -75,9 +75,7 @@ def bench_dx_chest(device: Device, repeats: int) -> list[Timing]:
             load_s = _median_seconds(lambda path=written.path: load_plugin_input([path]), repeats)
             for name in ("dx-chest", "dx-chest-report"):
                 host.run(name, None, series)  # warm-up: load the model
-                run_s = _median_seconds(
-                    lambda n=name, s=series: host.run(n, None, s), repeats
-                )
+                run_s = _median_seconds(lambda n=name, s=series: host.run(n, None, s), repeats)
                 rows.append(Timing(name, f"{kind.value} 2560×2048", load_s, run_s))
         host.close()
     return rows

@@ -338,6 +338,16 @@ def _attributes(ds: Dataset) -> dict[str, object]:
     return attributes
 
 
+@dataclass
+class _PendingStore:
+    """One ``Index.store`` call waiting for a commit."""
+
+    instance: StoredInstance
+    outcome: StoreOutcome | None = None
+    error: Exception | None = None
+    done: bool = False
+
+
 class Index:
     """Writes instance, series and study rows; one connection shared under a lock.
 
@@ -347,26 +357,69 @@ class Index:
 
     def __init__(self, database_path: Path) -> None:
         self._conn = connect(database_path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection, and the commit in progress
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingStore] = []
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
     def store(self, instance: StoredInstance) -> StoreOutcome:
-        """Record a stored instance; a duplicate SOP Instance UID replaces the old row."""
+        """Record a stored instance; a duplicate SOP Instance UID replaces the old row.
+
+        Returns once the row is committed (durably: ``synchronous=FULL``). Group commit:
+        instances that arrive from other associations while a commit is in progress are
+        committed together by the next caller to get the lock, so concurrent senders share
+        one WAL fsync instead of queueing for one each.
+        """
+        pending = _PendingStore(instance)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def _commit(self, batch: list[_PendingStore]) -> None:
+        """Commit ``batch`` in one transaction; if that fails, each alone (one bad row must
+        not fail the others). Every item ends ``done``, with an outcome or an error."""
+        try:
+            try:
+                with transaction(self._conn) as conn:
+                    outcomes = [self._store_one(conn, item.instance) for item in batch]
+            except Exception as exc:
+                if len(batch) == 1:
+                    batch[0].error = exc
+                else:
+                    for item in batch:
+                        self._commit([item])
+                return
+            for item, outcome in zip(batch, outcomes, strict=True):
+                item.outcome = outcome
+        finally:
+            for item in batch:
+                if item.outcome is None and item.error is None:
+                    item.error = RuntimeError("index commit interrupted")
+                item.done = True
+
+    def _store_one(self, conn: sqlite3.Connection, instance: StoredInstance) -> StoreOutcome:
         header = instance.header
         now = instance.received_at
-        with self._lock, transaction(self._conn) as conn:
-            previous = conn.execute(
-                "SELECT path, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
-                (header.sop_instance_uid,),
-            ).fetchone()
-            version, reopened = self._touch_study(conn, header, now, changed=previous is not None)
-            if previous is not None and previous["study_instance_uid"] != header.study_instance_uid:
-                self._reopen_changed(conn, previous["study_instance_uid"], now)
-            self._upsert_series(conn, header)
-            self._upsert_instance(conn, instance, version)
+        previous = conn.execute(
+            "SELECT path, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
+            (header.sop_instance_uid,),
+        ).fetchone()
+        version, reopened = self._touch_study(conn, header, now, changed=previous is not None)
+        if previous is not None and previous["study_instance_uid"] != header.study_instance_uid:
+            self._reopen_changed(conn, previous["study_instance_uid"], now)
+        self._upsert_series(conn, header)
+        self._upsert_instance(conn, instance, version)
         replaced = previous["path"] if previous is not None else None
         return StoreOutcome(study_version=version, replaced_path=replaced, reopened=reopened)
 

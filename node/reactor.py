@@ -33,6 +33,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 LOGGER = logging.getLogger(__name__)
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
 #: Longest a loop sleeps with nothing to do; only timers (ARTIM, idle) rely on it.
 TIMER_RESOLUTION_S = 0.05
 
@@ -67,6 +69,12 @@ class _FastSocket(AssociationSocket):
                 return buffer
             received += count
         view.release()
+        if _QUICKACK is not None:
+            # Linux clears quick-ACK mode as it pleases; set it again after each read so a
+            # sender with Nagle on (DCMTK's default) never waits ~40 ms for our delayed ACK
+            # before it may send the rest of a small C-STORE.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         return buffer
 
 

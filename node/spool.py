@@ -13,8 +13,10 @@ import os
 import re
 import shutil
 import struct
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import __version__
@@ -94,6 +96,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class _FolderSync:
+    """Tickets for one folder: ``requested`` renames waiting, the last ticket ``synced``."""
+
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    requested: int = 0
+    synced: int = 0
+    users: int = 0
+
+
+class _FolderSyncer:
+    """fsync of a folder shared between threads that renamed into it at the same time.
+
+    Four associations sending one series all rename into the same folder; one fsync started
+    after a rename makes it durable, so a thread whose rename an fsync already in progress
+    (or just finished) covers need not issue its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folders: dict[Path, _FolderSync] = {}
+
+    def sync(self, folder: Path) -> None:
+        """Return once every rename into ``folder`` made before this call is durable."""
+        with self._lock:
+            entry = self._folders.setdefault(folder, _FolderSync())
+            entry.users += 1
+            entry.requested += 1
+            ticket = entry.requested
+        try:
+            with entry.mutex:
+                if entry.synced < ticket:
+                    with self._lock:
+                        covered = entry.requested  # every ticket up to here renamed already
+                    _fsync_dir(folder)
+                    entry.synced = covered
+        finally:
+            with self._lock:
+                entry.users -= 1
+                if not entry.users:
+                    del self._folders[folder]
+
+
 class Spool:
     """The folder of received Part-10 files and its free-disk watermark."""
 
@@ -104,6 +149,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self._temp = self.root / TEMP_DIR_NAME
         self._temp.mkdir(parents=True, exist_ok=True)
+        self._folder_syncer = _FolderSyncer()
 
     def has_room(self, size: int) -> bool:
         """True if writing ``size`` more bytes keeps free disk above the watermark."""
@@ -136,7 +182,7 @@ class Spool:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        self._folder_syncer.sync(target.parent)
         return size
 
     def remove(self, relpath: str) -> None:
@@ -146,7 +192,7 @@ class Spool:
             target.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(target.parent)
+        self._folder_syncer.sync(target.parent)
 
     def clear_temp(self) -> int:
         """Remove temp files a crash left behind; return how many. Run before serving."""

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 
-from node.index import HeaderError, Index, parse_file_header, parse_header, recover_spool
+from node.index import (
+    HeaderError,
+    Index,
+    InstanceHeader,
+    StoredInstance,
+    StoreOutcome,
+    parse_file_header,
+    parse_header,
+    recover_spool,
+)
 from node.spool import (
     IMPLEMENTATION_CLASS_UID,
     TEMP_DIR_NAME,
@@ -19,6 +29,7 @@ from node.spool import (
     instance_relpath,
     uid_component,
 )
+from tests.conftest import wait_until
 from tests.ingest_support import make_instances
 
 
@@ -112,3 +123,63 @@ def test_recovery_indexes_whole_orphans_and_removes_temp_and_junk(tmp_path: Path
     assert conn.execute("SELECT sop_instance_uid, path FROM instances").fetchall() == [
         (ds.SOPInstanceUID, orphan)
     ]
+
+
+def _instance(number: int, sop_class: str | None = "1.2.840.10008.5.1.4.1.1.2") -> StoredInstance:
+    header = InstanceHeader(
+        sop_instance_uid=f"1.2.3.{number}",
+        sop_class_uid=sop_class,  # type: ignore[arg-type]  # None breaks NOT NULL on purpose
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.0",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    return StoredInstance(header, f"{number}.dcm", 10, 1_700_000_000.0 + number)
+
+
+def test_group_commit_shares_a_transaction_and_isolates_a_bad_row(tmp_path: Path) -> None:
+    index = Index(tmp_path / "ainode.sqlite3")
+    results: dict[int, object] = {}
+
+    def store(number: int, instance: StoredInstance) -> None:
+        try:
+            results[number] = index.store(instance)
+        except Exception as exc:
+            results[number] = exc
+
+    threads = [
+        threading.Thread(target=store, args=(n, _instance(n, None if n == 3 else "1.2.840.1")))
+        for n in range(6)
+    ]
+    with index._lock:  # a commit "in progress": the six calls queue up behind it
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(index._queue) == 6, timeout=10, what="six queued stores")
+    for thread in threads:
+        thread.join(timeout=30)
+    index.close()
+    assert isinstance(results.pop(3), sqlite3.IntegrityError)
+    assert all(isinstance(outcome, StoreOutcome) for outcome in results.values())
+    conn = sqlite3.connect(tmp_path / "ainode.sqlite3")
+    rows = conn.execute("SELECT sop_instance_uid FROM instances ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == ["1.2.3.0", "1.2.3.1", "1.2.3.2", "1.2.3.4", "1.2.3.5"]
+
+
+def test_concurrent_writers_into_one_folder_all_land(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    errors: list[BaseException] = []
+
+    def write(start: int) -> None:
+        try:
+            for number in range(start, start + 50):
+                spool.write(instance_relpath("1.2", "1.2.3", f"1.2.3.{number}"), (b"x" * 100,))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n * 50,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(list(spool.files())) == 200
+    assert not spool._folder_syncer._folders  # nothing left behind once idle

@@ -107,6 +107,22 @@ def test_training_seeds_never_reach_the_test_phantoms() -> None:
         TrainingConfig(seed=HELD_OUT_SEED_START - 10)
 
 
+def test_only_a_frontal_chest_layout_is_measured() -> None:
+    from models.plugins.dx_chest.chest import ChestMasks
+
+    def masks(heart_box: tuple[slice, slice]) -> ChestMasks:
+        lungs = np.zeros((100, 100), bool)
+        lungs[20:80, 10:40] = lungs[20:80, 60:90] = True
+        heart = np.zeros_like(lungs)
+        heart[heart_box] = True
+        return ChestMasks(lungs=lungs & ~heart, heart=heart, lung_components=2)
+
+    assert masks((slice(55, 85), slice(35, 70))).measurable  # low, between the lungs
+    assert not masks((slice(5, 30), slice(35, 70))).measurable  # above the lungs
+    assert not masks((slice(55, 85), slice(85, 99))).measurable  # beside them
+    assert not masks((slice(55, 85), slice(45, 52))).measurable  # CTR 0.09: implausible
+
+
 def test_confidence_falls_near_the_threshold(plugin) -> None:
     from models.plugins.dx_chest.chest import cardiomegaly_probability
 

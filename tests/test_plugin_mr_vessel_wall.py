@@ -17,10 +17,12 @@ import torch
 from pydicom.sr.codedict import codes
 
 from models.api import Device, Findings, PluginInput
+from models.devices import GpuSlots
 from models.loading import load_plugin_input
 from models.manifest import Severity, check_manifest, load_manifest
 from models.phantoms.neck_mr import CarotidSide, NeckMR, NeckMRSpec, write_neck_mr
 from models.runners.python import instantiate
+from models.runtime import PluginHost, catalog_of
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "mr_vessel_wall"
 
@@ -131,9 +133,14 @@ def test_a_non_mr_series_is_refused(plugin, series) -> None:
 
 
 @pytest.mark.corpus
-def test_brain_mr_gives_a_clear_no_finding(corpus, plugin) -> None:
+def test_brain_mr_gives_a_clear_no_finding(corpus, tmp_path) -> None:
+    """Through the PluginHost, as a job runs it: accepted, run, and a plain "no carotid"."""
     files = sorted(p for p in (corpus / "mr-brain-ge-epi-150").iterdir() if p.is_file())
-    result = plugin.run(load_plugin_input(files))
+    host = PluginHost(catalog_of([load_manifest(PLUGIN_DIR)]), GpuSlots([], 1, tmp_path))
+    try:
+        result = host.run("mr-vessel-wall", None, load_plugin_input(files))
+    finally:
+        host.close()
     assert result.segments == () and result.findings == ()
     (presence,) = result.study_evaluations
     assert presence.concept == codes.SCT.CarotidArtery

@@ -6,7 +6,8 @@ surface is where the ground truth says it is. Vessels are branching tubes and th
 is air-filled tubes with soft-tissue walls: the structures a nodule detector must not report.
 Nodules are ellipsoids (axes ``a >= b`` in the axial plane, ``c`` along z), solid or
 part-solid (ground-glass halo around a solid core), placed inside the lungs clear of vessels,
-airways, pleura and each other.
+airways, pleura and each other, except juxtavascular ones, which are drawn against a small
+vessel (0.7–1.5 mm radius) that they overlap by 0.4 mm.
 
 ``ChestCTSpec.large()`` is a screening-like 512×512 series of a few hundred 1 mm slices;
 ``ChestCTSpec.small()`` is a scaled-down chest for fast tests with the same physics.
@@ -83,12 +84,15 @@ class NoduleSpec:
     side: LungSide = LungSide.RIGHT
     zone: LungZone = LungZone.MIDDLE
     core_fraction: float = 0.5  # part-solid: solid core semi-axes as a fraction of the whole
+    touching_vessel: bool = False  # juxtavascular: placed against a small vessel
 
     def __post_init__(self) -> None:
         if not self.a_mm >= self.b_mm > 0 or self.c_mm <= 0:
             raise ValueError(f"nodule semi-axes need a >= b > 0 and c > 0, got {self}")
         if not 0 < self.core_fraction < 1:
             raise ValueError("core_fraction must be in (0, 1)")
+        if self.touching_vessel and not self.a_mm == self.b_mm == self.c_mm:
+            raise ValueError("a nodule touching a vessel must be a sphere (a == b == c)")
 
     @classmethod
     def sphere(cls, diameter_mm: float, **kwargs: object) -> NoduleSpec:
@@ -164,6 +168,7 @@ class ChestCTSpec:
                 NoduleSpec.sphere(20, side=left, zone=middle),
                 NoduleSpec(12.5, 11.0, 12.0, side=right, zone=lower),
                 NoduleSpec.sphere(16, kind=NoduleKind.PART_SOLID, side=left, zone=upper),
+                NoduleSpec.sphere(8, side=right, zone=middle, touching_vessel=True),
             ),
         )
 
@@ -182,6 +187,9 @@ class ChestCTSpec:
                 NoduleSpec(4.5, 3.5, 4.0, side=LungSide.LEFT, zone=LungZone.UPPER),
                 NoduleSpec.sphere(
                     11, kind=NoduleKind.PART_SOLID, side=LungSide.RIGHT, zone=LungZone.LOWER
+                ),
+                NoduleSpec.sphere(
+                    6, side=LungSide.LEFT, zone=LungZone.MIDDLE, touching_vessel=True
                 ),
             ),
         )
@@ -383,30 +391,64 @@ def _inside_lung_clearance(anatomy: _Anatomy, side: LungSide, point: np.ndarray)
     return -float(value)
 
 
+_TOUCH_OVERLAP_MM = 0.4  # a juxtavascular nodule overlaps its vessel by this much
+
+
+def _random_point(
+    nodule: NoduleSpec, anatomy: _Anatomy, vessels: list[_Tube], rng: np.random.Generator
+) -> tuple[np.ndarray, _Tube | None]:
+    """A candidate centre: anywhere in the nodule's lung zone, or against a small vessel."""
+    cx, cy = anatomy.lung_centres[nodule.side]
+    ax, ay, _ = anatomy.lung_axes
+    z_lo, z_hi = anatomy.zone_range(nodule.zone)
+    z_lo, z_hi = z_lo + 4.0, z_hi - 4.0  # clear of the zone boundaries
+    if not nodule.touching_vessel:
+        point = np.array([cx + rng.uniform(-ax, ax), cy + rng.uniform(-ay, ay), 0.0])
+        point[2] = rng.uniform(z_lo, z_hi)
+        return point, None
+    small = [
+        t
+        for t in vessels
+        if 0.7 <= t.radius <= 1.5 and z_lo - 10 <= (t.start[2] + t.end[2]) / 2 <= z_hi + 10
+    ]
+    if not small:
+        raise ValueError(
+            f"no vessel of 0.7–1.5 mm radius in the {nodule.zone} zone to place a "
+            "juxtavascular nodule on"
+        )
+    tube = small[int(rng.integers(len(small)))]
+    axis = tube.end - tube.start
+    along = tube.start + rng.uniform(0.25, 0.75) * axis
+    normal = np.cross(axis, rng.normal(size=3))
+    normal /= np.linalg.norm(normal)
+    point = along + normal * (nodule.a_mm + tube.radius - _TOUCH_OVERLAP_MM)
+    if not z_lo <= point[2] <= z_hi:
+        point[0] = np.nan  # outside the requested zone: rejected by the caller
+    return point, tube
+
+
 def _place_nodules(
     spec: ChestCTSpec,
     anatomy: _Anatomy,
-    tubes: list[_Tube],
+    vessels: list[_Tube],
+    airways: list[_Tube],
     rng: np.random.Generator,
 ) -> list[tuple[NoduleSpec, np.ndarray, float]]:
     placed: list[tuple[NoduleSpec, np.ndarray, float]] = []
     for nodule in spec.nodules:
         reach = nodule.a_mm if nodule.a_mm > nodule.c_mm else nodule.c_mm
-        cx, cy = anatomy.lung_centres[nodule.side]
-        ax, ay, _ = anatomy.lung_axes
-        z_lo, z_hi = anatomy.zone_range(nodule.zone)
-        z_lo, z_hi = z_lo + 4.0, z_hi - 4.0  # clear of the zone boundaries
         for _attempt in range(20000):
-            point = np.array(
-                [
-                    cx + rng.uniform(-ax, ax),
-                    cy + rng.uniform(-ay, ay),
-                    rng.uniform(z_lo, z_hi),
-                ]
-            )
+            point, touched = _random_point(nodule, anatomy, vessels, rng)
+            if np.isnan(point).any():
+                continue
             if _inside_lung_clearance(anatomy, nodule.side, point) < reach + 4:
                 continue
-            if any(_segment_point_distance(t, point) < reach + t.radius + 3.5 for t in tubes):
+            margin = 3.5 if touched is None else 2.0  # a touched vessel's neighbours are near
+            if any(
+                _segment_point_distance(t, point) < reach + t.radius + margin
+                for t in vessels + airways
+                if t is not touched
+            ):
                 continue
             if any(
                 np.linalg.norm(point - other) < reach + max(o.a_mm, o.c_mm) + 6
@@ -418,7 +460,7 @@ def _place_nodules(
         else:
             raise ValueError(
                 f"cannot place a {2 * nodule.a_mm:.0f} mm nodule in the {nodule.side} "
-                f"{nodule.zone} zone clear of vessels; use fewer or smaller nodules"
+                f"{nodule.zone} zone clear of other structures; use fewer or smaller nodules"
             )
     return placed
 
@@ -513,7 +555,7 @@ def make_chest_ct(spec: ChestCTSpec) -> ChestCT:
     vessels &= lungs[LungSide.RIGHT] | lungs[LungSide.LEFT]
 
     truths = []
-    for nodule, centre, angle in _place_nodules(spec, anatomy, vessel_tubes + airway_tubes, rng):
+    for nodule, centre, angle in _place_nodules(spec, anatomy, vessel_tubes, airway_tubes, rng):
         reach = max(nodule.a_mm, nodule.c_mm) + 2 * grid.voxel
         boxed = grid.box(centre - reach, centre + reach)
         assert boxed is not None

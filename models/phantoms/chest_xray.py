@@ -97,7 +97,7 @@ class ChestXrayAnatomy:
 
     @property
     def pixel_spacing(self) -> tuple[float, float]:
-        """(between rows, between columns) in mm at the detector."""
+        """(between rows, between columns) in mm in the patient plane: what PixelSpacing says."""
         return (self.field_mm[0] / self.rows, self.field_mm[1] / self.columns)
 
 
@@ -225,6 +225,7 @@ def _floor(x: np.ndarray, s: _Shape, heart_width: float) -> np.ndarray:
 
 
 def _heart_level(s: _Shape) -> float:
+    """Row (mm) of the line the heart rests on, just below the two domes."""
     return (s.dome_right + s.dome_left) / 2 + 0.2 * s.dome_height
 
 
@@ -446,7 +447,7 @@ def _draw(
         bubble = ((x - gx) / 32) ** 2 + ((y - gy) / 20) ** 2 <= 1
         image -= soft(bubble & (y > floor + 8), 3) * rng.uniform(0.1, 0.2)
     image += _ribs(x, y, s, rng) * soft(body, 6)
-    # detector: blur, heel effect, gamma, quantum noise
+    # detector: blur, heel effect, gamma (quantum noise is added at full resolution)
     image = ndimage.gaussian_filter(image, rng.uniform(0.4, 0.9) / px)
     image *= 1 + rng.uniform(-0.06, 0.06) * (y / 200)
     return np.clip(image, 0, 1) ** rng.uniform(0.75, 1.3)

@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_RUNNER", "LocalExecutor"]
 LOG = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "node.jobs.worker:PipelineRunner"
-WORKER_NICE = 10  # the SCP keeps priority over model inference
+WORKER_NICE = 19  # the SCP (nice 0) wins every contest for the CPU against models
 POLL_S = 0.5
 READY = "ready"  # a worker's first message: its runner is built, it takes work now
 RESPAWN_DELAY_S = 5.0  # a worker that dies before it is ready is not restarted in a tight loop
@@ -54,7 +54,7 @@ def worker_main(channel: Connection, runner_path: str, config: NodeConfig, nice:
     """A worker process: build the runner once (models stay warm), then run items until told
     to stop or until the node goes away."""
     if nice:
-        os.nice(nice)
+        os.nice(nice)  # before any thread starts, so the model's threads inherit it
     runner = _load_factory(runner_path)(config)
     channel.send(READY)
     while True:

@@ -332,7 +332,7 @@ def _split(
     """A thick component rejected as tubular may be a nodule joined to a strip of tissue (a
     pleural attachment, a thick vessel): open it again with a ball scaled to its inscribed
     radius and return what survives, each to be judged against the parent component."""
-    radius = max(2 * settings.opening_radius_mm, 0.6 * measured.inscribed_radius_mm)
+    radius = max(1.25 * settings.opening_radius_mm, 0.75 * measured.inscribed_radius_mm)
     parent = np.zeros(shape, dtype=bool)
     parent[found] = component
     cores = _ball_open(component, radius, spacing)
@@ -453,16 +453,35 @@ def _measure(
     overlap[0] = 0
     if overlap.max() == 0:
         return None
-    region = labels == int(overlap.argmax())
-    # partial-volume weighted volume: each voxel of the region and its rim counts by how far
-    # its value lies between the background and the nodule's level
-    rim = ndimage.binary_dilation(region) & near
+    above = labels == int(overlap.argmax())
+    # at its own half-maximum a touching vessel is thinner than at the candidate threshold:
+    # one more opening cuts its stub off a convex nodule without changing the nodule
+    opened = _ball_open(above, settings.opening_radius_mm, spacing)
+    if not opened.any():
+        region = above
+    else:
+        pieces, _ = ndimage.label(opened)
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        kept = pieces == int(sizes.argmax())
+        # what the opening removed is either surface the digital ball nibbled (within a voxel
+        # or two of what it kept) or a stub reaching further out: remove only the stubs,
+        # traced back from their far parts to where they join the nodule
+        removed = above & ~kept
+        far = removed & ~ndimage.binary_dilation(kept, iterations=2)
+        stubs = ndimage.binary_dilation(far, iterations=3, mask=removed)
+        region = above & ~stubs
+    # partial-volume weighted volume: each voxel of the region and of its rim counts by how
+    # far its value lies between the background and the nodule's level; rim voxels above the
+    # half-maximum belong to what the opening cut off (a vessel), not to the nodule
+    rim = ndimage.binary_dilation(region) & near & (region | ~above)
     weights = np.clip((local_hu[rim] - background) / (level - background), 0.0, 1.0)
     volume = float(weights.sum() * frame.voxel_volume_mm3)
     areas = region.sum(axis=(1, 2))
     k = int(areas.argmax())
     # contour only this nodule: anything beyond a pixel of its region is set to background
-    around = ndimage.binary_dilation(region[k], iterations=2)
+    # (and not what the opening cut off: a touching vessel's stub)
+    around = ndimage.binary_dilation(region[k], iterations=2) & (region[k] | ~above[k])
     isolated = np.where(around, local[k], np.float32(background))
     contours = measure.find_contours(np.pad(isolated, 1, constant_values=background), threshold)
     if not contours:
@@ -536,7 +555,7 @@ def analyse_chest_ct(
         if shape.equivalent_diameter_mm < settings.min_diameter_mm:
             continue
         if shape.tubular(settings):
-            if not refined and shape.inscribed_radius_mm >= 2 * settings.opening_radius_mm:
+            if not refined and shape.inscribed_radius_mm >= 1.5 * settings.opening_radius_mm:
                 queue += _split(found, component, dense.shape, shape, settings, spacing)
             vessels += 1
             continue

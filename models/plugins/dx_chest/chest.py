@@ -79,12 +79,18 @@ class ChestMasks:
 
     @property
     def measurable(self) -> bool:
-        """Two lungs, a heart between them and a ratio a chest can have: enough for a CTR."""
+        """A frontal chest as the CTR assumes it: two lungs side by side, the heart between
+        them and low in the chest, and a ratio a chest can have."""
         if self.lung_components != 2 or not self.heart.any():
             return False
-        heart_columns = np.flatnonzero(self.heart.any(axis=0))
-        lung_columns = np.flatnonzero(self.lungs.any(axis=0))
-        if not lung_columns[0] < heart_columns.mean() < lung_columns[-1]:
+        labelled, _ = ndimage.label(self.lungs)
+        lung_centres = sorted(
+            ndimage.center_of_mass(self.lungs, labelled, [1, 2]), key=lambda centre: centre[1]
+        )
+        heart_row, heart_column = ndimage.center_of_mass(self.heart)
+        if not lung_centres[0][1] < heart_column < lung_centres[1][1]:
+            return False
+        if heart_row < max(centre[0] for centre in lung_centres):
             return False
         ratio = measure_ctr(self.lungs, self.heart, 1.0).ratio
         return PLAUSIBLE_CTR[0] <= ratio <= PLAUSIBLE_CTR[1]

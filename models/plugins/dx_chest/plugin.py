@@ -3,9 +3,9 @@ ratio, and cardiomegaly present/absent with a confidence. A demonstrator, not a 
 
 The network (``model.onnx``, trained by ``train.py`` on phantoms) segments a 96×96 copy
 of each frame; class probabilities are interpolated back to the frame's own size, so masks
-have the input's full resolution. The CTR is measured on the first frontal frame with two lungs,
-a heart between them and a ratio in ``PLAUSIBLE_CTR``; when there is none, the result says
-the ratio could not be measured (Cardiomegaly: Indeterminate) instead of guessing.
+have the input's full resolution. The CTR is measured on the first frame laid out as a frontal
+chest (``ChestMasks.measurable``); when there is none, the result says the ratio could not be
+measured (Cardiomegaly: Indeterminate) instead of guessing.
 """
 
 from __future__ import annotations
