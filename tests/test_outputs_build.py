@@ -460,3 +460,13 @@ def test_context_validation_messages():
         context(outputs=(OutputKind.SR, OutputKind.SR))
     with pytest.raises(ValueError, match="not a valid UID"):
         PredecessorDocument("1.2", "1.2.3", "x.y", "1.2.840.10008.5.1.4.1.1.88.33")
+
+
+def test_report_only_findings_give_a_text_sr_and_nothing_else(ct_input):
+    """A report-drafting plugin returns text alone: no SEG and no empty TID 1500 SR."""
+    findings = Findings(
+        algorithm=AlgorithmIdentification("report-plugin", "1.0.0"),
+        report=full_findings(ct_input).report,
+    )
+    results = build_outputs(findings, ct_input, context())
+    assert [result.kind for result in results] == [OutputKind.TEXT_SR]

@@ -2,9 +2,9 @@
 
 The expected table is written from CATALOG.md and manifest.tsv (series UIDs copied from the
 manifest), not from the router's output: chest CT -> ct-lung-nodule on the thin axial series;
-chest CR/DX -> dx-chest + dx-chest-report (the two radiographs that name no body part anywhere
-run in shadow mode); everything else -> nothing. The generated MR neck phantom -> mr-vessel-wall
-on its axial series.
+chest CR/DX -> dx-chest-report, which chains dx-chest (the two radiographs that name no
+body part anywhere run in shadow mode); everything else -> nothing. The generated MR neck
+phantom -> mr-vessel-wall on its axial series.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DX_THORAX_FUJI = "1.2.826.0.1.3680043.8.498.430297578803311250985573554442800091
 DX_NIH_NO_BODY_PART = "1.3.6.1.4.1.11129.5.5.112630850362182468372440828755218293352329"
 CR_KONICA_EMPTY_BODY_PART = "2.25.235463475375884963483113463561090525587"
 
-CXR_PLUGINS = ("dx-chest", "dx-chest-report")
+CXR_PLUGINS = ("dx-chest-report",)
 # (route, plugins, mode) per route name of config/routes.yaml
 ROUTES = {
     "ct-chest-lung-nodule": (("ct-lung-nodule",), "production"),

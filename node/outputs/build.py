@@ -51,10 +51,11 @@ def build_outputs(
 ) -> tuple[ResultInstance, ...]:
     """Every result the context asks for and the findings can fill.
 
-    A SEG needs segments, a text SR needs report text, a burned-in SC needs segments; kinds
-    the findings cannot fill are skipped, not faked. The TID 1500 SR is built whenever asked
-    (a report that found nothing still says what was looked at); it references SEG segments
-    only when the SEG is among the results, so it never points at an object nobody gets.
+    A SEG needs segments, a text SR needs report text, a burned-in SC needs segments, a TID
+    1500 SR needs at least one measurement group (a finding, or a study-level measurement or
+    evaluation, such as a nodule count of zero); kinds the findings cannot fill are skipped,
+    not faked. The SR references SEG segments only when the SEG is among the results, so it
+    never points at an object nobody gets.
     Raises ``SegmentationGeometryError`` (a ValueError) when the source geometry cannot be
     described by a SEG.
     """
@@ -75,7 +76,7 @@ def _build(
     if findings.segments and context.wants(OutputKind.SEG):
         segmentation = build_segmentation(findings, source, context)
         results.append(ResultInstance.of(OutputKind.SEG, segmentation))
-    if context.wants(OutputKind.SR):
+    if context.wants(OutputKind.SR) and _has_measurement_groups(findings):
         report = build_measurement_report(findings, source, context, segmentation)
         results.append(ResultInstance.of(OutputKind.SR, report))
     if context.wants(OutputKind.TEXT_SR) and findings.report is not None:
@@ -88,3 +89,7 @@ def _build(
             for dataset in build_burned_in(findings, source, context)
         )
     return tuple(results)
+
+
+def _has_measurement_groups(findings: Findings) -> bool:
+    return bool(findings.findings or findings.study_measurements or findings.study_evaluations)

@@ -471,6 +471,8 @@ def _measure(
         far = removed & ~ndimage.binary_dilation(kept, iterations=2)
         stubs = ndimage.binary_dilation(far, iterations=3, mask=removed)
         region = above & ~stubs
+    if _Shape.of(region, spacing).tubular(settings):
+        return None  # at its own half-maximum the candidate is a piece of vessel after all
     # partial-volume weighted volume: each voxel of the region and of its rim counts by how
     # far its value lies between the background and the nodule's level; rim voxels above the
     # half-maximum belong to what the opening cut off (a vessel), not to the nodule
