@@ -5,12 +5,19 @@ one association and over four concurrent ones, to DCMTK ``storescp +B`` (bit-pre
 reference) and to ``ainode serve`` in alternating rounds of the same run. Prints instances/s,
 MB/s and the ratio ainode/DCMTK (best round of each). Not a test: run it on demand.
 
-    python bench/ingest.py [--rounds 3] [--ct-slices 300] [--small 2000]
+ainode runs under ``bench/ingest_node.py``, which times the receive phases (header parse,
+spool write, fsync, index commit) so the bench prints where an instance's time goes. A third
+receiver, ainode with fsync off and SQLite ``synchronous=OFF`` (a bench-only switch of that
+wrapper, not reachable from node.yaml), shows how much of the gap to DCMTK (which does not
+fsync at all) is the durability contract and how much the protocol path.
+
+    python bench/ingest.py [--rounds 3] [--ct-slices 300] [--small 2000] [--no-split]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -99,6 +106,20 @@ class Server:
     ae_title: str
     process: subprocess.Popen[bytes]
     store_dir: Path
+    stats_path: Path | None = None  # phase timers of an instrumented ainode
+
+    def take_stats(self) -> dict[str, dict[str, float]] | None:
+        """Phase seconds since the last call (``bench/ingest_node.py`` writes them on SIGUSR1)."""
+        if self.stats_path is None:
+            return None
+        self.stats_path.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not self.stats_path.exists():
+            if time.monotonic() > deadline:
+                sys.exit(f"{self.name} wrote no phase timers")
+            time.sleep(0.01)
+        return json.loads(self.stats_path.read_text())
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -136,9 +157,10 @@ def start_dcmtk(work: Path) -> Server:
     return Server("DCMTK storescp +B", port, "STORESCP", process, out)
 
 
-def start_ainode(work: Path) -> Server:
+def start_ainode(work: Path, *, durable: bool = True) -> Server:
     port = free_port()
-    data = work / "ainode"
+    name = "ainode" if durable else "ainode-nofsync"
+    data = work / name
     config = {
         "listener": {
             "ae_title": "AINODE",
@@ -151,16 +173,31 @@ def start_ainode(work: Path) -> Server:
         "storage": {"data_dir": str(data), "min_free_mb": 64},
         "stability": {"stable_after_s": 3600, "after_release_s": None},
     }
-    path = work / "node.yaml"
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
+    stats = work / f"{name}-stats.json"
+    command = [sys.executable, str(REPO / "bench" / "ingest_node.py"), "--config", str(path)]
+    command += ["--stats", str(stats)] + ([] if durable else ["--no-durability"])
     process = subprocess.Popen(
-        [sys.executable, "-m", "node", "--log-level", "WARNING", "serve", "--config", str(path)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_listening(port, process)
-    return Server("ainode", port, "AINODE", process, data / "spool")
+    server = Server(name, port, "AINODE", process, data / "spool", stats)
+    server.take_stats()  # drop the listening probe's
+    return server
+
+
+def print_split(name: str, seconds: float, count: int, stats: dict[str, dict[str, float]]) -> None:
+    """Where one run's time went, in ms per instance (one association: phases are serial)."""
+    phase = {key: value * 1000 / count for key, value in stats["seconds"].items()}
+    wall = seconds * 1000 / count
+    handler = phase["handler"]
+    print(
+        f"{'':<22} {'':>5}  {name + ' ms/inst':<18} wall {wall:.2f} = "
+        f"protocol+transport {wall - handler:.2f} + handler {handler:.2f} "
+        f"(parse {phase['parse']:.2f}, spool write {phase['spool_write']:.2f} "
+        f"of which fsync {phase['fsync']:.2f}, index commit {phase['index_store']:.2f})"
+    )
 
 
 def send(server: Server, files: list[Path], associations: int) -> float:
@@ -197,6 +234,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ct-slices", type=int, default=300)
     parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument(
+        "--no-split", action="store_true", help="skip the no-fsync ainode (cost split)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ainode-bench-"))
@@ -206,14 +246,22 @@ def main() -> int:
             f"{args.small} small (8x8)": make_series(work / "small", args.small, 8),
         }
         reference, ours = start_dcmtk(work), start_ainode(work)
+        servers = [reference, ours]
+        if not args.no_split:
+            servers.append(start_ainode(work, durable=False))
         print(f"{'workload':<22} {'assoc':>5}  {'receiver':<18} {'inst/s':>8} {'MB/s':>8}")
         for label, files in workloads.items():
             megabytes = sum(p.stat().st_size for p in files) / 1e6
             for associations in (1, 4):
-                times: dict[str, list[float]] = {reference.name: [], ours.name: []}
-                for _ in range(args.rounds):  # interleaved: each round runs both
-                    for server in (reference, ours):
-                        times[server.name].append(send(server, files, associations))
+                times: dict[str, list[float]] = {server.name: [] for server in servers}
+                best_stats: dict[str, dict[str, dict[str, float]]] = {}
+                for _ in range(args.rounds):  # interleaved: each round runs every receiver
+                    for server in servers:
+                        seconds = send(server, files, associations)
+                        stats = server.take_stats()
+                        if stats is not None and seconds <= min(times[server.name], default=1e9):
+                            best_stats[server.name] = stats
+                        times[server.name].append(seconds)
                 best = {name: min(values) for name, values in times.items()}
                 for name, seconds in best.items():
                     print(
@@ -221,14 +269,19 @@ def main() -> int:
                         f"{len(files) / seconds:>8.0f} {megabytes / seconds:>8.1f}"
                         f"   (median {statistics.median(times[name]):.2f} s)"
                     )
-                ratio = best[reference.name] / best[ours.name]
-                print(f"{'':<22} {'':>5}  {'ratio ainode/DCMTK':<18} {ratio:>8.2f}")
-        for server in (reference, ours):
+                for server in servers[1:]:
+                    ratio = best[reference.name] / best[server.name]
+                    print(f"{'':<22} {'':>5}  {'ratio ' + server.name:<18} {ratio:>8.2f}")
+                if associations == 1:
+                    for name, stats in best_stats.items():
+                        print_split(name, best[name], len(files), stats)
+        for server in servers:
             server.stop()
-        stored = sum(1 for _ in (work / "ainode" / "spool").rglob("*.dcm"))
         expected = sum(len(files) for files in workloads.values())
-        if stored != expected:
-            print(f"WARNING: ainode holds {stored} instances, expected {expected}")
+        for server in servers[1:]:
+            stored = sum(1 for _ in server.store_dir.rglob("*.dcm"))
+            if stored != expected:
+                print(f"WARNING: {server.name} holds {stored} instances, expected {expected}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

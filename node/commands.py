@@ -56,6 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node = Node(config)
     try:
         node.start()
+    except ConfigError as exc:  # a stage's own file (routes.yaml, say) cannot be used
+        print(f"ainode: bad configuration: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         listener = config.listener
         print(

@@ -10,6 +10,7 @@ synthetic names only; the output still prints UIDs, never patient names or IDs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -369,9 +370,12 @@ def _print(config: NodeConfig, studies: list[DemoStudy], views: dict[str, StudyV
             print("   no route matched (see `ainode routes explain`)")
             status = 1
         for job in view.jobs:
+            timings = " ".join(
+                f"{stage}={seconds:.2f}s" for stage, seconds in json.loads(job.timings).items()
+            )
             print(
                 f"   job {job.id}: {job.plugin} via route {job.route} ({job.mode}): {job.state}"
-                f"  timings {job.timings}"
+                f"  {timings}"
             )
             if job.error and job.state != "SUCCEEDED":
                 print(f"      error: {job.error}")

@@ -21,8 +21,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_sequence_item
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
@@ -34,6 +35,9 @@ from node.spool import Spool
 MAX_ATTRIBUTE_BYTES = 1024
 #: Value representations that are binary, nested or unknown: never in ``attributes``.
 _SKIPPED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
+#: Code sequences routing reads (body part from AnatomicRegionSequence), kept as code maps.
+_CODE_SEQUENCES = ("AnatomicRegionSequence",)
+_CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
 #: Largest inflated header we accept from a deflated transfer syntax (zip-bomb guard).
 MAX_INFLATED_BYTES = 1 << 30
@@ -234,6 +238,14 @@ def _header_from_dataset(
             value = derived_uid(keyword, uids["SOPInstanceUID"])
             derived.append(keyword)
         uids[keyword] = value
+    orientation = _text(ds, "ImageOrientationPatient")
+    if orientation is None:  # enhanced multi-frame: in the functional groups
+        orientation = _functional_group_text(
+            ds, "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+    thickness = _float(ds, "SliceThickness")
+    if thickness is None:
+        thickness = _functional_group_float(ds, "PixelMeasuresSequence", "SliceThickness")
     return InstanceHeader(
         derived_uids=tuple(derived),
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -254,9 +266,9 @@ def _header_from_dataset(
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         instance_number=_int(ds, "InstanceNumber"),
         image_type=_text(ds, "ImageType"),
-        image_orientation=_text(ds, "ImageOrientationPatient"),
+        image_orientation=orientation,
         image_position=_text(ds, "ImagePositionPatient"),
-        slice_thickness=_float(ds, "SliceThickness"),
+        slice_thickness=thickness,
         number_of_frames=_int(ds, "NumberOfFrames"),
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
@@ -299,6 +311,62 @@ def _float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    """The first item of a sequence, parsing none of the others.
+
+    A defined-length sequence is still raw bytes after a header-only read; a per-frame
+    functional group sequence has one item per frame (thousands), and only the first is
+    needed. An undefined-length sequence was parsed by the reader already.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    try:
+        value = ds.get_item(tag).value
+        if isinstance(value, bytes):
+            implicit, little = ds.original_encoding
+            return read_sequence_item(
+                BytesIO(value), bool(implicit), bool(little), ds.original_character_set
+            )
+        return value[0] if value else None
+    except (Exception, RecursionError):  # an unreadable group is an absent one
+        return None
+
+
+def _functional_group(ds: Dataset, group: str) -> Dataset | None:
+    """``group``'s item for an enhanced multi-frame instance: the shared one, else the first
+    frame's (the same order routing reads files in, so both views agree)."""
+    for container in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        functional_groups = _first_item(ds, container)
+        if functional_groups is not None:
+            item = _first_item(functional_groups, group)
+            if item is not None:
+                return item
+    return None
+
+
+def _functional_group_text(ds: Dataset, group: str, keyword: str) -> str | None:
+    item = _functional_group(ds, group)
+    return _text(item, keyword) if item is not None else None
+
+
+def _functional_group_float(ds: Dataset, group: str, keyword: str) -> float | None:
+    item = _functional_group(ds, group)
+    return _float(item, keyword) if item is not None else None
+
+
+def _code_items(ds: Dataset, keyword: str) -> list[dict[str, str]] | None:
+    """A code sequence as routing reads it: one {CodeValue, CodingSchemeDesignator,
+    CodeMeaning} map per item (``routers.attributes.dataset_attributes`` does the same)."""
+    try:
+        sequence = ds.get(keyword)
+        if sequence is None:
+            return None
+        return [{k: str(item.get(k, "")) for k in _CODE_KEYWORDS} for item in sequence]
+    except (Exception, RecursionError):
+        return None
+
+
 def _json_value(value: object, vr: str) -> object:
     if isinstance(value, MultiValue | list | tuple):
         return [_json_value(v, vr) for v in value]
@@ -335,6 +403,10 @@ def _attributes(ds: Dataset) -> dict[str, object]:
             attributes[element.keyword] = _json_value(value, element.VR)
         except Exception:  # one bad value must not cost the whole instance
             continue
+    for keyword in _CODE_SEQUENCES:
+        codes = _code_items(ds, keyword)
+        if codes:
+            attributes[keyword] = codes
     return attributes
 
 

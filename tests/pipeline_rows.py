@@ -14,6 +14,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from node.db import transaction
+from node.dispatch.outbox import enqueue
 
 
 def seed_route_match(
@@ -103,8 +104,6 @@ def add_result(
     kind: str = "sr",
 ) -> Path:
     """Write ``dataset`` under ``outputs_dir`` and owe it to ``destinations`` (one transaction)."""
-    from node.dispatch.outbox import enqueue
-
     relative = Path(f"job-{job_id}") / f"{dataset.SOPInstanceUID}.dcm"
     path = outputs_dir / relative
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from pydicom import dcmread
 from pynetdicom.association import Association
 
 from node.scu import AssociationFailed, Peer, _contexts, associate, send
-from tests.conftest import REPO, wait_until
-from tests.ingest_support import DCMTK_ENV, make_instances, running_node
+from tests.conftest import REPO, free_port, wait_until
+from tests.ingest_support import DCMTK_ENV, make_instances, running_node, write_config
 
 
 def _echo(dcmtk, port: int, calling_ae: str) -> subprocess.CompletedProcess[str]:
@@ -195,6 +195,27 @@ def test_serve_exits_nonzero_with_a_clear_message_on_a_bad_config(tmp_path: Path
     )
     assert result.returncode == 2
     assert "listener.port" in result.stderr and "listener.colour" in result.stderr
+
+
+def test_serve_reports_an_invalid_routes_file_without_a_traceback(tmp_path: Path) -> None:
+    """routes.yaml is read when the routing stage starts, inside ``Node.start``."""
+    (tmp_path / "routes.yaml").write_text(
+        "routes:\n  - name: chest\n    when: {modality: CT, colour: blue}\n    run: [x]\n"
+    )
+    config = write_config(tmp_path, free_port())
+    config.write_text(config.read_text() + "routes_file: routes.yaml\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "serve", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "bad configuration" in result.stderr
+    assert "routes.yaml:3" in result.stderr and "colour" in result.stderr
 
 
 def test_cli_echo_send_and_studies(tmp_path: Path) -> None:

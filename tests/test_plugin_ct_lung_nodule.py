@@ -105,8 +105,10 @@ def test_no_finding_lies_on_a_vessel_or_an_airway(findings, written, series) -> 
     order = phantom_order(series, paths)
     structures = (phantom.vessels | phantom.airways)[order]
     for finding in findings.findings:
+        # a finding on a vessel lies almost wholly in it; a juxtavascular nodule's mask may
+        # take in a sliver of the vessel it touches
         mask = findings.segment(finding.segment_key).mask
-        assert (mask & structures).sum() <= 0.02 * mask.sum(), f"{finding.tracking_id} is a vessel"
+        assert (mask & structures).sum() <= 0.1 * mask.sum(), f"{finding.tracking_id} is a vessel"
 
 
 def test_side_zone_and_composition_are_reported(findings, written, series) -> None:

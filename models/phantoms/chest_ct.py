@@ -7,7 +7,7 @@ is air-filled tubes with soft-tissue walls: the structures a nodule detector mus
 Nodules are ellipsoids (axes ``a >= b`` in the axial plane, ``c`` along z), solid or
 part-solid (ground-glass halo around a solid core), placed inside the lungs clear of vessels,
 airways, pleura and each other, except juxtavascular ones, which are drawn against a small
-vessel (0.7–1.5 mm radius) that they overlap by 0.4 mm.
+vessel (0.7–1.6 mm radius) that they overlap by 0.4 mm.
 
 ``ChestCTSpec.large()`` is a screening-like 512×512 series of a few hundred 1 mm slices;
 ``ChestCTSpec.small()`` is a scaled-down chest for fast tests with the same physics.
@@ -374,9 +374,15 @@ def _vessel_tree(anatomy: _Anatomy, rng: np.random.Generator, generations: int) 
             while frontier:
                 origin, heading, radius, generation = frontier.pop()
                 length = (34 - 5 * generation) * scale * rng.uniform(0.8, 1.2)
-                direction = heading + rng.normal(0, 0.45, 3)
-                direction /= np.linalg.norm(direction)
-                end = origin + direction * length
+                # vessels stay inside the lung: try a few directions, then shorter segments
+                for attempt in range(12):
+                    direction = heading + rng.normal(0, 0.45, 3)
+                    direction /= np.linalg.norm(direction)
+                    end = origin + direction * length * (0.5 if attempt >= 6 else 1.0)
+                    if _inside_lung_clearance(anatomy, side, end) >= radius + 2.0:
+                        break
+                else:
+                    continue  # no room left: this branch ends here
                 tubes.append(_Tube(origin, end, max(radius, 0.6)))
                 if generation + 1 < generations:
                     for _ in range(2):
@@ -409,11 +415,11 @@ def _random_point(
     small = [
         t
         for t in vessels
-        if 0.7 <= t.radius <= 1.5 and z_lo - 10 <= (t.start[2] + t.end[2]) / 2 <= z_hi + 10
+        if 0.7 <= t.radius <= 1.6 and z_lo - 10 <= (t.start[2] + t.end[2]) / 2 <= z_hi + 10
     ]
     if not small:
         raise ValueError(
-            f"no vessel of 0.7–1.5 mm radius in the {nodule.zone} zone to place a "
+            f"no vessel of 0.7–1.6 mm radius in the {nodule.zone} zone to place a "
             "juxtavascular nodule on"
         )
     tube = small[int(rng.integers(len(small)))]
@@ -441,9 +447,10 @@ def _place_nodules(
             point, touched = _random_point(nodule, anatomy, vessels, rng)
             if np.isnan(point).any():
                 continue
-            if _inside_lung_clearance(anatomy, nodule.side, point) < reach + 4:
+            pleura = 4.0 if touched is None else 1.0  # small vessels run out to the pleura
+            if _inside_lung_clearance(anatomy, nodule.side, point) < reach + pleura:
                 continue
-            margin = 3.5 if touched is None else 2.0  # a touched vessel's neighbours are near
+            margin = 3.5 if touched is None else 1.0  # a touched vessel's neighbours are near
             if any(
                 _segment_point_distance(t, point) < reach + t.radius + margin
                 for t in vessels + airways

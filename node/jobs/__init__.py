@@ -1,0 +1,1 @@
+"""The job stage: job table, local executor with worker processes, the worker pipeline."""

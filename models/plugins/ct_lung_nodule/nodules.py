@@ -464,14 +464,15 @@ def _measure(
         sizes = np.bincount(pieces.ravel())
         sizes[0] = 0
         kept = pieces == int(sizes.argmax())
-        # what the opening removed is either surface the digital ball nibbled (within a voxel
-        # or two of what it kept) or a stub reaching further out: remove only the stubs,
+        # what the opening removed is either surface the digital ball nibbled (within one
+        # voxel of what it kept) or a stub reaching further out: remove only the stubs,
         # traced back from their far parts to where they join the nodule
         removed = above & ~kept
-        far = removed & ~ndimage.binary_dilation(kept, iterations=2)
+        beyond = ndimage.distance_transform_edt(~kept, sampling=spacing) > 1.05 * max(spacing)
+        far = removed & beyond
         stubs = ndimage.binary_dilation(far, iterations=3, mask=removed)
         region = above & ~stubs
-    if _Shape.of(region, spacing).tubular(settings):
+    if _principal_elongation(np.argwhere(region) * np.asarray(spacing)) > settings.max_elongation:
         return None  # at its own half-maximum the candidate is a piece of vessel after all
     # partial-volume weighted volume: each voxel of the region and of its rim counts by how
     # far its value lies between the background and the nodule's level; rim voxels above the

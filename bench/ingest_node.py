@@ -1,0 +1,110 @@
+"""``ainode serve`` as ``bench/ingest.py`` runs it: with phase timers, optionally without fsync.
+
+Bench-only instrumentation, so that bench/README.md can say where ainode's time goes. Nothing
+here is reachable from node.yaml or the ``ainode`` CLI: the switches exist in this process only.
+
+- ``--stats FILE``: on SIGUSR1 (and on exit), write the seconds spent per receive phase since
+  the last write (JSON) and start counting afresh: the whole C-STORE handler, header parse,
+  spool write, every ``fsync`` (file and folder), index commit.
+- ``--no-durability``: ``fsync`` becomes a no-op and SQLite runs ``synchronous=OFF``. The
+  node then breaks its contract (Success before the bytes are on disk); the bench uses it
+  only to measure what the contract costs.
+
+    python bench/ingest_node.py --config node.yaml --stats stats.json [--no-durability]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import node.index  # noqa: E402
+import node.scp  # noqa: E402
+import node.spool  # noqa: E402
+from node.cli import main as ainode_main  # noqa: E402
+
+PHASES = ("handler", "parse", "spool_write", "fsync", "index_store")
+
+
+class PhaseTimer:
+    """Seconds and calls per phase, summed over every thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.calls = dict.fromkeys(PHASES, 0)
+
+    def wrap(self, phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                with self._lock:
+                    self.seconds[phase] += elapsed
+                    self.calls[phase] += 1
+
+        return timed
+
+    def write(self, path: Path) -> None:
+        """Write the counts so far (atomically: the bench waits for the file) and reset."""
+        with self._lock:
+            counts = {"seconds": self.seconds, "calls": self.calls}
+            self.seconds = dict.fromkeys(PHASES, 0.0)
+            self.calls = dict.fromkeys(PHASES, 0)
+        temp = path.with_suffix(".part")
+        temp.write_text(json.dumps(counts))
+        temp.replace(path)
+
+
+def instrument(timer: PhaseTimer, *, durable: bool) -> None:
+    """Patch the receive path of this process (see the module docstring)."""
+    scp = node.scp.StorageSCP
+    scp._on_store = timer.wrap("handler", scp._on_store)  # type: ignore[method-assign]
+    node.scp.parse_header = timer.wrap("parse", node.scp.parse_header)
+    spool = node.spool.Spool
+    spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]
+    index = node.index.Index
+    index.store = timer.wrap("index_store", index.store)  # type: ignore[method-assign]
+    fsync = os.fsync if durable else (lambda fd: None)
+    os.fsync = timer.wrap("fsync", fsync)
+    if not durable:
+        connect = node.index.connect
+
+        def connect_unsynchronised(path: Path) -> Any:
+            conn = connect(path)
+            conn.execute("PRAGMA synchronous=OFF")
+            return conn
+
+        node.index.connect = connect_unsynchronised
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--stats", type=Path, required=True)
+    parser.add_argument("--no-durability", action="store_true")
+    args = parser.parse_args()
+    timer = PhaseTimer()
+    instrument(timer, durable=not args.no_durability)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: timer.write(args.stats))
+    try:
+        return ainode_main(["--log-level", "WARNING", "serve", "--config", str(args.config)])
+    finally:
+        timer.write(args.stats)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

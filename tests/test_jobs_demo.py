@@ -1,0 +1,32 @@
+"""``ainode demo`` on a fresh data folder: the chest CT phantom goes in, its SEG and SRs come
+back to the results folder, the summary names the nodules, and the validator passes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import REPO, free_port
+
+from node.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.dicom3tools]
+
+
+def test_demo_ct_round_trip(tmp_path, capsys, validate_dicom):
+    config = yaml.safe_load((REPO / "config" / "node.yaml").read_text())
+    config["listener"]["port"] = free_port()
+    config["storage"]["data_dir"] = str(tmp_path / "data")
+    config["routes_file"] = str(REPO / "config" / "routes.yaml")
+    config["plugin_dirs"] = [str(REPO / "models" / "plugins")]
+    config["destinations"]["results-folder"]["path"] = str(tmp_path / "results")
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    assert main(["demo", "--config", str(path), "--only", "ct", "--timeout", "600"]) == 0
+    out = capsys.readouterr().out
+    assert "ct-lung-nodule via route ct-chest-lung-nodule (production): SUCCEEDED" in out
+    assert "lung nodules detected" in out
+    assert "validator: PASS" in out
+    delivered = list((tmp_path / "results").rglob("*.dcm"))
+    assert len(delivered) == 3
+    assert all(str(p) in out for p in delivered)
