@@ -89,11 +89,40 @@ def chest_ct(slices: int) -> PluginInput:
     )
 
 
-def nodule_findings(source: PluginInput) -> Findings:
+# Lung case, as ct-lung-nodule reports: two lungs (ellipsoids over most of the slices) and
+# 11 nodules inside them, 13 segments that overlap (the nodules lie within the lungs).
+LUNGS = (  # (key, centre row, centre column, half-axes rows / columns in px)
+    ("right", 256, 160, 150, 90),
+    ("left", 256, 352, 150, 90),
+)
+LUNG_NODULES = tuple(
+    (0.15 + 0.07 * i, 200 + 12 * (i % 5), (130 if i % 2 else 330) + 8 * (i % 3), 3 + i % 6)
+    for i in range(11)
+)
+
+
+def nodule_findings(source: PluginInput, lungs: bool = False) -> Findings:
     slices = source.shape[0]
     z, y, x = np.ogrid[:slices, :SIZE, :SIZE]
     segments, findings = [], []
-    for number, (fraction, row, column, radius) in enumerate(NODULES, 1):
+    if lungs:
+        for key, row, column, rows, columns in LUNGS:
+            mask = (
+                ((z - slices / 2) / (0.45 * slices)) ** 2
+                + ((y - row) / rows) ** 2
+                + ((x - column) / columns) ** 2
+            ) <= 1
+            segments.append(
+                Segment(
+                    f"{key}-lung",
+                    f"{key.capitalize()} lung",
+                    codes.SCT.AnatomicalStructure,
+                    codes.SCT.Lung,
+                    mask,
+                )
+            )
+    nodules = LUNG_NODULES if lungs else NODULES
+    for number, (fraction, row, column, radius) in enumerate(nodules, 1):
         center = fraction * slices
         mask = (z - center) ** 2 + (y - row) ** 2 + (x - column) ** 2 <= radius**2
         segments.append(
@@ -133,7 +162,7 @@ def nodule_findings(source: PluginInput) -> Findings:
         findings=tuple(findings),
         study_measurements=(
             Measurement(
-                codes.SCT.NumberOfLesions, len(NODULES), Code("{lesions}", "UCUM", "lesions")
+                codes.SCT.NumberOfLesions, len(findings), Code("{lesions}", "UCUM", "lesions")
             ),
         ),
     )
@@ -187,9 +216,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--case",
+        choices=("lungs", "nodules"),
+        default="lungs",
+        help="lungs: 2 lungs + 11 nodules inside them (13 overlapping segments, as "
+        "ct-lung-nodule reports); nodules: 5 separate nodules",
+    )
     args = parser.parse_args()
     source = chest_ct(args.slices)
-    findings = nodule_findings(source)
+    findings = nodule_findings(source, lungs=args.case == "lungs")
     both = OutputContext(
         job_id="bench",
         study_version=1,
@@ -215,7 +251,10 @@ def main() -> None:
         theirs.append(reference.seconds)  # type: ignore[attr-defined]
     mine, ref = statistics.median(ours), statistics.median(theirs)
     build_s, write_s, cpu_s = (statistics.median(values) for values in zip(*splits, strict=True))
-    print(f"{args.slices} slices {SIZE}x{SIZE}, {len(NODULES)} segments, {args.rounds} rounds")
+    print(
+        f"{args.slices} slices {SIZE}x{SIZE}, case {args.case}: {len(findings.segments)} "
+        f"segments, {args.rounds} rounds"
+    )
     print(
         f"ainode SEG+SR build+write: {mine:.2f} s (build {build_s:.2f} s, write {write_s:.2f} s, "
         f"CPU {cpu_s:.2f} s; {size / 1e6:.1f} MB)"

@@ -42,6 +42,7 @@ __all__ = [
     "ChainResult",
     "InputRefused",
     "LoadedPlugin",
+    "PermanentPluginError",
     "PluginError",
     "PluginHost",
     "PluginState",
@@ -60,8 +61,13 @@ class PluginTimeout(PluginError):
     """The job ran past its deadline."""
 
 
-class InputRefused(PluginError):
-    """The manifest's ``input`` section does not accept the series; a retry cannot help."""
+class PermanentPluginError(PluginError):
+    """The same job would fail the same way again (a model file missing or not the one the
+    manifest's sha256 names, a series the manifest refuses): fail it now, don't retry."""
+
+
+class InputRefused(PermanentPluginError):
+    """The manifest's ``input`` section does not accept the series."""
 
 
 class PluginState(StrEnum):
@@ -209,7 +215,7 @@ class PluginHost:
                     return instance
         problem = model_file_problem(manifest)  # once per load: a swapped file never runs
         if problem is not None:
-            raise PluginError(f"{manifest.key}: {problem}")
+            raise PermanentPluginError(f"{manifest.key}: {problem}")
         plugin: Plugin = (
             IsolatedPlugin(manifest, retries=self.isolated_retries)
             if manifest.isolated

@@ -88,3 +88,23 @@ def test_missing_plugin_fails_for_good(runner, tmp_path):
     result = pipeline.run(item_for(config, write_series(tmp_path / "ok"), plugin="nonesuch"))
     assert not result.ok and not result.retryable
     assert result.error.startswith("plugin unavailable:") and "nonesuch" in result.error
+
+
+def test_model_file_that_changed_fails_for_good(tmp_path):
+    """A model file that no longer matches its manifest's sha256 fails the job at once:
+    retrying cannot make the bytes right, and the reason names the file."""
+    plugins = tmp_path / "plugins"
+    model = tmp_path / "weights.onnx"
+    model.write_bytes(b"the weights the vendor shipped")
+    folder = write_plugin(
+        plugins / "swapped", name="swapped", entry="plugin:Broken", code=BROKEN, model=model
+    )
+    (folder / "weights.onnx").write_bytes(b"someone copied other weights over them")
+    config = NodeConfig.model_validate(
+        {"storage": {"data_dir": str(tmp_path / "data")}, "plugin_dirs": [str(plugins)]}
+    )
+    result = PipelineRunner(config).run(
+        item_for(config, write_series(tmp_path / "ok"), plugin="swapped")
+    )
+    assert not result.ok and not result.retryable
+    assert "sha256 mismatch" in result.error and "weights.onnx" in result.error

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from models.api import Findings
 from models.loading import SeriesLoadError, load_plugin_input
-from models.runtime import PluginError, PluginHost, PluginTimeout
+from models.runtime import PermanentPluginError, PluginError, PluginHost, PluginTimeout
 from models.shadow import masks_dir_for, record_if_shadowed
 from node.config import NodeConfig
 from node.db import connect
@@ -73,6 +73,8 @@ class PipelineRunner:
             findings = self.host.run(item.plugin, item.plugin_version, plugin_input)
         except PluginTimeout as exc:
             return self._failed(item, f"plugin timed out: {exc}", timings)
+        except PermanentPluginError as exc:
+            return WorkResult(item.job_id, error=str(exc), timings=timings)
         except PluginError as exc:
             return self._failed(item, str(exc), timings)
         timings["inference"] = time.monotonic() - started
