@@ -185,7 +185,11 @@ class StorageSCP:
             self._index.mark_released(finished, time.time())
 
     def _on_closed(self, event: evt.Event) -> None:
-        self._forget(event.assoc)
+        # pynetdicom may report the closed connection before the release: whichever event
+        # comes first claims the deliveries, and a close after a clean release is a release.
+        finished = self._forget(event.assoc)
+        if finished and event.assoc.is_released:
+            self._index.mark_released(finished, time.time())
 
     def _forget(self, assoc: Association) -> list[str]:
         """Drop an association's deliveries; return studies no open association is sending."""
