@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from types import MappingProxyType
+from typing import Protocol
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import (
+    dictionary_has_tag,
+    dictionary_VR,
+    keyword_for_tag,
+    tag_for_keyword,
+)
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_sequence_item
 from pydicom.multival import MultiValue
@@ -216,10 +224,11 @@ def _header_from_dataset(
     sop_class_uid: str | None,
     sop_instance_uid: str | None,
 ) -> InstanceHeader:
+    elements = _ConvertedElements(ds)
     uids: dict[str, str] = {}
     derived: list[str] = []
-    sop_class = _text(ds, "SOPClassUID") or sop_class_uid
-    sop_instance = _text(ds, "SOPInstanceUID")
+    sop_class = _text(elements, "SOPClassUID") or sop_class_uid
+    sop_instance = _text(elements, "SOPInstanceUID")
     if not sop_instance and sop_instance_uid:
         # Media-directory objects and broken senders omit it, and the request's UID may be
         # one borrowed from inside the dataset: never let such a file take a real
@@ -231,19 +240,19 @@ def _header_from_dataset(
             raise HeaderError(f"dataset has no {keyword}")
         uids[keyword] = value
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        value = _text(ds, keyword)
+        value = _text(elements, keyword)
         if not value:
             # The file is kept as sent; the index files it under a UID derived from the
             # instance's own, so a re-send lands in the same place.
             value = derived_uid(keyword, uids["SOPInstanceUID"])
             derived.append(keyword)
         uids[keyword] = value
-    orientation = _text(ds, "ImageOrientationPatient")
+    orientation = _text(elements, "ImageOrientationPatient")
     if orientation is None:  # enhanced multi-frame: in the functional groups
         orientation = _functional_group_text(
             ds, "PlaneOrientationSequence", "ImageOrientationPatient"
         )
-    thickness = _float(ds, "SliceThickness")
+    thickness = _float(elements, "SliceThickness")
     if thickness is None:
         thickness = _functional_group_float(ds, "PixelMeasuresSequence", "SliceThickness")
     return InstanceHeader(
@@ -253,37 +262,41 @@ def _header_from_dataset(
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=transfer_syntax_uid,
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        accession_number=_text(ds, "AccessionNumber"),
-        modality=_text(ds, "Modality"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        series_description=_text(ds, "SeriesDescription"),
-        protocol_name=_text(ds, "ProtocolName"),
-        series_number=_int(ds, "SeriesNumber"),
-        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        instance_number=_int(ds, "InstanceNumber"),
-        image_type=_text(ds, "ImageType"),
+        patient_id=_text(elements, "PatientID"),
+        patient_name=_text(elements, "PatientName"),
+        study_date=_text(elements, "StudyDate"),
+        study_description=_text(elements, "StudyDescription"),
+        accession_number=_text(elements, "AccessionNumber"),
+        modality=_text(elements, "Modality"),
+        body_part_examined=_text(elements, "BodyPartExamined"),
+        series_description=_text(elements, "SeriesDescription"),
+        protocol_name=_text(elements, "ProtocolName"),
+        series_number=_int(elements, "SeriesNumber"),
+        frame_of_reference_uid=_text(elements, "FrameOfReferenceUID"),
+        instance_number=_int(elements, "InstanceNumber"),
+        image_type=_text(elements, "ImageType"),
         image_orientation=orientation,
-        image_position=_text(ds, "ImagePositionPatient"),
+        image_position=_text(elements, "ImagePositionPatient"),
         slice_thickness=thickness,
-        number_of_frames=_int(ds, "NumberOfFrames"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        attributes=MappingProxyType(_attributes(ds)),
+        number_of_frames=_int(elements, "NumberOfFrames"),
+        rows=_int(elements, "Rows"),
+        columns=_int(elements, "Columns"),
+        attributes=MappingProxyType(_attributes(elements, ds)),
     )
 
 
-def _value(ds: Dataset, keyword: str) -> object:
+class _ValueSource(Protocol):
+    def get(self, keyword: str) -> object: ...
+
+
+def _value(ds: _ValueSource, keyword: str) -> object:
     try:
         return ds.get(keyword)
     except Exception:  # a malformed value must not stop indexing the rest
         return None
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
+def _text(ds: _ValueSource, keyword: str) -> str | None:
     value = _value(ds, keyword)
     if value is None:
         return None
@@ -295,7 +308,7 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: _ValueSource, keyword: str) -> int | None:
     value = _value(ds, keyword)
     try:
         return int(value) if value not in (None, "") else None  # type: ignore[call-overload]
@@ -303,7 +316,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
+def _float(ds: _ValueSource, keyword: str) -> float | None:
     value = _value(ds, keyword)
     try:
         return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
@@ -367,6 +380,130 @@ def _code_items(ds: Dataset, keyword: str) -> list[dict[str, str]] | None:
         return None
 
 
+#: Text VRs whose value is split at backslashes (PS3.5 6.4), and those never split.
+_MULTI_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM"})
+_MULTI_TEXT_VRS |= frozenset({"UC", "UI"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+_BINARY_FORMATS |= {"UV": "Q", "SV": "q"}
+_NUMBER_STRINGS: dict[str, Callable[[str], object]] = {"DS": float, "IS": int}
+#: Keywords the header columns read even when their value is too long for ``attributes``.
+_HEADER_KEYWORDS = frozenset(
+    {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+        "Modality",
+        "BodyPartExamined",
+        "SeriesDescription",
+        "ProtocolName",
+        "SeriesNumber",
+        "FrameOfReferenceUID",
+        "InstanceNumber",
+        "ImageType",
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+        "SliceThickness",
+        "NumberOfFrames",
+        "Rows",
+        "Columns",
+    }
+)
+
+
+class _ConvertedElements:
+    """The top-level public elements of a header-only dataset, each converted once.
+
+    pydicom's conversion of a raw element costs tens of microseconds (hooks, validation,
+    value classes); most header elements are ASCII text or little binary numbers, which are
+    decoded here directly into what pydicom's values print as (``str``, ``int``, ``float``,
+    lists of them). Anything else (another character set, an escape sequence, an ambiguous
+    or unusual VR, a value that does not parse) is left to pydicom.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        self._elements: dict[str, tuple[object, str, int]] = {}
+        for tag in list(ds.keys()):
+            if tag.is_private or tag.group == 0x0002 or tag.group >= _PIXEL_DATA_GROUP:
+                continue
+            if not dictionary_has_tag(tag):  # unknown, or a repeating group (overlays)
+                continue
+            keyword = keyword_for_tag(tag)
+            raw = ds.get_item(tag)
+            length = getattr(raw, "length", 0) or 0
+            # UN is worth converting: pydicom reads it with the dictionary's VR.
+            binary = getattr(raw, "VR", None) in _SKIPPED_VRS - {"UN"}
+            if (binary or length > MAX_ATTRIBUTE_BYTES) and keyword not in _HEADER_KEYWORDS:
+                continue
+            converted = _fast_value(raw, tag) if isinstance(raw, RawDataElement) else None
+            if converted is None:
+                converted = _pydicom_value(ds, tag)
+            if converted is not None:
+                self._elements[keyword] = (converted[0], converted[1], length)
+
+    def get(self, keyword: str) -> object:
+        element = self._elements.get(keyword)
+        return element[0] if element is not None else None
+
+    def items(self) -> Iterable[tuple[str, tuple[object, str, int]]]:
+        return self._elements.items()
+
+
+def _fast_value(raw: RawDataElement, tag: BaseTag) -> tuple[object, str] | None:
+    """(value, VR) of a raw element in the common cases, None for pydicom to convert."""
+    vr = raw.VR
+    if vr is None:  # implicit VR: the dictionary's, unless it is ambiguous or unknown
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    data = raw.value
+    if not isinstance(data, bytes):
+        return None
+    if not data:
+        return None, vr
+    number_format = _BINARY_FORMATS.get(vr)
+    if number_format is not None:
+        size = struct.calcsize(number_format)
+        if len(data) % size:
+            return None
+        order = "<" if raw.is_little_endian else ">"
+        numbers = struct.unpack(f"{order}{len(data) // size}{number_format}", data)
+        return (numbers[0] if len(numbers) == 1 else list(numbers)), vr
+    if vr not in _MULTI_TEXT_VRS and vr not in _SINGLE_TEXT_VRS:
+        return None
+    if not data.isascii() or b"\x1b" in data:
+        return None  # another character set or an escape sequence: pydicom decodes it
+    text = data.decode("ascii")
+    text = text.rstrip("\x00 ") if vr == "UI" else text.rstrip(" ")
+    if "\x00" in text:
+        return None  # NUL padding where none belongs: pydicom decides
+    values = [text] if vr in _SINGLE_TEXT_VRS else text.split("\\")
+    number = _NUMBER_STRINGS.get(vr)
+    if number is not None:
+        values = [v.strip() for v in values]
+        try:
+            for v in values:
+                number(v)
+        except ValueError:
+            return None  # pydicom decides what an invalid number reads as
+    return (values[0] if len(values) == 1 else values), vr
+
+
+def _pydicom_value(ds: Dataset, tag: BaseTag) -> tuple[object, str] | None:
+    try:
+        element = ds[tag]
+        return element.value, element.VR
+    except (Exception, RecursionError):  # a malformed value must not stop the rest
+        return None
+
+
 def _json_value(value: object, vr: str) -> object:
     if isinstance(value, MultiValue | list | tuple):
         return [_json_value(v, vr) for v in value]
@@ -381,26 +518,17 @@ def _json_value(value: object, vr: str) -> object:
     return str(value).strip()
 
 
-def _attributes(ds: Dataset) -> dict[str, object]:
+def _attributes(elements: _ConvertedElements, ds: Dataset) -> dict[str, object]:
     """Top-level public elements small enough to route on, keyword -> JSON value."""
     attributes: dict[str, object] = {}
-    for tag in list(ds.keys()):
-        if tag.is_private or tag.group == 0x0002 or tag.group >= _PIXEL_DATA_GROUP:
-            continue
-        raw = ds.get_item(tag)
-        vr = getattr(raw, "VR", None)
-        length = getattr(raw, "length", 0) or 0
+    for keyword, (value, vr, length) in elements.items():
         if vr in _SKIPPED_VRS or length > MAX_ATTRIBUTE_BYTES:
             continue
+        if value is None or value == "":
+            attributes[keyword] = None
+            continue
         try:
-            element = ds[tag]
-            if element.VR in _SKIPPED_VRS or not element.keyword:
-                continue
-            value = element.value
-            if value is None or value == "":
-                attributes[element.keyword] = None
-                continue
-            attributes[element.keyword] = _json_value(value, element.VR)
+            attributes[keyword] = _json_value(value, vr)
         except Exception:  # one bad value must not cost the whole instance
             continue
     for keyword in _CODE_SEQUENCES:

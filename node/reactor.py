@@ -15,7 +15,7 @@ anyway (no asynchronous operations are negotiated), and each of the two thread h
 instance (DUL -> association -> DUL) costs a context switch and a GIL transfer, which on a
 busy two-core machine is most of a small instance's protocol time. Everything else (state
 machine, ACSE, DIMSE, service classes, handlers, any other DIMSE service on the association
-thread) is pynetdicom's own.
+thread) is pynetdicom's own, except that responses are encoded by ``node.responses``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from node.responses import FastResponseDIMSE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -194,6 +196,7 @@ class EventAssociation(Association):
         self._wake_event = threading.Event()
         self.dul = _EventDUL(self)
         self.dul.to_user_queue = _WakingQueue(self.wake)
+        self.dimse = FastResponseDIMSE(self)
         self.dimse.msg_queue = _InlineMessages(self)
 
     def serves_inline(self, message: Any, context_id: Any) -> bool:

@@ -12,6 +12,7 @@ from models.api import Findings, PluginInput
 from node.config import OutputKind
 from node.outputs.burned_in import build_burned_in
 from node.outputs.context import OutputContext
+from node.outputs.encoding import preencode_frame_groups
 from node.outputs.seg import build_segmentation
 from node.outputs.sr import build_measurement_report
 from node.outputs.text_sr import build_text_report
@@ -88,6 +89,10 @@ def _build(
             ResultInstance.of(OutputKind.BURNED_IN_SC, dataset)
             for dataset in build_burned_in(findings, source, context)
         )
+    if segmentation is not None:
+        # last, once the other builders have read the SEG: writing it is then one pass over
+        # bytes instead of pydicom encoding 3,900 nested items (same bytes either way)
+        preencode_frame_groups(segmentation)
     return tuple(results)
 
 

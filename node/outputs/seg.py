@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -240,11 +241,14 @@ def _source_order(masks: Sequence[np.ndarray], layout: SourceLayout) -> list[np.
 def segmentation_pixels(
     segments: Sequence[Segment], layout: SourceLayout, fractional: bool
 ) -> np.ndarray:
-    """The array highdicom encodes fastest for these masks, frames in source order.
+    """The array for highdicom's plain path, frames in source order.
 
-    Non-overlapping binary masks become one uint8 label map (frames, rows, columns), which
-    highdicom checks with a single max() instead of summing a 4D stack; overlapping masks
-    and probability maps stay a (frames, rows, columns, segments) stack.
+    Used for probability maps and for frames whose pixel count is not a multiple of 8 (which
+    highdicom packs across frame boundaries); binary masks otherwise go bit-packed per
+    segment (``PackedSegments``). Non-overlapping binary masks become one uint8 label map
+    (frames, rows, columns), which highdicom checks with a single max() instead of summing a
+    4D stack; overlapping masks and probability maps stay a (frames, rows, columns, segments)
+    stack.
     """
     if fractional:
         masks = _source_order([np.clip(s.mask, 0.0, 1.0) for s in segments], layout)
@@ -259,6 +263,134 @@ def segmentation_pixels(
         if painted == int(np.count_nonzero(labels)):
             return labels
     return np.stack(masks, axis=-1)
+
+
+class _PackedPlane:
+    """One source position of ``PackedSegments``: each segment's packed frame there."""
+
+    __slots__ = ("_packed", "_position")
+
+    def __init__(self, packed: PackedSegments, position: int) -> None:
+        self._packed = packed
+        self._position = position
+
+    def segment(self, number: int) -> np.ndarray:
+        return self._packed.frame(number, self._position)
+
+
+class PackedSegments:
+    """Binary masks bit-packed once per segment, standing in for highdicom's 4D stack.
+
+    highdicom 0.28 takes overlapping binary masks only as one (frames, rows, columns,
+    segments) bool stack: it sums that over the segments to detect overlap and packs every
+    frame with pydicom's checked ``pack_bits``. For a lung CT (2 lungs + 11 nodules over
+    300 slices of 512x512) that is a 1 GB stack and most of 10 s. Here each segment's
+    non-empty frames are packed once (DICOM bit order, little-endian within a byte) and every
+    empty frame is the same zero buffer; overlap is found by ANDing the packed frames of
+    segment pairs that share a frame. Indexing by source position gives a ``_PackedPlane``,
+    which ``_PrepackedSegmentation`` turns into the frame's bytes.
+    """
+
+    ndim = 4
+
+    def __init__(self, masks: Sequence[np.ndarray], frame_order: Sequence[int]) -> None:
+        frames, rows, columns = masks[0].shape
+        self.shape = (len(frame_order), rows, columns, len(masks))
+        self._empty = np.zeros(rows * columns // 8, np.uint8)
+        self._frames: list[dict[int, np.ndarray]] = []
+        for mask in masks:
+            flat = np.ascontiguousarray(mask).reshape(frames, rows * columns)
+            # a frame is empty when all its bytes are: test 8 pixels per uint64
+            filled = np.flatnonzero(flat.view(np.uint64).any(axis=1))
+            packed = np.packbits(flat[filled], axis=1, bitorder="little")
+            by_input = dict(zip(filled.tolist(), packed, strict=True))
+            self._frames.append(
+                {
+                    position: by_input[frame]
+                    for position, frame in enumerate(frame_order)
+                    if frame in by_input
+                }
+            )
+
+    @classmethod
+    def packable(cls, shape: tuple[int, ...]) -> bool:
+        """Whether frames of this (frames, rows, columns) shape pack to whole bytes."""
+        return shape[1] * shape[2] % 64 == 0
+
+    def frame(self, number: int, position: int) -> np.ndarray:
+        """Packed bytes of segment ``number`` (1-based) at source position ``position``."""
+        return self._frames[number - 1].get(position, self._empty)
+
+    def __getitem__(self, position: int) -> _PackedPlane:
+        return _PackedPlane(self, position)
+
+    def overlap(self) -> bool:
+        """Whether any pixel belongs to two segments."""
+        for index, first in enumerate(self._frames):
+            for second in self._frames[index + 1 :]:
+                for position in first.keys() & second.keys():
+                    if np.bitwise_and(first[position], second[position]).any():
+                        return True
+        return False
+
+
+class _PrepackedSegmentation(hd.seg.Segmentation):
+    """highdicom's BINARY Segmentation over ``PackedSegments``.
+
+    highdicom builds every attribute, the per-frame functional groups and the frame order as
+    usual; only its three pixel hooks are replaced when the pixels are ``PackedSegments``:
+    the overlap check, the per-frame segment extraction and the bit-packing (the frames are
+    already packed, so their bytes are written as they are). Any other pixel array goes
+    through highdicom's own hooks.
+    """
+
+    @classmethod
+    def _check_and_cast_pixel_array(  # type: ignore[override]
+        cls,
+        pixel_array: Any,
+        segment_numbers: np.ndarray,
+        segmentation_type: hd.seg.SegmentationTypeValues,
+        dtype: type,
+    ) -> tuple[Any, hd.seg.SegmentsOverlapValues]:
+        if not isinstance(pixel_array, PackedSegments):
+            return super()._check_and_cast_pixel_array(
+                pixel_array, segment_numbers, segmentation_type, dtype
+            )
+        if segmentation_type != hd.seg.SegmentationTypeValues.BINARY:
+            raise ValueError("packed segments are encoded as a BINARY segmentation only")
+        if pixel_array.shape[-1] != len(segment_numbers):
+            raise ValueError(
+                f"{pixel_array.shape[-1]} packed segments for {len(segment_numbers)} "
+                "segment descriptions"
+            )
+        overlap = pixel_array.overlap()
+        return pixel_array, (
+            hd.seg.SegmentsOverlapValues.YES if overlap else hd.seg.SegmentsOverlapValues.NO
+        )
+
+    @staticmethod
+    def _get_segment_pixel_array(  # type: ignore[override]
+        pixel_array: Any, segment_number: int, **kwargs: Any
+    ) -> np.ndarray:
+        if isinstance(pixel_array, _PackedPlane):
+            return pixel_array.segment(segment_number)
+        return hd.seg.Segmentation._get_segment_pixel_array(
+            pixel_array, segment_number=segment_number, **kwargs
+        )
+
+    def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
+        if isinstance(self._pixels_in, PackedSegments):
+            return planes.tobytes()
+        return super()._encode_pixels_native(planes)
+
+    def __init__(self, *, pixel_array: Any, **kwargs: Any) -> None:
+        # read by _encode_pixels_native while the constructor runs, then dropped (plain
+        # object attributes: pydicom's Dataset.__setattr__ is for DICOM keywords)
+        object.__setattr__(self, "_pixels_in", pixel_array)
+        try:
+            super().__init__(pixel_array=pixel_array, **kwargs)
+        finally:
+            object.__delattr__(self, "_pixels_in")
 
 
 def _projection_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
@@ -317,12 +449,16 @@ def build_segmentation(
         )
         for number, segment in enumerate(findings.segments, 1)
     ]
-    pixels = segmentation_pixels(findings.segments, layout, fractional)
+    pixels: np.ndarray | PackedSegments
+    if not fractional and PackedSegments.packable(shape):
+        pixels = PackedSegments([_binary(s.mask) for s in findings.segments], layout.frame_order)
+    else:
+        pixels = segmentation_pixels(findings.segments, layout, fractional)
     description = (
         "NOT FOR DIAGNOSTIC USE. " if context.not_for_diagnostic_use else ""
     ) + f"Produced by {findings.algorithm.name} {findings.algorithm.version}"
     try:
-        seg = hd.seg.Segmentation(
+        seg = _PrepackedSegmentation(
             source_images=list(layout.images),
             pixel_array=pixels,
             segmentation_type=(

@@ -17,9 +17,10 @@ The pipeline, each step chosen so a vessel or an airway cannot pass for a nodule
    compact core (a nodule on a pleural strip or a thick vessel); a blob that is a small part
    of the dense tissue around it is a vessel junction; what encloses air is an airway.
 6. Measurement per nodule: half-maximum threshold between the local lung background and the
-   nodule's own level (its solid level, or its ground-glass level if part-solid), a
-   partial-volume-weighted volume, long and short axis on the axial slice of largest area
-   from sub-pixel contours, mean HU, side and craniocaudal zone of the lung.
+   nodule's own level (its solid level, or its ground-glass level if part-solid), with the
+   stub of a touching vessel cut off; a partial-volume-weighted volume, long and short axis
+   on the axial slice of largest area from sub-pixel contours, mean HU, side and
+   craniocaudal zone of the lung.
 """
 
 from __future__ import annotations

@@ -80,9 +80,15 @@ def _patient_left(series: PluginInput) -> int:
 
 
 def _slice_spacing(series: PluginInput) -> float | None:
+    """Distance between neighbouring slices, from the Volume or the slice positions; None
+    when the series has neither (then no vessel length is reported)."""
     if series.volume is not None:
         return float(np.linalg.norm(np.asarray(series.volume.affine)[:3, 0]))
-    return None
+    positions = [h.get("ImagePositionPatient") for h in series.headers]
+    if len(positions) != series.shape[0] or len(positions) < 2 or None in positions:
+        return None
+    steps = np.linalg.norm(np.diff(np.asarray(positions, dtype=float), axis=0), axis=1)
+    return float(np.median(steps)) if np.all(steps > 0) else None
 
 
 class MrVesselWallPlugin:
