@@ -3,7 +3,8 @@
 Two workloads (a synthetic 300-slice 512x512 CT, and 2000 small instances), each sent over
 one association and over four concurrent ones, to DCMTK ``storescp +B`` (bit-preserving, the
 reference) and to ``ainode serve`` in alternating rounds of the same run. Prints instances/s,
-MB/s and the ratio ainode/DCMTK (best round of each). Not a test: run it on demand.
+MB/s and the ratio ainode/DCMTK (best round of each). Not a test: run it on demand. Every
+round sends a new series (fresh UIDs), so no round measures duplicate replacement.
 
 ainode runs under ``bench/ingest_node.py``, which times the receive phases (header parse,
 spool write, fsync, index commit) so the bench prints where an instance's time goes. A third
@@ -12,6 +13,7 @@ wrapper, not reachable from node.yaml), shows how much of the gap to DCMTK (whic
 fsync at all) is the durability contract and how much the protocol path.
 
     python bench/ingest.py [--rounds 3] [--ct-slices 300] [--small 2000] [--no-split]
+                           [--work-dir /var/tmp] [--compare-tree OLD_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -157,9 +159,12 @@ def start_dcmtk(work: Path) -> Server:
     return Server("DCMTK storescp +B", port, "STORESCP", process, out)
 
 
-def start_ainode(work: Path, *, durable: bool = True) -> Server:
+def start_ainode(
+    work: Path, *, durable: bool = True, repo: Path = REPO, name: str | None = None
+) -> Server:
+    """``ainode serve`` under ``bench/ingest_node.py`` (this checkout's, or ``repo``'s)."""
     port = free_port()
-    name = "ainode" if durable else "ainode-nofsync"
+    name = name or ("ainode" if durable else "ainode-nofsync")
     data = work / name
     config = {
         "listener": {
@@ -176,10 +181,12 @@ def start_ainode(work: Path, *, durable: bool = True) -> Server:
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     stats = work / f"{name}-stats.json"
+    # The wrapper is always this checkout's: an older ``repo`` may not have one.
     command = [sys.executable, str(REPO / "bench" / "ingest_node.py"), "--config", str(path)]
-    command += ["--stats", str(stats)] + ([] if durable else ["--no-durability"])
+    command += ["--stats", str(stats), "--repo", str(repo)]
+    command += [] if durable else ["--no-durability"]
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_listening(port, process)
     server = Server(name, port, "AINODE", process, data / "spool", stats)
@@ -237,36 +244,61 @@ def main() -> int:
     parser.add_argument(
         "--no-split", action="store_true", help="skip the no-fsync ainode (cost split)"
     )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        default=None,
+        help="also run the ainode of this source tree (e.g. `git archive` of an older "
+        "commit, unpacked) as a fourth receiver, for before/after figures in one run",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where inputs and receivers' stores go (default: the temp folder; on the "
+        "development VM /tmp is slow to create files in, use /var/tmp)",
+    )
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="ainode-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="ainode-bench-", dir=args.work_dir))
     try:
-        workloads = {
-            f"CT {args.ct_slices}x512x512": make_series(work / "ct", args.ct_slices, 512),
-            f"{args.small} small (8x8)": make_series(work / "small", args.small, 8),
-        }
+        # (label, slices, size): every round sends a new series (new UIDs), so no receiver
+        # ever measures its duplicate-replacement path instead of plain stores.
+        workloads = [
+            (f"CT {args.ct_slices}x512x512", args.ct_slices, 512),
+            (f"{args.small} small (8x8)", args.small, 8),
+        ]
         reference, ours = start_dcmtk(work), start_ainode(work)
         servers = [reference, ours]
         if not args.no_split:
             servers.append(start_ainode(work, durable=False))
+        if args.compare_tree is not None:
+            servers.append(start_ainode(work, repo=args.compare_tree, name="ainode-compared"))
         print(f"{'workload':<22} {'assoc':>5}  {'receiver':<18} {'inst/s':>8} {'MB/s':>8}")
-        for label, files in workloads.items():
-            megabytes = sum(p.stat().st_size for p in files) / 1e6
+        expected = 0
+        for label, count, size in workloads:
             for associations in (1, 4):
                 times: dict[str, list[float]] = {server.name: [] for server in servers}
                 best_stats: dict[str, dict[str, dict[str, float]]] = {}
-                for _ in range(args.rounds):  # interleaved: each round runs every receiver
+                for round_number in range(args.rounds):  # interleaved: every receiver
+                    folder = work / f"in-{size}-{associations}-{round_number}"
+                    files = make_series(folder, count, size)
+                    megabytes = sum(p.stat().st_size for p in files) / 1e6
                     for server in servers:
                         seconds = send(server, files, associations)
                         stats = server.take_stats()
                         if stats is not None and seconds <= min(times[server.name], default=1e9):
                             best_stats[server.name] = stats
                         times[server.name].append(seconds)
+                    expected += count
+                    shutil.rmtree(folder)
+                    for received in reference.store_dir.iterdir():  # keep the disk use down
+                        received.unlink()
                 best = {name: min(values) for name, values in times.items()}
                 for name, seconds in best.items():
                     print(
                         f"{label:<22} {associations:>5}  {name:<18} "
-                        f"{len(files) / seconds:>8.0f} {megabytes / seconds:>8.1f}"
+                        f"{count / seconds:>8.0f} {megabytes / seconds:>8.1f}"
                         f"   (median {statistics.median(times[name]):.2f} s)"
                     )
                 for server in servers[1:]:
@@ -274,10 +306,9 @@ def main() -> int:
                     print(f"{'':<22} {'':>5}  {'ratio ' + server.name:<18} {ratio:>8.2f}")
                 if associations == 1:
                     for name, stats in best_stats.items():
-                        print_split(name, best[name], len(files), stats)
+                        print_split(name, best[name], count, stats)
         for server in servers:
             server.stop()
-        expected = sum(len(files) for files in workloads.values())
         for server in servers[1:]:
             stored = sum(1 for _ in server.store_dir.rglob("*.dcm"))
             if stored != expected:

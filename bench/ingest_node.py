@@ -27,12 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import node.index  # noqa: E402
-import node.scp  # noqa: E402
-import node.spool  # noqa: E402
-from node.cli import main as ainode_main  # noqa: E402
 
 PHASES = ("handler", "parse", "spool_write", "fsync", "index_store")
 
@@ -71,6 +65,10 @@ class PhaseTimer:
 
 def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     """Patch the receive path of this process (see the module docstring)."""
+    import node.index
+    import node.scp
+    import node.spool
+
     scp = node.scp.StorageSCP
     scp._on_store = timer.wrap("handler", scp._on_store)  # type: ignore[method-assign]
     node.scp.parse_header = timer.wrap("parse", node.scp.parse_header)
@@ -96,7 +94,13 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--no-durability", action="store_true")
+    parser.add_argument(
+        "--repo", type=Path, default=REPO, help="the ainode source tree to run (default: ours)"
+    )
     args = parser.parse_args()
+    sys.path.insert(0, str(args.repo.resolve()))
+    from node.cli import main as ainode_main
+
     timer = PhaseTimer()
     instrument(timer, durable=not args.no_durability)
     signal.signal(signal.SIGUSR1, lambda signum, frame: timer.write(args.stats))

@@ -48,9 +48,12 @@ class PixelDecodeError(SeriesLoadError):
 
 
 @dataclass(frozen=True)
-class _Frames:
+class _Instance:
+    """One decoded instance, before its frames go to their place in the series array."""
+
     dataset: Dataset
-    pixels: np.ndarray  # (frames, rows, columns) float32, modality LUT applied
+    raw: np.ndarray  # as decoded: (rows, columns[, samples]) or (frames, rows, columns[, samples])
+    frames: int
     positions: list[list[float]] | None  # per frame ImagePositionPatient
     orientation: list[float] | None
 
@@ -94,17 +97,41 @@ def _value_range(ds: Dataset) -> tuple[float, float]:
     return 0, 2**bits - 1
 
 
-def _to_float_frames(ds: Dataset, raw: np.ndarray) -> np.ndarray:
-    frames_count = int(ds.get("NumberOfFrames", 1) or 1)
+def _frame_count(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _frame_shape(ds: Dataset, raw: np.ndarray) -> tuple[int, int]:
+    """(rows, columns) of the decoded frames (colour samples are reduced to luminance)."""
+    shape = raw.shape[-3:-1] if int(ds.get("SamplesPerPixel", 1)) > 1 else raw.shape[-2:]
+    return int(shape[0]), int(shape[1])
+
+
+def _is_plain_rescale(ds: Dataset, raw: np.ndarray) -> bool:
+    """Slope 1 and a whole intercept over integers of up to 16 bits: float32 is exact."""
+    if ds.get("ModalityLUTSequence") or not ("RescaleSlope" in ds and "RescaleIntercept" in ds):
+        return False
+    intercept = float(ds.RescaleIntercept)
+    return (
+        float(ds.RescaleSlope) == 1.0
+        and intercept.is_integer()
+        and abs(intercept) < 2**23
+        and raw.dtype.kind in "iu"
+        and raw.dtype.itemsize <= 2
+    )
+
+
+def _to_float_frames(ds: Dataset, raw: np.ndarray, out: np.ndarray) -> None:
+    """Write the float32 frames (modality LUT applied) of ``raw`` into ``out``."""
     samples = int(ds.get("SamplesPerPixel", 1))
-    if frames_count == 1:
+    if _frame_count(ds) == 1:
         raw = raw[np.newaxis]
     if samples > 1:  # colour (pydicom hands YBR as RGB): ITU-R BT.601 luminance
-        return raw.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        out[...] = raw.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     low, high = _value_range(ds)
     if enhanced:
-        out = np.empty(raw.shape, np.float32)
         for index in range(raw.shape[0]):
             item = _functional(ds, index, "PixelValueTransformationSequence")
             slope = float(getattr(item, "RescaleSlope", 1.0)) if item is not None else 1.0
@@ -116,14 +143,17 @@ def _to_float_frames(ds: Dataset, raw: np.ndarray) -> np.ndarray:
             intercept = float(getattr(first, "RescaleIntercept", 0.0))
             low, high = sorted((low * slope + intercept, high * slope + intercept))
     else:
-        out = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+        if _is_plain_rescale(ds, raw):
+            # the common CT case, without pydicom's float64 temporaries (same values)
+            np.add(raw, np.float32(float(ds.RescaleIntercept)), out=out, dtype=np.float32)
+        else:
+            out[...] = apply_modality_lut(raw, ds)
         if "RescaleSlope" in ds or "RescaleIntercept" in ds:
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
             intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
             low, high = sorted((low * slope + intercept, high * slope + intercept))
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        out = np.float32(low + high) - out
-    return out
+        np.subtract(np.float32(low + high), out, out=out)
 
 
 def _geometry(ds: Dataset, frames: int) -> tuple[list[list[float]] | None, list[float] | None]:
@@ -157,14 +187,18 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _header(ds: Dataset) -> Dataset:
-    """A new dataset with every element of ``ds`` but the pixel data (``ds`` is untouched)."""
-    header = Dataset()
-    for element in ds:
-        if element.keyword not in _PIXEL_KEYWORDS:
-            header.add(element)
-    header.file_meta = getattr(ds, "file_meta", FileMetaDataset())
-    return header
+def _strip_pixels(ds: Dataset) -> Dataset:
+    """``ds`` without its pixel data (and pydicom's decoded copy): the header plugins get.
+
+    The dataset is the one this module read, so it is emptied in place rather than copied
+    element by element (which would decode every element of every header).
+    """
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            del ds[keyword]
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    return ds
 
 
 def _instance_order(ds: Dataset) -> tuple[int, str]:
@@ -193,22 +227,22 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
     if len(series_uids) != 1:
         raise SeriesLoadError(f"files belong to {len(series_uids)} series, expected one")
     loaded.sort(key=lambda item: _instance_order(item[1]))
+    instances: list[_Instance] = []
     shapes = set()
-    frames: list[_Frames] = []
     for path, ds in loaded:
-        pixels = _to_float_frames(ds, _decode(ds, path))
-        shapes.add(pixels.shape[1:])
-        positions, orientation = _geometry(ds, pixels.shape[0])
-        frames.append(_Frames(ds, pixels, positions, orientation))
+        raw = _decode(ds, path)
+        shapes.add(_frame_shape(ds, raw))
+        frames = _frame_count(ds)
+        positions, orientation = _geometry(ds, frames)
+        instances.append(_Instance(ds, raw, frames, positions, orientation))
     if len(shapes) != 1:
         raise SeriesLoadError(f"frames of the series differ in size: {sorted(shapes)}")
 
-    first = frames[0].dataset
+    first = instances[0].dataset
     sources: list[SourceFrame] = []
-    for item in frames:
-        count = item.pixels.shape[0]
-        multi = int(item.dataset.get("NumberOfFrames", 1) or 1) > 1
-        for index in range(count):
+    for item in instances:
+        multi = item.frames > 1
+        for index in range(item.frames):
             sources.append(
                 SourceFrame(
                     str(item.dataset.SOPClassUID),
@@ -216,16 +250,46 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
                     index + 1 if multi else None,
                 )
             )
-    pixels = np.concatenate([item.pixels for item in frames])
+    total = len(sources)
     spacing = _pixel_spacing(first)
+    # slice order first, from the headers, so that every frame is written once, in place
+    order: list[int] | None = None
+    slice_spacing = None
+    orientations = {tuple(item.orientation) for item in instances if item.orientation is not None}
+    has_geometry = all(item.positions is not None for item in instances) and len(orientations) == 1
+    if has_geometry and spacing is not None and total > 1:
+        order, slice_spacing = _volume_order(instances, first)
+    place = np.arange(total)
+    if order is not None:
+        place[order] = np.arange(total)  # frame i (instance order) goes to place[i]
+        sources = [sources[i] for i in order]
+    pixels = np.empty((total, *shapes.pop()), np.float32)
+    start = 0
+    for item in instances:
+        slots = place[start : start + item.frames]
+        start += item.frames
+        if item.frames == 1 or np.array_equal(slots, np.arange(slots[0], slots[0] + item.frames)):
+            _to_float_frames(item.dataset, item.raw, pixels[slots[0] : slots[0] + item.frames])
+        else:
+            converted = np.empty((item.frames, *pixels.shape[1:]), np.float32)
+            _to_float_frames(item.dataset, item.raw, converted)
+            pixels[slots] = converted
     volume = None
-    orientations = {tuple(item.orientation) for item in frames if item.orientation is not None}
-    has_geometry = all(item.positions is not None for item in frames) and len(orientations) == 1
-    if has_geometry and spacing is not None and pixels.shape[0] > 1:
-        order, volume = _as_volume(frames, pixels, spacing, first)
-        if volume is not None:
-            pixels = pixels[order]
-            sources = [sources[i] for i in order]
+    if order is not None:
+        assert slice_spacing is not None and spacing is not None
+        orientation = instances[0].orientation
+        assert orientation is not None
+        all_positions = [p for item in instances for p in (item.positions or [])]
+        # the Volume shares the pixel array (its array equals ``pixels``, frame for frame)
+        volume = highdicom.Volume.from_attributes(
+            array=pixels,
+            image_position=all_positions[order[0]],
+            image_orientation=orientation,
+            pixel_spacing=spacing,
+            spacing_between_slices=slice_spacing,
+            coordinate_system="PATIENT",
+            frame_of_reference_uid=first.get("FrameOfReferenceUID"),
+        )
     if spacing is None:
         log.warning(
             "series %s has no PixelSpacing or ImagerPixelSpacing; assuming 1 mm",
@@ -236,44 +300,30 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
         study_instance_uid=str(first.StudyInstanceUID),
         series_instance_uid=str(first.SeriesInstanceUID),
         modality=str(first.get("Modality", "")),
-        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        pixels=pixels,
         sources=tuple(sources),
         pixel_spacing=spacing,
-        headers=tuple(_header(item.dataset) for item in frames),
+        headers=tuple(_strip_pixels(item.dataset) for item in instances),
         volume=volume,
         photometric_interpretation=str(first.get("PhotometricInterpretation", "MONOCHROME2")),
     )
 
 
-def _as_volume(
-    frames: list[_Frames],
-    pixels: np.ndarray,
-    spacing: tuple[float, float],
-    first: Dataset,
-) -> tuple[list[int], highdicom.Volume | None]:
-    """Slice order and Volume, or ([], None) where highdicom finds no regular volume."""
-    orientation = frames[0].orientation
+def _volume_order(instances: list[_Instance], first: Dataset) -> tuple[list[int] | None, float]:
+    """Slice order and spacing, or (None, 0) where highdicom finds no regular volume."""
+    orientation = instances[0].orientation
     assert orientation is not None
-    all_positions = [p for item in frames for p in (item.positions or [])]
+    all_positions = [p for item in instances for p in (item.positions or [])]
     slice_spacing, indices = get_volume_positions(all_positions, orientation)
     if slice_spacing is None or indices is None:
         log.info(
             "series %s is not a regular volume (uneven spacing or tilt); no Volume",
             first.SeriesInstanceUID,
         )
-        return [], None
+        return None, 0.0
     if len(set(indices)) != len(indices):
-        return [], None
+        return None, 0.0
     order = [0] * len(indices)
     for frame, index in enumerate(indices):
         order[index] = frame
-    volume = highdicom.Volume.from_attributes(
-        array=pixels[order],
-        image_position=all_positions[order[0]],
-        image_orientation=orientation,
-        pixel_spacing=spacing,
-        spacing_between_slices=slice_spacing,
-        coordinate_system="PATIENT",
-        frame_of_reference_uid=first.get("FrameOfReferenceUID"),
-    )
-    return order, volume
+    return order, slice_spacing

@@ -1,5 +1,6 @@
-"""``ainode demo`` on a fresh data folder: the chest CT phantom goes in, its SEG and SRs come
-back to the results folder, the summary names the nodules, and the validator passes."""
+"""``ainode demo`` on a fresh data folder: a phantom study for each reference plugin goes in,
+its SEG and SRs come back to the results folder, the summary names what was found, and the
+validator passes every result."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from conftest import REPO, free_port
 
 from node.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.dicom3tools]
+pytestmark = pytest.mark.dicom3tools
 
 
-def test_demo_ct_round_trip(tmp_path, capsys, validate_dicom):
+def test_demo_round_trip_for_every_reference_plugin(tmp_path, capsys, validate_dicom):
     config = yaml.safe_load((REPO / "config" / "node.yaml").read_text())
     config["listener"]["port"] = free_port()
     config["storage"]["data_dir"] = str(tmp_path / "data")
@@ -22,11 +23,14 @@ def test_demo_ct_round_trip(tmp_path, capsys, validate_dicom):
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
 
-    assert main(["demo", "--config", str(path), "--only", "ct", "--timeout", "600"]) == 0
+    assert main(["demo", "--config", str(path), "--timeout", "600"]) == 0
     out = capsys.readouterr().out
     assert "ct-lung-nodule via route ct-chest-lung-nodule (production): SUCCEEDED" in out
+    assert "dx-chest-report via route cxr-chest (production): SUCCEEDED" in out
+    assert "mr-vessel-wall via route mr-neck-vessel-wall (production): SUCCEEDED" in out
     assert "lung nodules detected" in out
-    assert "validator: PASS" in out
+    assert "Cardiothoracic ratio" in out
+    assert out.count("validator: PASS") == 3
     delivered = list((tmp_path / "results").rglob("*.dcm"))
-    assert len(delivered) == 3
+    assert len(delivered) == 9  # SEG, TID 1500 SR and text SR for each of the three studies
     assert all(str(p) in out for p in delivered)
