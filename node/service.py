@@ -22,6 +22,7 @@ from node.index import Index, recover_spool
 from node.jobs.executor import LocalExecutor
 from node.scp import StorageSCP
 from node.spool import Spool
+from node.status import StatusServer
 from routers.stage import RoutingStage
 
 LOGGER = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ def build_stages(config: NodeConfig) -> list[Stage]:
     # jobs and dispatch come last: results flow from the executor to the senders
     dispatcher = Dispatcher(config)
     stages += [dispatcher, LocalExecutor(config, on_results=dispatcher.wake)]
+    if config.http.port:
+        stages.append(StatusServer(config))
     return stages
 
 

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.dicom3tools
 def test_demo_round_trip_for_every_reference_plugin(tmp_path, capsys, validate_dicom):
     config = yaml.safe_load((REPO / "config" / "node.yaml").read_text())
     config["listener"]["port"] = free_port()
+    config["http"]["port"] = free_port()
     config["storage"]["data_dir"] = str(tmp_path / "data")
     config["routes_file"] = str(REPO / "config" / "routes.yaml")
     config["plugin_dirs"] = [str(REPO / "models" / "plugins")]
