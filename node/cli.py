@@ -12,6 +12,7 @@ import logging
 import sys
 
 from node import __version__
+from node.config import ConfigError
 
 COMMAND_MODULES = (
     "node.commands",
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"ainode: bad configuration: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ next poll. Output names UIDs and destinations, never patient names or IDs.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import load_node_config
 from node.db import connect
 from node.dispatch.outbox import OutboxRow, OutboxState, list_rows, retry_dead
 
@@ -29,14 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     retry.set_defaults(func=cmd_retry)
 
 
-def _config(args: argparse.Namespace) -> NodeConfig | None:
-    try:
-        return load_node_config(args.config)
-    except ConfigError as exc:
-        print(f"ainode: bad configuration: {exc}", file=sys.stderr)
-        return None
-
-
 def format_row(row: OutboxRow) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.sent_at)) if row.sent_at else "-"
     line = (
@@ -50,14 +42,9 @@ def format_row(row: OutboxRow) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return 2
-    conn = connect(config.storage.database_path)
-    try:
+    config = load_node_config(args.config)
+    with closing(connect(config.storage.database_path)) as conn:
         rows = list_rows(conn, config.storage.outputs_dir, OutboxState.DEAD if args.dead else None)
-    finally:
-        conn.close()
     if not rows:
         print("no dead-lettered deliveries" if args.dead else "the outbox is empty")
     for row in rows:
@@ -66,13 +53,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return 2
-    conn = connect(config.storage.database_path)
-    try:
+    config = load_node_config(args.config)
+    with closing(connect(config.storage.database_path)) as conn:
         count = retry_dead(conn)
-    finally:
-        conn.close()
     print(f"re-queued {count} dead-lettered deliver{'y' if count == 1 else 'ies'}")
     return 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import load_node_config
 from node.db import connect
 from node.jobs import table
 from node.jobs.table import Job, JobState
@@ -40,14 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cancel.set_defaults(func=cmd_cancel)
 
 
-def _config(args: argparse.Namespace) -> NodeConfig | None:
-    try:
-        return load_node_config(args.config)
-    except ConfigError as exc:
-        print(f"ainode: bad configuration: {exc}", file=sys.stderr)
-        return None
-
-
 def _when(epoch: float | None) -> str:
     return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
@@ -69,15 +62,10 @@ def format_job(job: Job) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return 2
-    conn = connect(config.storage.database_path)
-    try:
+    config = load_node_config(args.config)
+    with closing(connect(config.storage.database_path)) as conn:
         state = JobState(args.state) if args.state else None
         jobs = table.list_jobs(conn, state)
-    finally:
-        conn.close()
     if not jobs:
         print("no jobs" + (f" in state {state.value}" if state else ""))
     for job in jobs:
@@ -86,11 +74,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return 2
-    conn = connect(config.storage.database_path)
-    try:
+    config = load_node_config(args.config)
+    with closing(connect(config.storage.database_path)) as conn:
         if args.failed:
             count = table.retry_failed(conn)
             print(f"re-queued {count} failed job(s)")
@@ -99,25 +84,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"job {args.job_id} re-queued")
             return 0
         job = table.get_job(conn, args.job_id)
-    finally:
-        conn.close()
     reason = "does not exist" if job is None else f"is {job.state.value}, not FAILED or CANCELLED"
     print(f"ainode: job {args.job_id} {reason}", file=sys.stderr)
     return 1
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return 2
-    conn = connect(config.storage.database_path)
-    try:
+    config = load_node_config(args.config)
+    with closing(connect(config.storage.database_path)) as conn:
         if table.cancel(conn, args.job_id):
             print(f"job {args.job_id} cancelled")
             return 0
         job = table.get_job(conn, args.job_id)
-    finally:
-        conn.close()
     reason = "does not exist" if job is None else f"is already {job.state.value}"
     print(f"ainode: job {args.job_id} {reason}", file=sys.stderr)
     return 1
