@@ -1,9 +1,12 @@
 """Output building speed: SEG + TID 1500 SR of a 300-slice 512x512 CT (not a test).
 
 A chest CT of 300 single-frame 512x512 slices (headers only, as PluginInput carries them)
-with the findings of a lung-nodule plugin: 5 nodules (spheres of 4-12 px radius), each a
-segment and a finding with volume and diameter measurements and a qualitative evaluation,
-plus a study-level nodule count. Timed, in the same process, with rounds alternating:
+with the findings of a lung-nodule plugin. ``--case lungs`` (the default, what ct-lung-nodule
+reports): both lungs (ellipsoids over 90 % of the slices) and 11 nodules inside them, 13
+overlapping segments, 3,900 SEG frames; ``--case nodules``: 5 separate nodules (spheres of
+4-12 px radius), 1,500 frames. Each nodule is a finding with volume and diameter measurements
+and a qualitative evaluation, plus a study-level nodule count. Timed, in the same process,
+with rounds alternating:
 
 - ainode: ``build_outputs`` for SEG + SR, then both written to Part-10 bytes;
 - reference: the straightforward highdicom call for the SEG alone -- ``Segmentation`` with
@@ -12,7 +15,7 @@ plus a study-level nodule count. Timed, in the same process, with rounds alterna
 
 Printed: median seconds of both and their ratio; the target is ainode under 3 s.
 
-    python bench/outputs.py [--slices 300] [--rounds 3]
+    python bench/outputs.py [--slices 300] [--rounds 3] [--case lungs|nodules]
 """
 
 from __future__ import annotations

@@ -182,8 +182,18 @@ class _InlineMessages(_WakingQueue):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         context_id, message = item
-        if self.empty() and self._assoc.serves_inline(message, context_id):
-            self._assoc._serve_request(message, context_id)
+        assoc = self._assoc
+        # Never beside or ahead of a message the association thread holds: it serves under
+        # ``serving``, taken before it looks at the queue, so requests keep their order.
+        if (
+            self.empty()
+            and assoc.serves_inline(message, context_id)
+            and assoc.serving.acquire(blocking=False)
+        ):
+            try:
+                assoc._serve_request(message, context_id)
+            finally:
+                assoc.serving.release()
             return
         super().put(item, block, timeout)
 
@@ -198,6 +208,8 @@ class EventAssociation(Association):
         self.dul.to_user_queue = _WakingQueue(self.wake)
         self.dimse = FastResponseDIMSE(self)
         self.dimse.msg_queue = _InlineMessages(self)
+        #: Held while a DIMSE request is served, by whichever thread serves it.
+        self.serving = threading.Lock()
 
     def serves_inline(self, message: Any, context_id: Any) -> bool:
         """A request the DUL thread may serve itself: a valid C-STORE or C-ECHO on an
@@ -233,10 +245,11 @@ class EventAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
 
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, int(context_id or 0))
-                idle = False
+            with self.serving:
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg:
+                    self._serve_request(msg, int(context_id or 0))
+                    idle = False
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)

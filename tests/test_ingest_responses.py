@@ -22,6 +22,7 @@ def _pynetdicom_bytes(primitive: C_STORE | C_ECHO) -> bytes:
 
 def _store_response(**fields: object) -> C_STORE:
     primitive = C_STORE()
+    primitive.MessageID = 7  # pynetdicom's storage SCP sets it; responses do not carry it
     primitive.MessageIDBeingRespondedTo = 7
     primitive.AffectedSOPClassUID = CTImageStorage
     for name, value in fields.items():

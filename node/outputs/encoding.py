@@ -29,6 +29,7 @@ _ITEM = b"\xfe\xff\x00\xe0"
 _ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
+_INTEGER_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV"})
 
 
 class _NotEncodable(Exception):
@@ -40,6 +41,8 @@ class _Encoder:
 
     def __init__(self) -> None:
         self._items: dict[int, bytes] = {}
+        # integer elements repeat across frames (e.g. Referenced Segment Number)
+        self._integers: dict[tuple[object, ...], bytes] = {}
 
     def item(self, item: Dataset, encodings: object) -> bytes:
         cached = self._items.get(id(item))
@@ -67,10 +70,19 @@ class _Encoder:
         if element.is_raw or len(element.VR) != 2:
             raise _NotEncodable(element.tag)
         if element.VR != "SQ":
+            key = None
+            if element.VR in _INTEGER_VRS and type(element.value) is int:
+                key = (element.tag, element.VR, element.value)
+                cached = self._integers.get(key)
+                if cached is not None:
+                    return cached
             buffer = DicomBytesIO()
             buffer.is_little_endian, buffer.is_implicit_VR = True, False
             write_data_element(buffer, element, encodings)  # type: ignore[arg-type]
-            return buffer.getvalue()
+            encoded = buffer.getvalue()
+            if key is not None:
+                self._integers[key] = encoded
+            return encoded
         value = self.sequence(element.value, encodings)
         tag = struct.pack("<HH", element.tag.group, element.tag.element) + b"SQ\x00\x00"
         if element.is_undefined_length:

@@ -224,6 +224,14 @@ def _binary(mask: np.ndarray) -> np.ndarray:
     return mask if mask.dtype == np.bool_ else mask >= 0.5
 
 
+def nonempty_frames(mask: np.ndarray) -> np.ndarray:
+    """Indices of the frames a (frames, rows, columns) mask has any pixel on (>= 0.5)."""
+    flat = np.ascontiguousarray(_binary(mask)).reshape(mask.shape[0], -1)
+    if flat.shape[1] % 8 == 0:
+        flat = flat.view(np.uint64)  # 8 pixels per test: all-zero bytes mean an empty frame
+    return np.flatnonzero(flat.any(axis=1))
+
+
 def _source_order(masks: Sequence[np.ndarray], layout: SourceLayout) -> list[np.ndarray]:
     """The masks with their frames in source order (empty where the plugin had no frame)."""
     order = np.asarray(layout.frame_order)
@@ -300,8 +308,7 @@ class PackedSegments:
         self._frames: list[dict[int, np.ndarray]] = []
         for mask in masks:
             flat = np.ascontiguousarray(mask).reshape(frames, rows * columns)
-            # a frame is empty when all its bytes are: test 8 pixels per uint64
-            filled = np.flatnonzero(flat.view(np.uint64).any(axis=1))
+            filled = nonempty_frames(mask)
             packed = np.packbits(flat[filled], axis=1, bitorder="little")
             by_input = dict(zip(filled.tolist(), packed, strict=True))
             self._frames.append(
@@ -332,6 +339,11 @@ class PackedSegments:
                     if np.bitwise_and(first[position], second[position]).any():
                         return True
         return False
+
+
+# the highdicom (0.28) hooks _PrepackedSegmentation replaces; without them, highdicom's own path
+_PIXEL_HOOKS = ("_check_and_cast_pixel_array", "_get_segment_pixel_array", "_encode_pixels_native")
+_PACKED_PATH = all(callable(getattr(hd.seg.Segmentation, name, None)) for name in _PIXEL_HOOKS)
 
 
 class _PrepackedSegmentation(hd.seg.Segmentation):
@@ -379,7 +391,7 @@ class _PrepackedSegmentation(hd.seg.Segmentation):
         )
 
     def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
-        if isinstance(self._pixels_in, PackedSegments):
+        if isinstance(getattr(self, "_pixels_in", None), PackedSegments):
             return planes.tobytes()
         return super()._encode_pixels_native(planes)
 
@@ -450,7 +462,7 @@ def build_segmentation(
         for number, segment in enumerate(findings.segments, 1)
     ]
     pixels: np.ndarray | PackedSegments
-    if not fractional and PackedSegments.packable(shape):
+    if _PACKED_PATH and not fractional and PackedSegments.packable(shape):
         pixels = PackedSegments([_binary(s.mask) for s in findings.segments], layout.frame_order)
     else:
         pixels = segmentation_pixels(findings.segments, layout, fractional)

@@ -29,7 +29,7 @@ from models.api import Finding, Findings, Measurement, PluginInput, QualitativeE
 from node.config import OutputKind
 from node.outputs.context import OutputContext, PredecessorDocument
 from node.outputs.identity import copy_identity, prepared_header
-from node.outputs.seg import MANUFACTURER, segment_numbers
+from node.outputs.seg import MANUFACTURER, nonempty_frames, segment_numbers
 from node.outputs.uids import ResultUids, device_observer_uid
 
 # Procedure reported when the context names none: the modality's "unspecified body region".
@@ -101,7 +101,7 @@ def _by_instance(source: PluginInput, indices: Sequence[int]) -> dict[tuple[str,
 
 def _touched(mask: np.ndarray) -> np.ndarray:
     """Indices of the input frames a mask has any pixel on."""
-    return np.flatnonzero((mask if mask.dtype == np.bool_ else mask >= 0.5).any(axis=(1, 2)))
+    return nonempty_frames(mask)
 
 
 def _source_images(
