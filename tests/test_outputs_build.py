@@ -13,7 +13,15 @@ import pytest
 from outputs_support import full_findings, sphere_mask, write_synthetic_ct
 from pydicom.sr.codedict import codes
 
-from models.api import AlgorithmIdentification, Findings, PluginInput, Segment, SourceFrame
+from models.api import (
+    AlgorithmIdentification,
+    Code,
+    Findings,
+    Measurement,
+    PluginInput,
+    Segment,
+    SourceFrame,
+)
 from models.loading import load_plugin_input
 from node.config import OutputKind, OutputsConfig
 from node.outputs import (
@@ -470,3 +478,16 @@ def test_report_only_findings_give_a_text_sr_and_nothing_else(ct_input):
     )
     results = build_outputs(findings, ct_input, context())
     assert [result.kind for result in results] == [OutputKind.TEXT_SR]
+
+
+def test_local_coding_schemes_are_identified_in_the_report(ct_input, tmp_path):
+    """A plugin's private code (no standard one exists for the cardiothoracic ratio) is named
+    in the SR's Coding Scheme Identification Sequence; standard schemes are not listed."""
+    ratio = Code("CTR", "99AINODE", "Cardiothoracic ratio")
+    findings = Findings(
+        algorithm=AlgorithmIdentification("test-plugin", "1.2.0"),
+        study_measurements=(Measurement(ratio, 0.45, Code("{ratio}", "UCUM", "ratio")),),
+    )
+    (report,) = build_outputs(findings, ct_input, context(outputs=(OutputKind.SR,)))
+    listed = written(report, tmp_path).CodingSchemeIdentificationSequence
+    assert [item.CodingSchemeDesignator for item in listed] == ["99AINODE"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from models.api import Findings, PluginInput
 from node.config import OutputKind
@@ -16,6 +17,8 @@ from node.outputs.encoding import preencode_frame_groups
 from node.outputs.seg import build_segmentation
 from node.outputs.sr import build_measurement_report
 from node.outputs.text_sr import build_text_report
+
+CODING_SCHEME_DESIGNATOR = Tag("CodingSchemeDesignator")
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,12 @@ def _build(
         results.append(ResultInstance.of(OutputKind.SEG, segmentation))
     if context.wants(OutputKind.SR) and _has_measurement_groups(findings):
         report = build_measurement_report(findings, source, context, segmentation)
+        identify_local_coding_schemes(report)
         results.append(ResultInstance.of(OutputKind.SR, report))
     if context.wants(OutputKind.TEXT_SR) and findings.report is not None:
-        results.append(
-            ResultInstance.of(OutputKind.TEXT_SR, build_text_report(findings, source, context))
-        )
+        text_report = build_text_report(findings, source, context)
+        identify_local_coding_schemes(text_report)
+        results.append(ResultInstance.of(OutputKind.TEXT_SR, text_report))
     if context.wants(OutputKind.BURNED_IN_SC) and findings.segments:
         results.extend(
             ResultInstance.of(OutputKind.BURNED_IN_SC, dataset)
@@ -94,6 +98,29 @@ def _build(
         # bytes instead of pydicom encoding 3,900 nested items (same bytes either way)
         preencode_frame_groups(segmentation)
     return tuple(results)
+
+
+def identify_local_coding_schemes(dataset: Dataset) -> None:
+    """Name every local ("99…") coding scheme a report's codes use in the Coding Scheme
+    Identification Sequence, which the SOP Common module requires (Type 1C) once a private
+    scheme appears, so a reader can tell whose codes they are."""
+    local = sorted(
+        {
+            str(element.value)
+            for element in dataset.iterall()
+            if element.tag == CODING_SCHEME_DESIGNATOR and str(element.value).startswith("99")
+        }
+    )
+    if not local:
+        return
+    items = []
+    for designator in local:
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        item.CodingSchemeName = f"{designator} local codes of ainode and its plugins"
+        item.CodingSchemeResponsibleOrganization = "ainode"
+        items.append(item)
+    dataset.CodingSchemeIdentificationSequence = items
 
 
 def _has_measurement_groups(findings: Findings) -> bool:
