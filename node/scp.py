@@ -185,10 +185,13 @@ class StorageSCP:
             self._index.mark_released(finished, time.time())
 
     def _on_closed(self, event: evt.Event) -> None:
-        # pynetdicom may report the closed connection before the release: whichever event
-        # comes first claims the deliveries, and a close after a clean release is a release.
-        finished = self._forget(event.assoc)
-        if finished and event.assoc.is_released:
+        # pynetdicom sends the A-RELEASE-RP before it sets ``is_released``, so the peer's
+        # close can be reported first: whichever event comes first claims the deliveries, and
+        # a close after our release response (``_sent_release`` is set before it is sent) is
+        # a release.
+        assoc = event.assoc
+        finished = self._forget(assoc)
+        if finished and (assoc.is_released or getattr(assoc, "_sent_release", False)):
             self._index.mark_released(finished, time.time())
 
     def _forget(self, assoc: Association) -> list[str]:

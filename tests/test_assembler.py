@@ -190,3 +190,30 @@ def test_pending_study_becomes_stable_on_schedule_after_kill_9(tmp_path: Path) -
         (1, 5),
         (2, 5),
     ]
+
+
+def test_every_released_association_marks_its_study_released(tmp_path: Path) -> None:
+    """pynetdicom may report the peer's close before its own release event; either order
+    must record the release, or the study waits out the whole quiet timer instead."""
+    node = start_node(tmp_path / "node", stability={"stable_after_s": 600, "after_release_s": 0})
+    try:
+        peer = Peer("AINODE", "127.0.0.1", node.port)
+        for number in range(100):
+            files = make_instances(tmp_path / f"study-{number}", 1)
+            assert send(files, peer, calling_ae="STORESCU").ok
+        conn = sqlite3.connect(node.database)
+        try:
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT COUNT(*) FROM studies WHERE released_at IS NOT NULL"
+                    ).fetchone()[0]
+                    == 100
+                ),
+                timeout=20,
+                what="all 100 released studies to be marked released",
+            )
+        finally:
+            conn.close()
+    finally:
+        stop_node(node)
