@@ -19,6 +19,7 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 
 from node.config import DicomDestination, FolderDestination, NodeConfig
 from node.db import connect
@@ -74,6 +75,14 @@ class Blackhole:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture(autouse=True)
+def restricted_storage(monkeypatch):
+    """The peers here must refuse what they do not list. ``node.scp``, imported by other test
+    modules of the same run, makes pynetdicom accept every storage class process-wide (right
+    for the node, wrong for a peer that is meant to be picky)."""
+    monkeypatch.setattr(pynetdicom_config, "UNRESTRICTED_STORAGE_SERVICE", False)
 
 
 @pytest.fixture

@@ -37,6 +37,15 @@ from models.runtime import PluginError, PluginHost, PluginTimeout
 
 PACKAGE = "idna"  # small and pure Python; the venv gets a version other than ours
 
+
+def _our_version() -> str | None:
+    """PACKAGE's version in the node's own environment; None where it is not installed."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 REPORTER = """
     import os, sys, time
     from pathlib import Path
@@ -73,7 +82,7 @@ REPORTER = """
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A throw-away venv over our site-packages holding another version of PACKAGE."""
-    ours = importlib.metadata.version(PACKAGE)
+    ours = _our_version()
     folder = tmp_path_factory.mktemp("vendor-venv")
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(folder)],
@@ -100,7 +109,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             "install",
             "--quiet",
             "--no-deps",
-            f"{PACKAGE}!={ours}",
+            f"{PACKAGE}!={ours}" if ours else PACKAGE,
         ],
         capture_output=True,
         text=True,
@@ -158,7 +167,7 @@ def test_an_isolated_plugin_sees_its_own_interpreter_and_package_version(
         host.close()
     assert findings.report.findings == str(python)
     assert findings.report.impression == f"idna {theirs} attempt 1"
-    assert theirs != importlib.metadata.version(PACKAGE)
+    assert theirs != _our_version()
 
 
 def test_a_worker_killed_mid_job_is_restarted_and_the_job_retried(
