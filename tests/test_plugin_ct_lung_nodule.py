@@ -8,15 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
+from plugin_support import loaded_plugin, phantom_order
 from pydicom.sr.codedict import codes
 
-from models.api import Device, Findings, PluginInput
+from models.api import Findings, PluginInput
 from models.loading import load_plugin_input
 from models.manifest import Severity, check_manifest, load_manifest
 from models.phantoms.chest_ct import ChestCT, ChestCTSpec, NoduleKind, write_chest_ct
-from models.runners.python import instantiate
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "ct_lung_nodule"
 MATCH_DISTANCE_MM = 3.0
@@ -24,9 +23,7 @@ MATCH_DISTANCE_MM = 3.0
 
 @pytest.fixture(scope="module")
 def plugin():
-    instance = instantiate(load_manifest(PLUGIN_DIR))
-    instance.load(Device())
-    return instance
+    return loaded_plugin("ct_lung_nodule")
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +39,6 @@ def series(written) -> PluginInput:
 @pytest.fixture(scope="module")
 def findings(plugin, series) -> Findings:
     return plugin.run(series)
-
-
-def phantom_order(series: PluginInput, paths: list[Path]) -> list[int]:
-    """Phantom slice index of each loaded frame (the loader may reverse the z order)."""
-    index = {
-        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: i for i, p in enumerate(paths)
-    }
-    return [index[source.sop_instance_uid] for source in series.sources]
 
 
 def measurement(finding, meaning: str) -> float:

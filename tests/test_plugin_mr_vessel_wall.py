@@ -11,17 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
+from plugin_support import loaded_plugin, phantom_order
 from pydicom.sr.codedict import codes
 
-from models.api import Device, Findings, PluginInput
+from models.api import Findings, PluginInput
 from models.devices import GpuSlots
 from models.loading import load_plugin_input
 from models.manifest import Severity, check_manifest, load_manifest
 from models.phantoms.neck_mr import CarotidSide, NeckMR, NeckMRSpec, write_neck_mr
-from models.runners.python import instantiate
 from models.runtime import PluginHost, catalog_of
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "mr_vessel_wall"
@@ -29,9 +28,7 @@ PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "mr
 
 @pytest.fixture(scope="module")
 def plugin():
-    instance = instantiate(load_manifest(PLUGIN_DIR))
-    instance.load(Device())
-    return instance
+    return loaded_plugin("mr_vessel_wall")
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +44,6 @@ def series(written) -> PluginInput:
 @pytest.fixture(scope="module")
 def findings(plugin, series) -> Findings:
     return plugin.run(series)
-
-
-def phantom_order(series: PluginInput, paths: list[Path]) -> list[int]:
-    index = {
-        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: i for i, p in enumerate(paths)
-    }
-    return [index[source.sop_instance_uid] for source in series.sources]
 
 
 def measured(findings: Findings, tracking_id: str, meaning: str) -> float:
