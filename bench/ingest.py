@@ -30,15 +30,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from ingest_support import make_instances  # noqa: E402  (the suite's fast series writer)
+
 # DCMTK 3.6.7 leaves Nagle on unless told; both receivers get the same senders.
 ENV = dict(os.environ, TCP_NODELAY="1")
 
@@ -54,51 +53,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_series(folder: Path, count: int, size: int) -> list[Path]:
-    """``count`` CT instances of ``size``x``size``: one pydicom template, UIDs patched in."""
-    folder.mkdir(parents=True)
-    root = generate_uid(prefix=None)[:40]
-    placeholder = f"{root}.{'9' * 9}"
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = placeholder
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "BENCH"
-    ds.Modality = "CT"
-    ds.BodyPartExamined = "CHEST"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.InstanceNumber = "99999999"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = ["0", "0", "88888888.88"]
-    ds.SliceThickness = "1"
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = size
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    rng = np.random.default_rng(0)
-    ds.PixelData = rng.integers(-1000, 2000, size * size, dtype=np.int16).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = placeholder
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    template = buffer.getvalue()
-    paths = []
-    for number in range(1, count + 1):
-        data = template.replace(placeholder.encode(), f"{root}.{10**8 + number}".encode())
-        data = data.replace(b"99999999", f"{number:08d}".encode())
-        data = data.replace(b"88888888.88", f"{float(number):011.2f}".encode())
-        path = folder / f"{number:06d}.dcm"
-        path.write_bytes(data)
-        paths.append(path)
-    return paths
 
 
 @dataclass
@@ -282,7 +236,7 @@ def main() -> int:
                 best_stats: dict[str, dict[str, dict[str, float]]] = {}
                 for round_number in range(args.rounds):  # interleaved: every receiver
                     folder = work / f"in-{size}-{associations}-{round_number}"
-                    files = make_series(folder, count, size)
+                    files = make_instances(folder, count, size=size)
                     megabytes = sum(p.stat().st_size for p in files) / 1e6
                     for server in servers:
                         seconds = send(server, files, associations)
