@@ -14,6 +14,7 @@ patient, study, series, equipment and SOP Common attributes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -315,19 +316,8 @@ def write_ct_series(
     if series.modality is not Modality.CT:
         raise ValueError(f"write_ct_series needs a CT SeriesIdentity, got {series.modality}")
     acquisition = acquisition or CTAcquisition()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stored = np.clip(np.rint(hounsfield) + _CT_HU_OFFSET, -32768, 32767).astype(np.int16)
-    paths = []
-    for index, frame in enumerate(stored):
-        ds = identity_dataset(
-            study,
-            series,
-            CTImageStorage,
-            derived_uid(series.uid_seed or series.series_instance_uid, "instance", index),
-            index + 1,
-        )
-        ds.AcquisitionNumber = 1
+
+    def ct_attributes(ds: Dataset) -> None:
         ds.KVP = acquisition.kvp
         ds.ExposureTime = 500
         ds.XRayTubeCurrent = int(acquisition.exposure_mas * 2)
@@ -336,11 +326,11 @@ def write_ct_series(
         ds.GantryDetectorTilt = 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -_CT_HU_OFFSET, 1, "HU"
         ds.WindowCenter, ds.WindowWidth = acquisition.window_center, acquisition.window_width
-        _plane_and_pixel(ds, geometry, index, frame, signed=True)
-        path = directory / f"CT{index + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+
+    stored = np.clip(np.rint(hounsfield) + _CT_HU_OFFSET, -32768, 32767).astype(np.int16)
+    return _write_slices(
+        directory, stored, geometry, study, series, CTImageStorage, "CT", ct_attributes
+    )
 
 
 def write_mr_series(
@@ -356,19 +346,8 @@ def write_mr_series(
     if series.modality is not Modality.MR:
         raise ValueError(f"write_mr_series needs an MR SeriesIdentity, got {series.modality}")
     acquisition = acquisition or MRAcquisition()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stored = np.clip(np.rint(intensities), 0, 65535).astype(np.uint16)
-    paths = []
-    for index, frame in enumerate(stored):
-        ds = identity_dataset(
-            study,
-            series,
-            MRImageStorage,
-            derived_uid(series.uid_seed or series.series_instance_uid, "instance", index),
-            index + 1,
-        )
-        ds.AcquisitionNumber = 1
+
+    def mr_attributes(ds: Dataset) -> None:
         ds.ScanningSequence = list(acquisition.scanning_sequence)
         ds.SequenceVariant = list(acquisition.sequence_variant)
         ds.ScanOptions = list(acquisition.scan_options)
@@ -382,8 +361,39 @@ def write_mr_series(
         ds.ImagedNucleus = "1H"
         ds.MagneticFieldStrength = acquisition.magnetic_field_strength_t
         ds.WindowCenter, ds.WindowWidth = acquisition.window_center, acquisition.window_width
-        _plane_and_pixel(ds, geometry, index, frame, signed=False)
-        path = directory / f"MR{index + 1:04d}.dcm"
+
+    stored = np.clip(np.rint(intensities), 0, 65535).astype(np.uint16)
+    return _write_slices(
+        directory, stored, geometry, study, series, MRImageStorage, "MR", mr_attributes
+    )
+
+
+def _write_slices(
+    directory: Path,
+    stored: np.ndarray,
+    geometry: SliceGeometry,
+    study: StudyIdentity,
+    series: SeriesIdentity,
+    sop_class_uid: str,
+    prefix: str,
+    modality_attributes: Callable[[Dataset], None],
+) -> list[Path]:
+    """One file per slice of ``stored`` (already in its stored integer type); paths in order."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, frame in enumerate(stored):
+        ds = identity_dataset(
+            study,
+            series,
+            sop_class_uid,
+            derived_uid(series.uid_seed or series.series_instance_uid, "instance", index),
+            index + 1,
+        )
+        ds.AcquisitionNumber = 1
+        modality_attributes(ds)
+        _plane_and_pixel(ds, geometry, index, frame, signed=stored.dtype == np.int16)
+        path = directory / f"{prefix}{index + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
