@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from models.discovery import available_plugins
 from node.config import ConfigError, NodeConfig
 from routers.bodypart import BodyPartTable, Region
 from routers.conditions import compile_when, suggest
@@ -443,20 +444,6 @@ def destination_flags(config: NodeConfig) -> dict[str, bool]:
     return {name: bool(dest.shadow) for name, dest in config.destinations.items()}
 
 
-def installed_plugins(config: NodeConfig) -> dict[str, tuple[str, ...]] | None:
-    """Installed plugin name -> versions, or None when plugin discovery is not available."""
-    try:
-        from models.discovery import available_plugins
-    except ImportError:
-        logger.warning("plugin discovery unavailable: plugin names in routes are not checked")
-        return None
-    return {
-        name: tuple(versions) for name, versions in available_plugins(config.plugin_dirs).items()
-    }
-
-
-def load_for_node(config: NodeConfig) -> RouteTable:
-    """The node's route table, checked against its plugins and destinations."""
-    return load_route_table(
-        config.routes_file, installed_plugins(config), destination_flags(config)
-    )
+def installed_plugins(config: NodeConfig) -> dict[str, tuple[str, ...]]:
+    """Installed plugin name -> versions, from node.yaml's plugin folders and entry points."""
+    return available_plugins(config.plugin_dirs)
