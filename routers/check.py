@@ -8,7 +8,6 @@ node.yaml destinations, and that a shadow route never sends to a production dest
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from routers.conditions import compile_when, suggest
 from routers.matcher import Route, RouteTable
 from routers.schema import BodyPartEntry, Mode, Problem, RouteSpec
 from routers.selection import SeriesCriteria
-
-logger = logging.getLogger(__name__)
 
 DataPath = tuple[str | int, ...]  # keys and list indexes from the file's root
 
