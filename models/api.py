@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -147,6 +148,20 @@ class Segment:
             raise ValueError(
                 f"segment {self.key!r}: mask must be bool or float in [0, 1], got {self.mask.dtype}"
             )
+
+    @cached_property
+    def binary(self) -> np.ndarray:
+        """The mask as bool (a float mask is on where >= 0.5)."""
+        return self.mask if self.mask.dtype == np.bool_ else self.mask >= 0.5
+
+    @cached_property
+    def frames_present(self) -> np.ndarray:
+        """Indices of the frames the mask is on anywhere, found once: the SEG, the SR and the
+        report each ask, and a nodule's mask is empty on almost every frame."""
+        flat = np.ascontiguousarray(self.binary).reshape(self.mask.shape[0], -1)
+        if flat.shape[1] % 8 == 0:
+            flat = flat.view(np.uint64)  # 8 pixels per test: all-zero bytes mean an empty frame
+        return np.flatnonzero(flat.any(axis=1))
 
 
 @dataclass(frozen=True)

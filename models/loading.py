@@ -27,7 +27,7 @@ import pydicom
 from highdicom.spatial import get_volume_positions
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, pixel_array
 
 from models.api import PluginInput, SourceFrame
 
@@ -65,8 +65,14 @@ def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise SeriesLoadError(f"{path.name}: instance {ds.SOPInstanceUID} has no pixel data")
+    # Uncompressed frames whose stored bits fill their allocation need no correction: a
+    # read-only view on the file's bytes, so each frame is copied once (into the series
+    # array) instead of twice. Fresh memory is what a large series mostly pays for.
+    view = not _transfer_syntax(ds).is_encapsulated and ds.get("BitsStored") == ds.get(
+        "BitsAllocated"
+    )
     try:
-        return ds.pixel_array
+        return pixel_array(ds, view_only=view)
     except Exception as exc:
         syntax = _transfer_syntax(ds)
         name = syntax.name if syntax else "unknown transfer syntax"

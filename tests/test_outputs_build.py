@@ -386,8 +386,14 @@ def test_overlapping_segments_are_kept_apart(ct_input):
     )
     dataset = build_outputs(findings, ct_input, context(outputs=(OutputKind.SEG,)))[0].dataset
     assert dataset.SegmentsOverlap == "YES"
+    sources = [s.sop_instance_uid for s in ct_input.sources]
+    # the built SEG builds highdicom's query tables on its first query, not before
+    assert "_db_con" not in dataset.__dict__
+    direct = dataset.get_pixels_by_source_instance(sources)
+    assert "_db_con" in dataset.__dict__
     seg = hd.seg.Segmentation.from_dataset(dataset)
-    values = seg.get_pixels_by_source_instance([s.sop_instance_uid for s in ct_input.sources])
+    values = seg.get_pixels_by_source_instance(sources)
+    np.testing.assert_array_equal(values, direct)
     np.testing.assert_array_equal(values[..., 0].astype(bool), big)
     np.testing.assert_array_equal(values[..., 1].astype(bool), small)
 

@@ -220,18 +220,6 @@ def check_distinct_positions(layout: SourceLayout) -> None:
         seen[rounded] = number
 
 
-def _binary(mask: np.ndarray) -> np.ndarray:
-    return mask if mask.dtype == np.bool_ else mask >= 0.5
-
-
-def nonempty_frames(mask: np.ndarray) -> np.ndarray:
-    """Indices of the frames a (frames, rows, columns) mask has any pixel on (>= 0.5)."""
-    flat = np.ascontiguousarray(_binary(mask)).reshape(mask.shape[0], -1)
-    if flat.shape[1] % 8 == 0:
-        flat = flat.view(np.uint64)  # 8 pixels per test: all-zero bytes mean an empty frame
-    return np.flatnonzero(flat.any(axis=1))
-
-
 def _source_order(masks: Sequence[np.ndarray], layout: SourceLayout) -> list[np.ndarray]:
     """The masks with their frames in source order (empty where the plugin had no frame)."""
     order = np.asarray(layout.frame_order)
@@ -261,7 +249,7 @@ def segmentation_pixels(
     if fractional:
         masks = _source_order([np.clip(s.mask, 0.0, 1.0) for s in segments], layout)
         return np.stack(masks, axis=-1).astype(np.float32, copy=False)
-    masks = _source_order([_binary(s.mask) for s in segments], layout)
+    masks = _source_order([s.binary for s in segments], layout)
     if len(masks) < 256:
         labels = np.zeros(masks[0].shape, np.uint8)
         painted = 0
@@ -307,10 +295,12 @@ class PackedSegments:
         self._empty = np.zeros(rows * columns // 8, np.uint8)
         self._frames: list[dict[int, np.ndarray]] = []
         for mask in masks:
+            # one pass over the mask: pack every frame, then find the non-empty frames in
+            # the packed bytes (an eighth of the size) rather than in the mask itself
             flat = np.ascontiguousarray(mask).reshape(frames, rows * columns)
-            filled = nonempty_frames(mask)
-            packed = np.packbits(flat[filled], axis=1, bitorder="little")
-            by_input = dict(zip(filled.tolist(), packed, strict=True))
+            packed = np.packbits(flat, axis=1, bitorder="little")
+            filled = np.flatnonzero(packed.view(np.uint64).any(axis=1))
+            by_input = dict(zip(filled.tolist(), packed[filled], strict=True))
             self._frames.append(
                 {
                     position: by_input[frame]
@@ -344,6 +334,17 @@ class PackedSegments:
 # the highdicom (0.28) hooks _PrepackedSegmentation replaces; without them, highdicom's own path
 _PIXEL_HOOKS = ("_check_and_cast_pixel_array", "_get_segment_pixel_array", "_encode_pixels_native")
 _PACKED_PATH = all(callable(getattr(hd.seg.Segmentation, name, None)) for name in _PIXEL_HOOKS)
+# what highdicom's ``_build_luts`` sets (besides the coordinate system its constructor sets)
+_LUT_ATTRIBUTES = frozenset(
+    {
+        "_db_con",
+        "_dim_ind_col_names",
+        "_dim_ind_pointers",
+        "_file_reader",
+        "_is_tiled_full",
+        "_missing_reference_instances",
+    }
+)
 
 
 class _PrepackedSegmentation(hd.seg.Segmentation):
@@ -404,6 +405,27 @@ class _PrepackedSegmentation(hd.seg.Segmentation):
         finally:
             object.__delattr__(self, "_pixels_in")
 
+    def _build_luts(self) -> None:
+        """Defer highdicom's query tables (an in-memory SQLite of every frame, 0.2 s for
+        3,900 frames) to their first use: the node writes the SEG it builds and never reads
+        it back, but a caller that queries it still gets them."""
+        object.__setattr__(self, "_luts_pending", True)
+
+    def _ensure_luts(self) -> None:
+        if self.__dict__.get("_luts_pending"):
+            object.__setattr__(self, "_luts_pending", False)
+            super()._build_luts()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _LUT_ATTRIBUTES and self.__dict__.get("_luts_pending"):
+            self._ensure_luts()
+            return object.__getattribute__(self, name)
+        return super().__getattr__(name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._ensure_luts()  # highdicom's pickling (and so deepcopy) serialises the tables
+        return super().__getstate__()
+
 
 def _projection_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
     """Geometry of a SEG over a projection image (no patient frame of reference).
@@ -463,7 +485,7 @@ def build_segmentation(
     ]
     pixels: np.ndarray | PackedSegments
     if _PACKED_PATH and not fractional and PackedSegments.packable(shape):
-        pixels = PackedSegments([_binary(s.mask) for s in findings.segments], layout.frame_order)
+        pixels = PackedSegments([s.binary for s in findings.segments], layout.frame_order)
     else:
         pixels = segmentation_pixels(findings.segments, layout, fractional)
     description = (

@@ -20,16 +20,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.api import Finding, Findings, Measurement, PluginInput, QualitativeEvaluation
+from models.api import (
+    Finding,
+    Findings,
+    Measurement,
+    PluginInput,
+    QualitativeEvaluation,
+    Segment,
+)
 from node.config import OutputKind
 from node.outputs.context import OutputContext, PredecessorDocument
 from node.outputs.identity import copy_identity, prepared_header
-from node.outputs.seg import MANUFACTURER, nonempty_frames, segment_numbers
+from node.outputs.seg import MANUFACTURER, segment_numbers
 from node.outputs.uids import ResultUids, device_observer_uid
 
 # Procedure reported when the context names none: the modality's "unspecified body region".
@@ -99,11 +105,6 @@ def _by_instance(source: PluginInput, indices: Sequence[int]) -> dict[tuple[str,
     return frames
 
 
-def _touched(mask: np.ndarray) -> np.ndarray:
-    """Indices of the input frames a mask has any pixel on."""
-    return nonempty_frames(mask)
-
-
 def _source_images(
     source: PluginInput, indices: Sequence[int] | None = None
 ) -> list[hd.sr.SourceImageForMeasurementGroup]:
@@ -121,7 +122,7 @@ def _source_images(
 
 
 def _referenced_segment(
-    segmentation: Dataset, number: int, mask: np.ndarray, source: PluginInput
+    segmentation: Dataset, number: int, segment: Segment, source: PluginInput
 ) -> hd.sr.ReferencedSegment:
     """The SEG segment with the source images it lies on (the source series when empty).
 
@@ -130,7 +131,7 @@ def _referenced_segment(
     No frame numbers on the SEG reference itself: the Image Reference Macro allows a
     segment number or frame numbers, not both.
     """
-    touched = _touched(mask)
+    touched = segment.frames_present
     if len(touched) == 0:
         return hd.sr.ReferencedSegment(
             sop_class_uid=segmentation.SOPClassUID,
@@ -179,7 +180,7 @@ def _finding_group(
         )
     segment = findings.segment(finding.segment_key)
     if segmentation is None:  # no SEG is made (not asked for): name the images it lies on
-        touched = _touched(segment.mask)
+        touched = segment.frames_present
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=_source_images(source, touched if len(touched) else None),
             finding_category=segment.category,
@@ -187,7 +188,7 @@ def _finding_group(
         )
     number = segment_numbers(findings)[finding.segment_key]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        referenced_segment=_referenced_segment(segmentation, number, segment.mask, source),
+        referenced_segment=_referenced_segment(segmentation, number, segment, source),
         finding_category=segment.category,
         **common,
     )

@@ -11,11 +11,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from models.api import Findings, PluginInput, SourceFrame
+from models.api import Findings, PluginInput, Segment, SourceFrame
 from node.config import OutputKind
 from node.outputs.context import OutputContext
 from node.outputs.identity import copy_identity, prepared_header
-from node.outputs.seg import MANUFACTURER, nonempty_frames
+from node.outputs.seg import MANUFACTURER
 from node.outputs.uids import ResultUids
 
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
@@ -25,19 +25,18 @@ def key_frames(findings: Findings, source: PluginInput) -> list[SourceFrame]:
     """One frame per non-empty segment (largest area), else the first frame; no repeats."""
     chosen: list[int] = []
     for segment in findings.segments:
-        largest = _largest_frame(segment.mask)
+        largest = _largest_frame(segment)
         if largest is not None and largest not in chosen:
             chosen.append(largest)
     return [source.sources[i] for i in (chosen or [0])]
 
 
-def _largest_frame(mask: np.ndarray) -> int | None:
+def _largest_frame(segment: Segment) -> int | None:
     """The first of the frames with the most mask pixels, None for an empty mask (only the
     frames with any pixel are counted: a nodule touches a few of hundreds)."""
-    binary = mask >= 0.5 if mask.dtype != np.bool_ else mask
     largest, largest_area = None, 0
-    for index in nonempty_frames(binary):
-        area = np.count_nonzero(binary[index])
+    for index in segment.frames_present:
+        area = np.count_nonzero(segment.binary[index])
         if area > largest_area:
             largest, largest_area = int(index), area
     return largest
