@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 from pipeline_rows import secondary_capture
+from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from runtime_support import write_plugin
 
 from node.config import NodeConfig, OutputKind
 from node.jobs.work import WorkItem
-from node.jobs.worker import PipelineRunner
+from node.jobs.worker import PipelineRunner, write_atomically
+from node.outputs import ResultInstance
 
 BROKEN = """
     class Broken:
@@ -108,3 +110,32 @@ def test_model_file_that_changed_fails_for_good(tmp_path):
     )
     assert not result.ok and not result.retryable
     assert "sha256 mismatch" in result.error and "weights.onnx" in result.error
+
+
+def _result(kind: OutputKind, seed: int) -> ResultInstance:
+    return ResultInstance.of(kind, secondary_capture(generate_uid(), generate_uid(), seed))
+
+
+def test_results_are_written_whole_and_replace_the_old_files(tmp_path):
+    first = [(_result(OutputKind.SEG, 1), tmp_path / "seg.dcm")]
+    write_atomically(first)
+    replacement = _result(OutputKind.SEG, 2)
+    write_atomically(
+        [(replacement, tmp_path / "seg.dcm"), (_result(OutputKind.SR, 3), tmp_path / "sr.dcm")]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm", "sr.dcm"]  # no temp file
+    assert dcmread(tmp_path / "seg.dcm").SOPInstanceUID == replacement.sop_instance_uid
+
+
+def test_a_builder_failing_midway_leaves_the_old_files_and_no_temp_file(tmp_path):
+    old = _result(OutputKind.SEG, 1)
+    write_atomically([(old, tmp_path / "seg.dcm")])
+
+    def built():
+        yield _result(OutputKind.SEG, 2), tmp_path / "seg.dcm"  # written while the SR builds
+        raise ValueError("cannot build the SR")
+
+    with pytest.raises(ValueError, match="cannot build the SR"):
+        write_atomically(built())
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
+    assert dcmread(tmp_path / "seg.dcm").SOPInstanceUID == old.sop_instance_uid

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.api import Findings
@@ -22,26 +23,51 @@ from models.shadow import masks_dir_for, record_if_shadowed
 from node.config import NodeConfig
 from node.db import connect
 from node.jobs.work import ResultFile, WorkItem, WorkResult
-from node.outputs import OutputContext, PredecessorDocument, ResultInstance, build_outputs
+from node.outputs import OutputContext, PredecessorDocument, ResultInstance, iter_outputs
 
 __all__ = ["PipelineRunner", "write_atomically"]
 
 LOG = logging.getLogger(__name__)
 
 
-def write_atomically(result: ResultInstance, path: Path) -> None:
-    """Write a result file so that a crash leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    result.dataset.save_as(temp, enforce_file_format=True)
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+def write_atomically(results: Iterable[tuple[ResultInstance, Path]]) -> None:
+    """Write result files so that a crash or an error leaves each old file or its new one,
+    never half, and no temp file.
+
+    Each result goes to a temp file beside its path on a writer thread as soon as it comes
+    (a SEG's write and fsync, most of a second for a long CT, overlap the building of the
+    reports), then all are renamed into place and each folder is fsynced once.
+    """
+    written: list[tuple[Path, Path]] = []  # (temp, path)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer") as writer:
+            pending = []
+            for result, path in results:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                written.append((temp, path))
+                pending.append(writer.submit(_write_synced, result, temp))
+            for future in pending:
+                future.result()
+        for temp, path in written:
+            os.replace(temp, path)
+    except BaseException:
+        for temp, _ in written:  # the writer has stopped: nothing recreates them
+            temp.unlink(missing_ok=True)
+        raise
+    for folder in {path.parent for _, path in written}:
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _write_synced(result: ResultInstance, path: Path) -> None:
+    with open(path, "wb") as handle:
+        result.dataset.save_as(handle, enforce_file_format=True)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 class PipelineRunner:
@@ -93,8 +119,7 @@ class PipelineRunner:
             fractional_segmentation=manifest.outputs.fractional,
         )
         try:
-            built = build_outputs(findings, plugin_input, context)
-            files = self._write(item, built)
+            files = self._write(item, iter_outputs(findings, plugin_input, context))
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             # a builder refusing these findings: the same inputs fail the same way again
             return WorkResult(
@@ -109,19 +134,23 @@ class PipelineRunner:
     def _failed(item: WorkItem, error: str, timings: dict[str, float]) -> WorkResult:
         return WorkResult(item.job_id, error=error, retryable=True, timings=timings)
 
-    def _write(self, item: WorkItem, built: Sequence[ResultInstance]) -> tuple[ResultFile, ...]:
-        files = []
-        for result in built:
-            path = item.output_dir / f"{result.kind.value}-{result.sop_instance_uid}.dcm"
-            write_atomically(result, path)
-            files.append(
-                ResultFile(
-                    sop_instance_uid=result.sop_instance_uid,
-                    sop_class_uid=result.sop_class_uid,
-                    kind=result.kind,
-                    path=str(path.relative_to(item.outputs_root)),
+    def _write(self, item: WorkItem, built: Iterable[ResultInstance]) -> tuple[ResultFile, ...]:
+        files: list[ResultFile] = []
+
+        def placed() -> Iterator[tuple[ResultInstance, Path]]:
+            for result in built:
+                path = item.output_dir / f"{result.kind.value}-{result.sop_instance_uid}.dcm"
+                files.append(
+                    ResultFile(
+                        sop_instance_uid=result.sop_instance_uid,
+                        sop_class_uid=result.sop_class_uid,
+                        kind=result.kind,
+                        path=str(path.relative_to(item.outputs_root)),
+                    )
                 )
-            )
+                yield result, path
+
+        write_atomically(placed())
         return tuple(files)
 
     def _record_shadow(self, item: WorkItem, findings: Findings) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -19,6 +21,7 @@ from node.outputs.sr import build_measurement_report
 from node.outputs.text_sr import build_text_report
 
 CODING_SCHEME_DESIGNATOR = Tag("CodingSchemeDesignator")
+_Built = TypeVar("_Built")
 
 
 @dataclass(frozen=True)
@@ -63,41 +66,42 @@ def build_outputs(
     Raises ``SegmentationGeometryError`` (a ValueError) when the source geometry cannot be
     described by a SEG.
     """
+    return tuple(iter_outputs(findings, source, context))
+
+
+def iter_outputs(
+    findings: Findings, source: PluginInput, context: OutputContext
+) -> Iterator[ResultInstance]:
+    """``build_outputs`` one result at a time, SEG first; each is final when it is yielded,
+    so a caller can write the SEG (100 MB on a long CT) while the reports are built."""
+    segmentation = None
+    if findings.segments and context.wants(OutputKind.SEG):
+        segmentation = _quietly(build_segmentation, findings, source, context)
+        # writing it is then one pass over bytes instead of pydicom encoding 3,900 nested
+        # items (same bytes either way); the reports below read only its UIDs
+        preencode_frame_groups(segmentation)
+        yield ResultInstance.of(OutputKind.SEG, segmentation)
+    if context.wants(OutputKind.SR) and _has_measurement_groups(findings):
+        report = _quietly(build_measurement_report, findings, source, context, segmentation)
+        identify_local_coding_schemes(report)
+        yield ResultInstance.of(OutputKind.SR, report)
+    if context.wants(OutputKind.TEXT_SR) and findings.report is not None:
+        text_report = _quietly(build_text_report, findings, source, context)
+        identify_local_coding_schemes(text_report)
+        yield ResultInstance.of(OutputKind.TEXT_SR, text_report)
+    if context.wants(OutputKind.BURNED_IN_SC) and findings.segments:
+        for dataset in _quietly(build_burned_in, findings, source, context):
+            yield ResultInstance.of(OutputKind.BURNED_IN_SC, dataset)
+
+
+def _quietly(builder: Callable[..., _Built], *args: Any) -> _Built:
     with warnings.catch_warnings():
         # highdicom warns about single-component person names copied from the source and
         # quotes the name; patient names must not reach logs, and the value is the source's
         warnings.filterwarnings(
             "ignore", message=r"The string .* is unlikely to represent the intended person"
         )
-        return _build(findings, source, context)
-
-
-def _build(
-    findings: Findings, source: PluginInput, context: OutputContext
-) -> tuple[ResultInstance, ...]:
-    results: list[ResultInstance] = []
-    segmentation = None
-    if findings.segments and context.wants(OutputKind.SEG):
-        segmentation = build_segmentation(findings, source, context)
-        results.append(ResultInstance.of(OutputKind.SEG, segmentation))
-    if context.wants(OutputKind.SR) and _has_measurement_groups(findings):
-        report = build_measurement_report(findings, source, context, segmentation)
-        identify_local_coding_schemes(report)
-        results.append(ResultInstance.of(OutputKind.SR, report))
-    if context.wants(OutputKind.TEXT_SR) and findings.report is not None:
-        text_report = build_text_report(findings, source, context)
-        identify_local_coding_schemes(text_report)
-        results.append(ResultInstance.of(OutputKind.TEXT_SR, text_report))
-    if context.wants(OutputKind.BURNED_IN_SC) and findings.segments:
-        results.extend(
-            ResultInstance.of(OutputKind.BURNED_IN_SC, dataset)
-            for dataset in build_burned_in(findings, source, context)
-        )
-    if segmentation is not None:
-        # last, once the other builders have read the SEG: writing it is then one pass over
-        # bytes instead of pydicom encoding 3,900 nested items (same bytes either way)
-        preencode_frame_groups(segmentation)
-    return tuple(results)
+        return builder(*args)
 
 
 def identify_local_coding_schemes(dataset: Dataset) -> None:
