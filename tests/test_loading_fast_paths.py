@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from outputs_support import write_synthetic_ct
 
-from models.loading import _decode, load_plugin_input
+from models.loading import _decode, _PreparedArray, load_plugin_input
 
 
 def _by_uid(paths: list[Path]) -> dict[str, pydicom.Dataset]:
@@ -77,3 +77,15 @@ def test_decoding_equals_pydicoms_own_pixel_array_over_the_corpus(corpus: Path) 
         views += not actual.flags.writeable
         corrected += ds.get("BitsStored") != ds.get("BitsAllocated")
     assert compared > 400 and views > 250 and corrected > 100, (compared, views, corrected)
+
+
+def test_the_prepared_series_array_is_used_only_when_the_series_has_its_shape(
+    tmp_path: Path,
+) -> None:
+    first = pydicom.dcmread(write_synthetic_ct(tmp_path, slices=1, size=16)[0])
+    prepared = _PreparedArray.for_series(first, 3)
+    array = prepared.take((3, 16, 16))
+    assert array.shape == (3, 16, 16) and array.dtype == np.float32 and not array.any()
+    # a series that turns out to hold another number of frames gets an array of its own
+    assert _PreparedArray.for_series(first, 3).take((5, 16, 16)).shape == (5, 16, 16)
+    assert _PreparedArray.for_series(first, 1).take((1, 16, 16)).shape == (1, 16, 16)
