@@ -280,9 +280,9 @@ class PackedSegments:
     highdicom 0.28 takes overlapping binary masks only as one (frames, rows, columns,
     segments) bool stack: it sums that over the segments to detect overlap and packs every
     frame with pydicom's checked ``pack_bits``. For a lung CT (2 lungs + 11 nodules over
-    300 slices of 512x512) that is a 1 GB stack and most of 10 s. Here each segment's
-    non-empty frames are packed once (DICOM bit order, little-endian within a byte) and every
-    empty frame is the same zero buffer; overlap is found by ANDing the packed frames of
+    300 slices of 512x512) that is a 1 GB stack and most of 10 s. Here each segment is packed
+    once (DICOM bit order, little-endian within a byte), its non-empty frames are kept and
+    every empty frame is the same zero buffer; overlap is found by ANDing the packed frames of
     segment pairs that share a frame. Indexing by source position gives a ``_PackedPlane``,
     which ``_PrepackedSegmentation`` turns into the frame's bytes.
     """
