@@ -88,7 +88,8 @@ def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> 
     )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the names in a folder (a file renamed into it, created or removed) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -130,7 +131,7 @@ class _FolderSyncer:
                 if entry.synced < ticket:
                     with self._lock:
                         covered = entry.requested  # every ticket up to here renamed already
-                    _fsync_dir(folder)
+                    fsync_dir(folder)
                     entry.synced = covered
         finally:
             with self._lock:
@@ -204,7 +205,7 @@ class Spool:
                 leftover.unlink(missing_ok=True)
             count += 1
         if count:
-            _fsync_dir(self._temp)
+            fsync_dir(self._temp)
         return count
 
     def files(self) -> Iterator[str]:
@@ -228,7 +229,7 @@ class Spool:
             current = current.parent
         for new_dir in reversed(missing):
             new_dir.mkdir(exist_ok=True)
-            _fsync_dir(new_dir.parent)
+            fsync_dir(new_dir.parent)
 
 
 def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:

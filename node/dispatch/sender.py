@@ -31,6 +31,7 @@ from pynetdicom.presentation import PresentationContext
 from node.config import DicomDestination, FolderDestination
 from node.dispatch.outbox import OutboxRow
 from node.scu import MAX_CONTEXTS, AssociationFailed, Peer, associate
+from node.spool import fsync_dir
 
 __all__ = [
     "DicomTransport",
@@ -180,11 +181,7 @@ class FolderTransport:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
-        directory = os.open(target_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(target_dir)
 
 
 def transport_for(

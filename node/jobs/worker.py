@@ -24,6 +24,7 @@ from node.config import NodeConfig
 from node.db import connect
 from node.jobs.work import ResultFile, WorkItem, WorkResult
 from node.outputs import OutputContext, PredecessorDocument, ResultInstance, iter_outputs
+from node.spool import fsync_dir
 
 __all__ = ["PipelineRunner", "write_atomically"]
 
@@ -56,11 +57,7 @@ def write_atomically(results: Iterable[tuple[ResultInstance, Path]]) -> None:
             temp.unlink(missing_ok=True)
         raise
     for folder in {path.parent for _, path in written}:
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(folder)
 
 
 def _write_synced(result: ResultInstance, path: Path) -> None:
