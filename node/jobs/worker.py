@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,33 +31,37 @@ __all__ = ["PipelineRunner", "write_atomically"]
 LOG = logging.getLogger(__name__)
 
 
-def write_atomically(results: Iterable[tuple[ResultInstance, Path]]) -> None:
+def write_atomically(
+    results: Iterable[tuple[ResultInstance, Path]],
+) -> list[tuple[ResultInstance, Path]]:
     """Write result files so that a crash or an error leaves each old file or its new one,
-    never half, and no temp file.
+    never half, and no temp file; return the (result, path) pairs written.
 
     Each result goes to a temp file beside its path on a writer thread as soon as it comes
     (a SEG's write and fsync, most of a second for a long CT, overlap the building of the
     reports), then all are renamed into place and each folder is fsynced once.
     """
-    written: list[tuple[Path, Path]] = []  # (temp, path)
+    written: list[tuple[ResultInstance, Path]] = []
+    temps: list[Path] = []
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer") as writer:
             pending = []
             for result, path in results:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                written.append((temp, path))
-                pending.append(writer.submit(_write_synced, result, temp))
+                temps.append(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+                written.append((result, path))
+                pending.append(writer.submit(_write_synced, result, temps[-1]))
             for future in pending:
                 future.result()
-        for temp, path in written:
+        for temp, (_, path) in zip(temps, written, strict=True):
             os.replace(temp, path)
     except BaseException:
-        for temp, _ in written:  # the writer has stopped: nothing recreates them
+        for temp in temps:  # the writer has stopped: nothing recreates them
             temp.unlink(missing_ok=True)
         raise
     for folder in {path.parent for _, path in written}:
         fsync_dir(folder)
+    return written
 
 
 def _write_synced(result: ResultInstance, path: Path) -> None:
@@ -132,23 +136,19 @@ class PipelineRunner:
         return WorkResult(item.job_id, error=error, retryable=True, timings=timings)
 
     def _write(self, item: WorkItem, built: Iterable[ResultInstance]) -> tuple[ResultFile, ...]:
-        files: list[ResultFile] = []
-
-        def placed() -> Iterator[tuple[ResultInstance, Path]]:
-            for result in built:
-                path = item.output_dir / f"{result.kind.value}-{result.sop_instance_uid}.dcm"
-                files.append(
-                    ResultFile(
-                        sop_instance_uid=result.sop_instance_uid,
-                        sop_class_uid=result.sop_class_uid,
-                        kind=result.kind,
-                        path=str(path.relative_to(item.outputs_root)),
-                    )
-                )
-                yield result, path
-
-        write_atomically(placed())
-        return tuple(files)
+        written = write_atomically(
+            (result, item.output_dir / f"{result.kind.value}-{result.sop_instance_uid}.dcm")
+            for result in built
+        )
+        return tuple(
+            ResultFile(
+                sop_instance_uid=result.sop_instance_uid,
+                sop_class_uid=result.sop_class_uid,
+                kind=result.kind,
+                path=str(path.relative_to(item.outputs_root)),
+            )
+            for result, path in written
+        )
 
     def _record_shadow(self, item: WorkItem, findings: Findings) -> None:
         """Keep findings for the production/shadow agreement report (best effort)."""
