@@ -220,7 +220,7 @@ def _read(path: Path) -> Dataset:
 
 
 class _PreparedArray:
-    """The float32 series array, allocated and first touched on a thread.
+    """The float32 series array, first touched on a thread.
 
     First touching a few hundred MB (the kernel zeroing every page) takes 0.1 to 0.5 s; done
     beside the parsing of the files, which holds the GIL while numpy's fill releases it, it
@@ -228,11 +228,12 @@ class _PreparedArray:
     """
 
     def __init__(self, shape: tuple[int, ...] | None) -> None:
-        self._shape = shape
-        self._array: np.ndarray | None = None
+        self._array = None if shape is None else np.empty(shape, np.float32)  # not touched yet
         self._thread: threading.Thread | None = None
-        if shape is not None:
-            self._thread = threading.Thread(target=self._touch, name="page-in", daemon=True)
+        if self._array is not None:
+            self._thread = threading.Thread(
+                target=self._array.fill, args=(0.0,), name="page-in", daemon=True
+            )
             self._thread.start()
 
     @classmethod
@@ -243,12 +244,6 @@ class _PreparedArray:
         if not rows or not columns or _frame_count(first) != 1 or files < 2:
             return cls(None)
         return cls((files, int(rows), int(columns)))
-
-    def _touch(self) -> None:
-        assert self._shape is not None
-        array = np.empty(self._shape, np.float32)
-        array.fill(0.0)
-        self._array = array
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
         """The prepared array if the series has this shape, else a new one."""
