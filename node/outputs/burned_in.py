@@ -8,6 +8,8 @@ Image Type DERIVED\\SECONDARY, Source Image Sequence) and never replace the SEG.
 
 from __future__ import annotations
 
+from functools import reduce
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -78,13 +80,10 @@ def build_burned_in(
     uids = ResultUids(context.job_id, context.study_version)
     headers = {header.SOPInstanceUID: header for header in source.headers}
     masks = [
-        (
-            s.mask if s.mask.dtype == np.bool_ else s.mask >= 0.5,
-            np.array(s.color_rgb or DEFAULT_COLORS[n % len(DEFAULT_COLORS)], np.float32),
-        )
+        (s.binary, np.array(s.color_rgb or DEFAULT_COLORS[n % len(DEFAULT_COLORS)], np.float32))
         for n, s in enumerate(findings.segments)
     ]
-    touched = np.flatnonzero(np.any([mask.any(axis=(1, 2)) for mask, _ in masks], axis=0))
+    touched = reduce(np.union1d, (s.frames_present for s in findings.segments), np.empty(0, int))
     images = []
     for number, index in enumerate(touched, 1):
         frame = source.sources[index]
