@@ -24,14 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.api import (
-    Finding,
-    Findings,
-    Measurement,
-    PluginInput,
-    QualitativeEvaluation,
-    Segment,
-)
+from models.api import Finding, Findings, Measurement, PluginInput, QualitativeEvaluation, Segment
 from node.config import OutputKind
 from node.outputs.context import OutputContext, PredecessorDocument
 from node.outputs.identity import copy_identity, prepared_header
