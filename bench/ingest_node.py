@@ -4,7 +4,7 @@ Bench-only instrumentation, so that bench/README.md can say where ainode's time 
 here is reachable from node.yaml or the ``ainode`` CLI: the switches exist in this process only.
 
 - ``--stats FILE``: on SIGUSR1 (and on exit), write the seconds spent per receive phase since
-  the last write (JSON) and start counting afresh: the whole C-STORE handler, header parse,
+  the last write (JSON) and start counting afresh: the whole store handler (`StorageSCP.store`), header parse,
   spool write, every ``fsync`` (file and folder), index commit.
 - ``--no-durability``: ``fsync`` becomes a no-op and SQLite runs ``synchronous=OFF``. The
   node then breaks its contract (Success before the bytes are on disk); the bench uses it
@@ -70,7 +70,7 @@ def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     import node.spool
 
     scp = node.scp.StorageSCP
-    scp._on_store = timer.wrap("handler", scp._on_store)  # type: ignore[method-assign]
+    scp.store = timer.wrap("handler", scp.store)  # type: ignore[method-assign]
     node.scp.parse_header = timer.wrap("parse", node.scp.parse_header)
     spool = node.spool.Spool
     spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]

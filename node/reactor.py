@@ -10,7 +10,8 @@ DIMSE message or an ACSE primitive is queued for it. PDUs are read with ``recv_i
 buffer instead of 4 KiB ``recv`` calls.
 
 C-STORE and C-ECHO requests are served on the DUL thread as soon as their last P-DATA is
-decoded, instead of being queued for the association thread: a sender waits for each response
+read, instead of being queued for the association thread (plain C-STOREs without pynetdicom's
+PDU and DIMSE decoding at all: ``node.direct_store``): a sender waits for each response
 anyway (no asynchronous operations are negotiated), and each of the two thread hand-offs per
 instance (DUL -> association -> DUL) costs a context switch and a GIL transfer, which on a
 busy two-core machine is most of a small instance's protocol time. Everything else (state
@@ -25,6 +26,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from copy import deepcopy
@@ -39,11 +41,16 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from node.direct_store import DirectStoreReceiver, StoreHandler
 from node.responses import FastResponseDIMSE
 
 LOGGER = logging.getLogger(__name__)
 
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+_PDU_HEADER = struct.Struct(">BBL")
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+_P_DATA_TF = 0x04
 
 #: Longest a loop sleeps with nothing to do; only timers (ARTIM, idle) rely on it.
 TIMER_RESOLUTION_S = 0.05
@@ -89,10 +96,14 @@ class _FastSocket(AssociationSocket):
 
 
 class _EventDUL(DULServiceProvider):
-    """pynetdicom's DUL reactor, waiting on the socket and a wake-up instead of sleeping."""
+    """pynetdicom's DUL reactor, waiting on the socket and a wake-up instead of sleeping, and
+    handing the P-DATA of plain C-STOREs to ``node.direct_store`` when given a store handler."""
 
-    def __init__(self, assoc: Association) -> None:
+    def __init__(self, assoc: EventAssociation, store_handler: StoreHandler | None) -> None:
         super().__init__(assoc)
+        self._direct_store = (
+            DirectStoreReceiver(assoc, store_handler) if store_handler is not None else None
+        )
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -114,6 +125,8 @@ class _EventDUL(DULServiceProvider):
         try:
             self._run_events()
         finally:
+            if self._direct_store is not None:
+                self._direct_store.close()
             self._wake_reader.close()
             self._wake_writer.close()
             assoc_wake = getattr(self.assoc, "wake", None)
@@ -143,6 +156,47 @@ class _EventDUL(DULServiceProvider):
                 self._wait_for_work()
                 continue
             self.state_machine.do_action(event)
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's PDU read (same events for the same failures), except that a P-DATA-TF
+        PDU of a plain C-STORE in the established state goes to the direct store path."""
+        socket_ = self.socket
+        assert socket_ is not None
+        try:
+            header = socket_.recv(6)
+            if len(header) != 6:
+                self.event_queue.put("Evt17")  # transport closed
+                return
+            pdu_type, _, length = _PDU_HEADER.unpack(header)
+            if pdu_type not in _PDU_TYPES:
+                LOGGER.error("unknown PDU type 0x%02X received", pdu_type)
+                self.event_queue.put("Evt19")  # unrecognised PDU
+                return
+            body = socket_.recv(length)
+        except (OSError, TimeoutError):
+            LOGGER.error("connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            LOGGER.error("connection closed after %d of a PDU's %d bytes", len(body), length)
+            self.event_queue.put("Evt17")
+            return
+        if (
+            pdu_type == _P_DATA_TF
+            and self._direct_store is not None
+            and self.state_machine.current_state == "Sta6"
+            and self.event_queue.empty()
+            and self._direct_store.take(body)
+        ):
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception as exc:
+            LOGGER.error("unable to decode the received PDU: %s", exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def _wait_for_work(self) -> None:
         readers: list[Any] = [self._wake_reader]
@@ -201,10 +255,10 @@ class _InlineMessages(_WakingQueue):
 class EventAssociation(Association):
     """An acceptor association whose reactor sleeps only until there is something to do."""
 
-    def __init__(self, ae: Any, mode: str) -> None:
+    def __init__(self, ae: Any, mode: str, store_handler: StoreHandler | None = None) -> None:
         super().__init__(ae, mode)
         self._wake_event = threading.Event()
-        self.dul = _EventDUL(self)
+        self.dul = _EventDUL(self, store_handler)
         self.dul.to_user_queue = _WakingQueue(self.wake)
         self.dimse = FastResponseDIMSE(self)
         self.dimse.msg_queue = _InlineMessages(self)
@@ -282,7 +336,9 @@ class EventRequestHandler(RequestHandler):
     """pynetdicom's request handler building an ``EventAssociation`` and a fast socket."""
 
     def _create_association(self) -> Association:
-        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc = EventAssociation(
+            self.ae, MODE_ACCEPTOR, getattr(self.server, "store_handler", None)
+        )
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         sock = _FastSocket(assoc, client_socket=self.request)

@@ -19,7 +19,9 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-_COMMAND_FIELDS = {C_STORE: 0x8001, C_ECHO: 0x8030}
+#: Command Field of the responses covered here (PS3.7 E.1).
+STORE_RESPONSE = 0x8001
+_COMMAND_FIELDS = {C_STORE: STORE_RESPONSE, C_ECHO: 0x8030}
 _NO_DATASET = 0x0101
 #: Message Control Header of a PDV holding a whole command set: command, last fragment.
 _LAST_COMMAND_FRAGMENT = b"\x03"
@@ -52,25 +54,55 @@ def encode_response(primitive: C_STORE | C_ECHO) -> bytes | None:
         return None
     if primitive.Status is None or getattr(primitive, "OffendingElement", None) is not None:
         return None
+    return encode_response_fields(
+        command_field,
+        primitive.MessageIDBeingRespondedTo,
+        primitive.Status,
+        sop_class_uid=primitive.AffectedSOPClassUID,
+        sop_instance_uid=getattr(primitive, "AffectedSOPInstanceUID", None),
+        error_comment=primitive.ErrorComment,
+    )
+
+
+def encode_response_fields(
+    command_field: int,
+    message_id: int,
+    status: int,
+    *,
+    sop_class_uid: str | None,
+    sop_instance_uid: str | None,
+    error_comment: str | None,
+) -> bytes | None:
+    """A response command set from its fields, in the element order pynetdicom writes; None
+    for what this encoder does not cover (non-ASCII text, values out of range)."""
     try:
         elements = []
-        if primitive.AffectedSOPClassUID is not None:
-            elements.append(_element(0x0002, _uid(primitive.AffectedSOPClassUID)))
+        if sop_class_uid is not None:
+            elements.append(_element(0x0002, _uid(sop_class_uid)))
         elements += [
             _element(0x0100, _us(command_field)),
-            _element(0x0120, _us(primitive.MessageIDBeingRespondedTo)),
+            _element(0x0120, _us(message_id)),
             _element(0x0800, _us(_NO_DATASET)),
-            _element(0x0900, _us(primitive.Status)),
+            _element(0x0900, _us(status)),
         ]
-        if primitive.ErrorComment is not None:
-            elements.append(_element(0x0902, _text(primitive.ErrorComment)))
-        instance_uid = getattr(primitive, "AffectedSOPInstanceUID", None)
-        if instance_uid is not None:
-            elements.append(_element(0x1000, _uid(instance_uid)))
+        if error_comment is not None:
+            elements.append(_element(0x0902, _text(error_comment)))
+        if sop_instance_uid is not None:
+            elements.append(_element(0x1000, _uid(sop_instance_uid)))
     except (UnicodeEncodeError, struct.error):
         return None
     body = b"".join(elements)
     return _element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def encode_command_pdu(context_id: int, command_set: bytes) -> bytes:
+    """A P-DATA-TF PDU carrying one whole command set in one PDV (PS3.8 9.3.5)."""
+    item_length = 2 + len(command_set)
+    return (
+        struct.pack(">BBLLB", 0x04, 0x00, 4 + item_length, item_length, context_id)
+        + _LAST_COMMAND_FRAGMENT
+        + command_set
+    )
 
 
 class FastResponseDIMSE(DIMSEServiceProvider):

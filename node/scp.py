@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeConfig
+from node.direct_store import StoreHandler, StoreReply, StoreRequest
 from node.index import HeaderError, Index, StoredInstance, parse_header
 from node.reactor import EventRequestHandler
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
@@ -60,6 +61,8 @@ class _NoDelayServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", EventRequestHandler)
         super().__init__(*args, **kwargs)
+        #: Serves plain C-STOREs straight off their PDUs (``node.direct_store``).
+        self.store_handler: StoreHandler | None = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
@@ -67,11 +70,8 @@ class _NoDelayServer(ThreadedAssociationServer):
         return client, address
 
 
-def _status(code: StoreStatus, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = int(code)
-    status.ErrorComment = comment[:64]
-    return status
+def _failure(code: StoreStatus, comment: str) -> StoreReply:
+    return StoreReply(int(code), comment[:64])  # Error Comment is LO: at most 64 characters
 
 
 class StorageSCP:
@@ -119,6 +119,7 @@ class StorageSCP:
         self._server = ae.make_server(
             (listener.host, listener.port), evt_handlers=handlers, server_class=_NoDelayServer
         )
+        self._server.store_handler = self.store
         ae._servers.append(self._server)  # so AE/ server shutdown find it, as start_server does
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="scp-accept", daemon=True
@@ -216,29 +217,51 @@ class StorageSCP:
     # -- C-STORE ------------------------------------------------------------------------
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        assoc = event.assoc
+        """A C-STORE that came through pynetdicom (one ``node.direct_store`` left to it)."""
         request = event.request
-        calling_ae = str(assoc.requestor.ae_title).strip()
-        sop_instance = str(request.AffectedSOPInstanceUID or "")
-        try:
-            return self._store(event, calling_ae)
-        except Exception as exc:  # the association must go on whatever happens
-            LOGGER.exception("C-STORE of %s from %s failed unexpectedly", sop_instance, calling_ae)
-            return _status(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
+        reply = self.store(
+            event.assoc,
+            StoreRequest(
+                context_id=event.context.context_id,
+                transfer_syntax=str(event.context.transfer_syntax),
+                message_id=request.MessageID,
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                dataset=request.DataSet.getvalue(),
+            ),
+        )
+        if reply.error_comment is None:
+            return reply.status
+        status = Dataset()
+        status.Status = reply.status
+        status.ErrorComment = reply.error_comment
+        return status
 
-    def _store(self, event: evt.Event, calling_ae: str) -> int | Dataset:
-        assoc = event.assoc
-        request = event.request
-        data: bytes = request.DataSet.getvalue()
-        transfer_syntax = str(event.context.transfer_syntax)
-        sop_class = str(request.AffectedSOPClassUID or "")
-        sop_instance = str(request.AffectedSOPInstanceUID or "")
+    def store(self, assoc: Association, request: StoreRequest) -> StoreReply:
+        """Store one received instance durably and index it; the reply says how it went.
+
+        Never raises: the association goes on whatever happens to one instance.
+        """
+        calling_ae = str(assoc.requestor.ae_title).strip()
+        try:
+            return self._store(assoc, request, calling_ae)
+        except Exception as exc:
+            LOGGER.exception(
+                "C-STORE of %s from %s failed unexpectedly", request.sop_instance_uid, calling_ae
+            )
+            return _failure(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
+
+    def _store(self, assoc: Association, request: StoreRequest, calling_ae: str) -> StoreReply:
+        data = request.dataset
+        transfer_syntax = request.transfer_syntax
+        sop_class = request.sop_class_uid
+        sop_instance = request.sop_instance_uid
 
         if not self._spool.has_room(len(data)):
             LOGGER.error(
                 "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae
             )
-            return _status(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
 
         try:
             header = parse_header(data, transfer_syntax, sop_class, sop_instance)
@@ -249,7 +272,7 @@ class StorageSCP:
             code = (
                 StoreStatus.MISSING_UID if "has no" in str(exc) else StoreStatus.CANNOT_UNDERSTAND
             )
-            return _status(code, str(exc))
+            return _failure(code, str(exc))
 
         own_instance_uid = "SOPInstanceUID" not in header.derived_uids
         if (own_instance_uid and header.sop_instance_uid != sop_instance) or (
@@ -262,7 +285,7 @@ class StorageSCP:
                 header.sop_instance_uid,
                 header.sop_class_uid,
             )
-            return _status(
+            return _failure(
                 StoreStatus.DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request"
             )
 
@@ -287,10 +310,10 @@ class StorageSCP:
             LOGGER.error(
                 "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae
             )
-            return _status(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
         except OSError as exc:
             LOGGER.error("cannot write %s from %s: %s", sop_instance, calling_ae, exc.strerror)
-            return _status(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
+            return _failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
 
         stored = StoredInstance(
             header=header,
@@ -317,4 +340,4 @@ class StorageSCP:
             calling_ae,
             " replacing a duplicate" if outcome.replaced_path else "",
         )
-        return StoreStatus.SUCCESS
+        return StoreReply(StoreStatus.SUCCESS)

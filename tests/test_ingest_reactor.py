@@ -24,9 +24,9 @@ class _ThreadRecordingSCP(StorageSCP):
         super().__init__(*args)  # type: ignore[arg-type]
         self.threads: list[threading.Thread] = []
 
-    def _on_store(self, event):  # type: ignore[no-untyped-def]
+    def store(self, assoc, request):  # type: ignore[no-untyped-def]
         self.threads.append(threading.current_thread())
-        return super()._on_store(event)
+        return super().store(assoc, request)
 
     def _on_echo(self, event):  # type: ignore[no-untyped-def]
         self.threads.append(threading.current_thread())
