@@ -4,8 +4,9 @@ Bench-only instrumentation, so that bench/README.md can say where ainode's time 
 here is reachable from node.yaml or the ``ainode`` CLI: the switches exist in this process only.
 
 - ``--stats FILE``: on SIGUSR1 (and on exit), write the seconds spent per receive phase since
-  the last write (JSON) and start counting afresh: the whole store handler (`StorageSCP.store`), header parse,
-  spool write, every ``fsync`` (file and folder), index commit.
+  the last write (JSON) and start counting afresh: the whole store handler
+  (``StorageSCP.store``), header parse, spool write, every ``fsync`` (file and folder), index
+  commit.
 - ``--no-durability``: ``fsync`` becomes a no-op and SQLite runs ``synchronous=OFF``. The
   node then breaks its contract (Success before the bytes are on disk); the bench uses it
   only to measure what the contract costs.
