@@ -80,14 +80,11 @@ def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     fsync = os.fsync if durable else (lambda fd: None)
     os.fsync = timer.wrap("fsync", fsync)
     if not durable:
-        connect = node.index.connect
 
-        def connect_unsynchronised(path: Path) -> Any:
-            conn = connect(path)
-            conn.execute("PRAGMA synchronous=OFF")
-            return conn
+        def unsynchronised(self: Any, *, replacing: bool) -> None:
+            self._conn.execute("PRAGMA synchronous=OFF")
 
-        node.index.connect = connect_unsynchronised
+        index._synchronise = unsynchronised  # type: ignore[method-assign]
 
 
 def main() -> int:

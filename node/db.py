@@ -154,7 +154,8 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open the database (creating it and its schema if needed) in WAL mode.
 
     ``isolation_level=None`` leaves transactions to ``transaction``; ``synchronous=FULL``
-    makes a commit durable before it returns, which is what a C-STORE Success promises.
+    makes a commit durable before it returns (``node.index.Index`` relaxes it for new
+    instances, whose spool files are the durable record).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

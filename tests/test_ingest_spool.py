@@ -164,6 +164,40 @@ def test_group_commit_shares_a_transaction_and_isolates_a_bad_row(tmp_path: Path
     assert [r[0] for r in rows] == ["1.2.3.0", "1.2.3.1", "1.2.3.2", "1.2.3.4", "1.2.3.5"]
 
 
+def test_only_a_replacement_waits_for_the_wal_flush(tmp_path: Path) -> None:
+    index = Index(tmp_path / "ainode.sqlite3")
+    statements: list[str] = []
+    index._conn.set_trace_callback(statements.append)
+
+    def synchronous_at_commit(instance: StoredInstance) -> int:
+        statements.clear()
+        index.store(instance)
+        assert statements[-1] == "COMMIT"
+        return int(index._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert synchronous_at_commit(_instance(1)) == 1  # NORMAL: a new row
+    assert synchronous_at_commit(_instance(2)) == 1
+    assert synchronous_at_commit(_instance(1)) == 2  # FULL: instance 1 again replaces its row
+    assert synchronous_at_commit(_instance(3)) == 1
+    index.close()
+
+
+def test_a_row_a_power_loss_took_is_indexed_again_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    source = make_instances(tmp_path / "in", 1)[0]
+    ds = dcmread(source)
+    relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    size = spool.write(relpath, (source.read_bytes(),))
+    index = Index(tmp_path / "ainode.sqlite3")
+    index.store(StoredInstance(parse_file_header(spool.path(relpath)), relpath, size, 1.0))
+    # What a power loss does to a commit the WAL had not flushed: the row is gone, the
+    # fsynced file is not.
+    index._conn.execute("DELETE FROM instances")
+    assert recover_spool(spool, index) == 1
+    assert index.indexed_paths() == {relpath}
+    index.close()
+
+
 def test_concurrent_writers_into_one_folder_all_land(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", min_free_bytes=0)
     errors: list[BaseException] = []
