@@ -71,7 +71,9 @@ def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     import node.spool
 
     scp = node.scp.StorageSCP
-    scp.store = timer.wrap("handler", scp.store)  # type: ignore[method-assign]
+    # ``store`` since the direct C-STORE path; an older tree (--compare-tree) has ``_on_store``.
+    handler = "store" if hasattr(scp, "store") else "_on_store"
+    setattr(scp, handler, timer.wrap("handler", getattr(scp, handler)))
     node.scp.parse_header = timer.wrap("parse", node.scp.parse_header)
     spool = node.spool.Spool
     spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]
