@@ -572,7 +572,10 @@ class Index:
         self._queue: list[_PendingStore] = []
 
     def close(self) -> None:
+        """Close the connection after a checkpoint, which flushes the WAL (rows committed
+        without a flush included) and the database file."""
         with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(FULL)")
             self._conn.close()
 
     def store(self, instance: StoredInstance) -> StoreOutcome:

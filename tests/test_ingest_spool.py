@@ -10,6 +10,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 
+import node.service
+from node.config import load_node_config
 from node.index import (
     HeaderError,
     Index,
@@ -29,8 +31,8 @@ from node.spool import (
     instance_relpath,
     uid_component,
 )
-from tests.conftest import wait_until
-from tests.ingest_support import make_instances
+from tests.conftest import free_port, wait_until
+from tests.ingest_support import make_instances, write_config
 
 
 @pytest.mark.parametrize("source_ae", ["MODALITY", "ODD", None])
@@ -196,6 +198,38 @@ def test_a_row_a_power_loss_took_is_indexed_again_at_start(tmp_path: Path) -> No
     assert recover_spool(spool, index) == 1
     assert index.indexed_paths() == {relpath}
     index.close()
+
+
+def test_start_walks_the_spool_only_after_a_run_that_did_not_stop_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walks: list[Path] = []
+
+    def counting_recover(spool: Spool, index: Index) -> int:
+        walks.append(spool.root)
+        return recover_spool(spool, index)
+
+    monkeypatch.setattr(node.service, "recover_spool", counting_recover)
+    config = load_node_config(write_config(tmp_path, free_port()))
+    marker = config.storage.data_dir / node.service.CLEAN_STOP_FILE
+
+    def start_and(stop: bool) -> None:
+        running = node.service.Node(config)
+        running.start()
+        assert not marker.exists()  # removed before serving: a crash now leaves none
+        if stop:
+            running.stop()
+        else:  # what a crash leaves: nothing closed, no marker
+            running.scp.stop()  # type: ignore[union-attr]
+            for stage in running._started:
+                stage.stop()
+
+    start_and(stop=True)  # first start: no marker, so the spool is walked
+    assert len(walks) == 1 and marker.exists()
+    start_and(stop=False)  # after a clean stop: not walked
+    assert len(walks) == 1 and not marker.exists()
+    start_and(stop=True)  # after the "crash": walked again
+    assert len(walks) == 2 and marker.exists()
 
 
 def test_concurrent_writers_into_one_folder_all_land(tmp_path: Path) -> None:
