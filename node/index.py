@@ -604,9 +604,11 @@ class Index:
         not fail the others). Every item ends ``done``, with an outcome or an error."""
         try:
             try:
-                self._synchronise(replacing=self._replaces_any(batch))
+                previous = self._previous_rows(batch)
+                uids = [item.instance.header.sop_instance_uid for item in batch]
+                self._synchronise(replacing=bool(previous) or len(set(uids)) < len(uids))
                 with transaction(self._conn) as conn:
-                    outcomes = [self._store_one(conn, item.instance) for item in batch]
+                    outcomes = [self._store_one(conn, item.instance, previous) for item in batch]
             except Exception as exc:
                 if len(batch) == 1:
                     batch[0].error = exc
@@ -622,15 +624,17 @@ class Index:
                     item.error = RuntimeError("index commit interrupted")
                 item.done = True
 
-    def _replaces_any(self, batch: list[_PendingStore]) -> bool:
-        """Whether committing ``batch`` replaces an instance row (only this index writes
-        them, under ``_lock``, so the answer holds until the commit)."""
+    def _previous_rows(self, batch: list[_PendingStore]) -> dict[str, tuple[str, str]]:
+        """(path, study UID) of the rows ``batch`` replaces, by SOP Instance UID. Only this
+        index writes instance rows, under ``_lock``, so they hold until the commit."""
         uids = [item.instance.header.sop_instance_uid for item in batch]
-        if len(set(uids)) < len(uids):
-            return True
         marks = ", ".join("?" * len(uids))
-        query = f"SELECT 1 FROM instances WHERE sop_instance_uid IN ({marks}) LIMIT 1"
-        return self._conn.execute(query, uids).fetchone() is not None
+        rows = self._conn.execute(
+            "SELECT sop_instance_uid, path, study_instance_uid FROM instances "
+            f"WHERE sop_instance_uid IN ({marks})",
+            uids,
+        )
+        return {uid: (path, study) for uid, path, study in rows}
 
     def _synchronise(self, *, replacing: bool) -> None:
         level = "FULL" if replacing else "NORMAL"
@@ -638,19 +642,24 @@ class Index:
             self._conn.execute(f"PRAGMA synchronous={level}")
             self._synchronous = level
 
-    def _store_one(self, conn: sqlite3.Connection, instance: StoredInstance) -> StoreOutcome:
+    def _store_one(
+        self,
+        conn: sqlite3.Connection,
+        instance: StoredInstance,
+        previous_rows: dict[str, tuple[str, str]],
+    ) -> StoreOutcome:
+        """Write one instance's rows; ``previous_rows`` (the batch's replaced rows) gains
+        this one, so a later instance of the batch with the same UID replaces it."""
         header = instance.header
         now = instance.received_at
-        previous = conn.execute(
-            "SELECT path, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
-            (header.sop_instance_uid,),
-        ).fetchone()
+        previous = previous_rows.get(header.sop_instance_uid)
         version, reopened = self._touch_study(conn, header, now, changed=previous is not None)
-        if previous is not None and previous["study_instance_uid"] != header.study_instance_uid:
-            self._reopen_changed(conn, previous["study_instance_uid"], now)
+        if previous is not None and previous[1] != header.study_instance_uid:
+            self._reopen_changed(conn, previous[1], now)
         self._upsert_series(conn, header)
         self._upsert_instance(conn, instance, version)
-        replaced = previous["path"] if previous is not None else None
+        previous_rows[header.sop_instance_uid] = (instance.path, header.study_instance_uid)
+        replaced = previous[0] if previous is not None else None
         return StoreOutcome(study_version=version, replaced_path=replaced, reopened=reopened)
 
     def mark_released(self, study_uids: Iterable[str], at: float | None = None) -> None:
