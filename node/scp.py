@@ -257,12 +257,6 @@ class StorageSCP:
         sop_class = request.sop_class_uid
         sop_instance = request.sop_instance_uid
 
-        if not self._spool.has_room(len(data)):
-            LOGGER.error(
-                "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae
-            )
-            return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
-
         try:
             header = parse_header(data, transfer_syntax, sop_class, sop_instance)
         except HeaderError as exc:

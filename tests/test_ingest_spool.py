@@ -5,12 +5,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 
 import node.service
+import node.spool
 from node.config import load_node_config
 from node.index import (
     HeaderError,
@@ -70,6 +72,33 @@ def test_write_replaces_atomically_and_refuses_below_the_watermark(tmp_path: Pat
     with pytest.raises(OutOfSpace):
         full.write(instance_relpath("1.2", "1.2.3", "1.2.3.5"), (b"x",))
     assert list(spool.files()) == [relpath]
+
+
+def test_free_space_is_asked_again_when_half_the_room_may_be_used_or_after_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=1000)
+    free = {"bytes": 3000}
+    asked: list[float] = []
+    clock = {"now": 100.0}
+
+    def statvfs(path: object) -> SimpleNamespace:
+        asked.append(clock["now"])
+        return SimpleNamespace(f_bavail=free["bytes"], f_frsize=1)
+
+    monkeypatch.setattr(node.spool.os, "statvfs", statvfs)
+    monkeypatch.setattr(node.spool.time, "monotonic", lambda: clock["now"])
+    assert spool.has_room(1000)  # asked: 2000 above the watermark, 1000 left after this
+    assert spool.has_room(500)  # within half of what is left: not asked
+    assert len(asked) == 1
+    assert spool.has_room(100)  # more than the 0 left of the half: asked again
+    assert len(asked) == 2
+    free["bytes"] = 1500
+    clock["now"] += 1.5  # a second later the reading is stale whatever the budget
+    assert not spool.has_room(600)  # 100 short of the watermark
+    assert len(asked) == 3
+    assert spool.has_room(1)  # a refusal leaves no budget: the next call asks again
+    assert len(asked) == 4
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
