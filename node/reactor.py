@@ -104,6 +104,8 @@ class _EventDUL(DULServiceProvider):
         self._direct_store = (
             DirectStoreReceiver(assoc, store_handler) if store_handler is not None else None
         )
+        #: The last wait saw the peer's socket readable: the next read needs no ``select``.
+        self._socket_readable = False
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -198,19 +200,31 @@ class _EventDUL(DULServiceProvider):
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
+    def _is_transport_event(self) -> bool:
+        """pynetdicom's check, except that when the wait has just seen the socket readable
+        it reads without asking ``select`` again (a system call per PDU)."""
+        if self._socket_readable and self.state_machine.current_state != "Sta13":
+            self._socket_readable = False
+            self._read_pdu_data()
+            return True
+        return bool(super()._is_transport_event())
+
     def _wait_for_work(self) -> None:
         readers: list[Any] = [self._wake_reader]
         sock = self.socket.socket if self.socket is not None else None
         if sock is not None and sock.fileno() >= 0:
             readers.append(sock)
+        ready: list[Any] = []
         # OSError/ValueError: the socket closed under us; the loop will see it.
         with contextlib.suppress(OSError, ValueError):
-            select.select(readers, [], [], TIMER_RESOLUTION_S)
-        try:
-            while self._wake_reader.recv(4096):
+            ready = select.select(readers, [], [], TIMER_RESOLUTION_S)[0]
+        self._socket_readable = sock is not None and sock in ready
+        if self._wake_reader in ready:
+            try:
+                while self._wake_reader.recv(4096):
+                    pass
+            except OSError:  # drained
                 pass
-        except OSError:  # drained
-            pass
 
     def _abort_on(self, exc: Exception) -> None:
         """What pynetdicom's reactor does on an unexpected error: A-ABORT and stop."""
