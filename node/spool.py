@@ -192,7 +192,6 @@ class Spool:
         if not self.has_room(size):
             raise OutOfSpace(f"free disk below {self.min_free_bytes} bytes")
         target = self.root / relpath
-        self._ensure_dir(target.parent)
         temp = self._temp / f"{os.getpid()}-{next(_TEMP_NAMES)}.part"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -201,7 +200,11 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, target)
+            try:
+                os.replace(temp, target)
+            except FileNotFoundError:  # the series' first instance: no folder yet
+                self._ensure_dir(target.parent)
+                os.replace(temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
