@@ -76,13 +76,7 @@ def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     setattr(scp, handler, timer.wrap("handler", getattr(scp, handler)))
     node.scp.parse_header = timer.wrap("parse", node.scp.parse_header)
     spool = node.spool.Spool
-    staged = getattr(node.spool, "StagedFile", None)
-    if staged is not None:  # the SCP writes in three steps, parsing the header meanwhile
-        spool.stage = timer.wrap("spool_write", spool.stage)  # type: ignore[attr-defined]
-        staged.sync = timer.wrap("spool_write", staged.sync)
-        staged.publish = timer.wrap("spool_write", staged.publish)
-    else:  # an older tree (--compare-tree)
-        spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]
+    spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]
     index = node.index.Index
     index.store = timer.wrap("index_store", index.store)  # type: ignore[method-assign]
     fsync = os.fsync if durable else (lambda fd: None)

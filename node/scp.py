@@ -1,10 +1,9 @@
 """The storage SCP: C-ECHO and C-STORE over pynetdicom, durable before it says Success.
 
-Each C-STORE dataset is kept as the bytes the peer sent: the file (File Meta + those bytes)
-is written to a temp file and fsynced while another thread reads its header up to the pixel
-data; then the file is renamed into the spool (folder fsynced), the index row is committed,
-and only then is Success returned. Anything that cannot be indexed is answered with a failure
-status and an error comment, and leaves nothing behind.
+Each C-STORE dataset is kept as the bytes the peer sent: its header is read up to the pixel
+data, the file (File Meta + those bytes) is written durably to the spool, then the index row
+is committed, and only then is Success returned. Anything that cannot be indexed is answered
+with a failure status and an error comment, and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from enum import IntEnum
 from typing import Any
 
@@ -26,7 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeConfig
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
-from node.index import HeaderError, Index, InstanceHeader, StoredInstance, parse_header
+from node.index import HeaderError, Index, StoredInstance, parse_header
 from node.reactor import EventRequestHandler
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
 
@@ -76,14 +74,6 @@ def _failure(code: StoreStatus, comment: str) -> StoreReply:
     return StoreReply(int(code), comment[:64])  # Error Comment is LO: at most 64 characters
 
 
-class _Refused(Exception):
-    """A dataset the SCP will not store; ``reply`` says why."""
-
-    def __init__(self, code: StoreStatus, comment: str) -> None:
-        super().__init__(comment)
-        self.reply = _failure(code, comment)
-
-
 class StorageSCP:
     """The listening AE: who may associate, and what happens to each received instance."""
 
@@ -99,8 +89,6 @@ class StorageSCP:
         self._delivered: dict[int, set[str]] = {}
         self._open_deliveries: Counter[str] = Counter()
         self._allowed = {(caller.ae_title, caller.host) for caller in config.access.callers}
-        #: Parses headers while the receiving thread waits for its file's fsync.
-        self._parser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scp-parse")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -151,7 +139,6 @@ class StorageSCP:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = None
-        self._parser.shutdown(wait=False)
 
     # -- association control -------------------------------------------------------------
 
@@ -264,16 +251,14 @@ class StorageSCP:
             )
             return _failure(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
 
-    @staticmethod
-    def _checked_header(
-        parsing: Future[InstanceHeader], request: StoreRequest, calling_ae: str
-    ) -> InstanceHeader:
-        """The parsed header; ``_Refused`` if the dataset cannot be indexed or does not
-        match its request."""
+    def _store(self, assoc: Association, request: StoreRequest, calling_ae: str) -> StoreReply:
+        data = request.dataset
+        transfer_syntax = request.transfer_syntax
         sop_class = request.sop_class_uid
         sop_instance = request.sop_instance_uid
+
         try:
-            header = parsing.result()
+            header = parse_header(data, transfer_syntax, sop_class, sop_instance)
         except HeaderError as exc:
             LOGGER.warning(
                 "refused %s (SOP class %s) from %s: %s", sop_instance, sop_class, calling_ae, exc
@@ -281,7 +266,7 @@ class StorageSCP:
             code = (
                 StoreStatus.MISSING_UID if "has no" in str(exc) else StoreStatus.CANNOT_UNDERSTAND
             )
-            raise _Refused(code, str(exc)) from exc
+            return _failure(code, str(exc))
 
         own_instance_uid = "SOPInstanceUID" not in header.derived_uids
         if (own_instance_uid and header.sop_instance_uid != sop_instance) or (
@@ -294,9 +279,10 @@ class StorageSCP:
                 header.sop_instance_uid,
                 header.sop_class_uid,
             )
-            raise _Refused(
+            return _failure(
                 StoreStatus.DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request"
             )
+
         if header.derived_uids:
             LOGGER.warning(
                 "%s from %s lacks %s; indexed as %s in study %s",
@@ -306,36 +292,14 @@ class StorageSCP:
                 header.sop_instance_uid,
                 header.study_instance_uid,
             )
-        return header
-
-    def _store(self, assoc: Association, request: StoreRequest, calling_ae: str) -> StoreReply:
-        data = request.dataset
-        transfer_syntax = request.transfer_syntax
-        sop_instance = request.sop_instance_uid
-        # The File Meta names the request's UIDs, which the header must match (or, rarely,
-        # stand in for: the file is then written again under the derived UID).
-        meta = encode_file_meta(request.sop_class_uid, sop_instance, transfer_syntax, calling_ae)
+        relpath = instance_relpath(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        meta = encode_file_meta(
+            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
+        )
         try:
-            with self._spool.stage((meta, data)) as staged:
-                # The header is parsed on another thread while this one waits for the fsync.
-                parsing = self._parser.submit(
-                    parse_header, data, transfer_syntax, request.sop_class_uid, sop_instance
-                )
-                staged.sync()
-                header = self._checked_header(parsing, request, calling_ae)
-                relpath = instance_relpath(
-                    header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-                )
-                if header.sop_instance_uid == sop_instance:
-                    staged.publish(relpath)
-                    size = staged.size
-                else:
-                    derived_meta = encode_file_meta(
-                        header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
-                    )
-                    size = self._spool.write(relpath, (derived_meta, data))
-        except _Refused as refusal:
-            return refusal.reply
+            size = self._spool.write(relpath, (meta, data))
         except OutOfSpace:
             LOGGER.error(
                 "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae

@@ -145,53 +145,6 @@ class _FolderSyncer:
                     del self._folders[folder]
 
 
-class StagedFile:
-    """A temp file of the spool, written; ``sync`` then ``publish`` make it a spool file.
-
-    Between the write and the rename the caller may do other work while ``sync`` waits on
-    the disk (the SCP parses the header on another thread then). Leaving the ``with`` block
-    without publishing removes the temp file.
-    """
-
-    def __init__(self, spool: Spool, path: Path, fd: int, size: int) -> None:
-        self.path = path
-        self.size = size
-        self._spool = spool
-        self._fd: int | None = fd
-        self._published = False
-
-    def sync(self) -> None:
-        """fsync and close the temp file."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            raise ValueError(f"{self.path} is already synced or discarded")
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def publish(self, relpath: str) -> None:
-        """Rename the synced file into the spool as ``relpath`` and make the name durable."""
-        if self._fd is not None:
-            raise ValueError(f"{self.path} is published before it is synced")
-        self._spool._publish(self.path, relpath)
-        self._published = True
-
-    def discard(self) -> None:
-        """Close and remove the temp file unless it was published."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if not self._published:
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> StagedFile:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.discard()
-
-
 class Spool:
     """The folder of received Part-10 files and its free-disk watermark."""
 
@@ -235,38 +188,28 @@ class Spool:
         Raises ``OutOfSpace`` (nothing written) below the watermark. On any error the temp
         file is removed, so the spool holds either the old file or the new one.
         """
-        with self.stage(chunks) as staged:
-            staged.sync()
-            staged.publish(relpath)
-        return staged.size
-
-    def stage(self, chunks: Sequence[bytes | memoryview]) -> StagedFile:
-        """Write ``chunks`` to a new temp file, not yet synced nor named in the spool.
-
-        Raises ``OutOfSpace`` (nothing written) below the watermark. Use the result as a
-        context manager: leaving it unpublished removes the temp file.
-        """
         size = sum(len(chunk) for chunk in chunks)
         if not self.has_room(size):
             raise OutOfSpace(f"free disk below {self.min_free_bytes} bytes")
+        target = self.root / relpath
         temp = self._temp / f"{os.getpid()}-{next(_TEMP_NAMES)}.part"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        staged = StagedFile(self, temp, fd, size)
         try:
-            _write_all(fd, chunks)
+            try:
+                _write_all(fd, chunks)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(temp, target)
+            except FileNotFoundError:  # the series' first instance: no folder yet
+                self._ensure_dir(target.parent)
+                os.replace(temp, target)
         except BaseException:
-            staged.discard()
+            temp.unlink(missing_ok=True)
             raise
-        return staged
-
-    def _publish(self, temp: Path, relpath: str) -> None:
-        target = self.root / relpath
-        try:
-            os.replace(temp, target)
-        except FileNotFoundError:  # the series' first instance: no folder yet
-            self._ensure_dir(target.parent)
-            os.replace(temp, target)
         self._folder_syncer.sync(target.parent)
+        return size
 
     def remove(self, relpath: str) -> None:
         """Delete a spooled file (a duplicate moved to another study) and sync its folder."""

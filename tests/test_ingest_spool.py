@@ -101,28 +101,6 @@ def test_free_space_is_asked_again_when_half_the_room_may_be_used_or_after_a_sec
     assert len(asked) == 4
 
 
-def test_a_staged_file_is_named_only_once_synced_and_published(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool", min_free_bytes=0)
-    incoming = tmp_path / "spool" / TEMP_DIR_NAME
-    relpath = instance_relpath("1.2", "1.2.3", "1.2.3.4")
-    with spool.stage((b"abc", memoryview(b"def"))) as staged:
-        assert staged.size == 6 and staged.path.parent == incoming
-        with pytest.raises(ValueError, match="before it is synced"):
-            staged.publish(relpath)
-        staged.sync()
-        with pytest.raises(ValueError, match="already synced"):
-            staged.sync()
-        assert not list(spool.files())
-        staged.publish(relpath)
-    assert spool.path(relpath).read_bytes() == b"abcdef"
-    for sync in (False, True):  # left unpublished, synced or not: nothing stays
-        with spool.stage((b"xyz",)) as staged:
-            if sync:
-                staged.sync()
-        assert not staged.path.exists()
-    assert not list(incoming.iterdir()) and list(spool.files()) == [relpath]
-
-
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", min_free_bytes=0)
     relpath = instance_relpath("1.2", "1.2.3", "1.2.3.4")
