@@ -11,12 +11,22 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.association import Association
 
+from node.config import load_node_config
+from node.direct_store import StoreRequest
+from node.index import Index, derived_uid
+from node.scp import StorageSCP
 from node.scu import AssociationFailed, Peer, _contexts, associate, send
+from node.spool import TEMP_DIR_NAME, Spool
 from tests.conftest import REPO, free_port, wait_until
 from tests.ingest_support import DCMTK_ENV, make_instances, running_node, write_config
 
@@ -245,3 +255,55 @@ def test_cli_echo_send_and_studies(tmp_path: Path) -> None:
     assert line.split()[1:5] == ["receiving", "1", "1", "3"]
     assert "CT" in line and "CHEST" in line
     assert "Synthetic" not in studies.stdout and "SYNTH-001" not in studies.stdout
+
+
+def _stored_directly(tmp_path: Path, dataset: bytes, sop_instance: str):
+    """``StorageSCP.store`` called as the receive path calls it, without a network."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = load_node_config(write_config(tmp_path, free_port()))
+    spool = Spool(config.storage.spool_dir, 0)
+    index = Index(config.storage.database_path)
+    scp = StorageSCP(config, spool, index)
+    assoc = SimpleNamespace(
+        requestor=SimpleNamespace(ae_title="MODALITY", address="127.0.0.1"),
+        acceptor=SimpleNamespace(ae_title="AINODE"),
+    )
+    request = StoreRequest(1, ExplicitVRLittleEndian, 1, CTImageStorage, sop_instance, dataset)
+    try:
+        return scp.store(assoc, request), spool, index.indexed_paths()  # type: ignore[arg-type]
+    finally:
+        index.close()
+
+
+def _dataset_bytes(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def test_a_dataset_without_its_own_instance_uid_is_filed_under_a_derived_one(
+    tmp_path: Path,
+) -> None:
+    ds = dcmread(make_instances(tmp_path / "in", 1)[0])
+    request_uid = str(ds.SOPInstanceUID)
+    del ds.SOPInstanceUID
+    reply, spool, paths = _stored_directly(tmp_path, _dataset_bytes(ds), request_uid)
+    assert reply.status == 0x0000
+    (relpath,) = paths
+    derived = derived_uid("SOPInstanceUID", request_uid)
+    assert relpath.endswith(f"/{derived}.dcm")
+    stored = dcmread(spool.path(relpath))
+    assert stored.file_meta.MediaStorageSOPInstanceUID == derived  # not the request's
+    assert "SOPInstanceUID" not in stored  # the dataset as sent
+    assert not list((spool.root / TEMP_DIR_NAME).iterdir())
+
+
+def test_a_refused_dataset_leaves_no_temp_file(tmp_path: Path) -> None:
+    ds = dcmread(make_instances(tmp_path / "in", 1)[0])
+    reply, spool, paths = _stored_directly(tmp_path, _dataset_bytes(ds), "1.2.3.999")
+    assert reply.status == 0xA900  # the dataset's UID differs from the request's
+    junk, _, _ = _stored_directly(tmp_path / "junk", b"\x1f\x8b" + bytes(300), "1.2.3.4")
+    assert junk.status == 0xC000
+    assert not paths and not list(spool.files())
+    assert not list((spool.root / TEMP_DIR_NAME).iterdir())
