@@ -159,16 +159,17 @@ class DirectStoreReceiver:
         self._handler = handler
         self._receiving: _Receiving | None = None
 
-    def take(self, body: bytearray) -> bool:
+    def take(self, body: bytearray, *, may_start: bool = True) -> bool:
         """Keep (and, at its last fragment, serve) this P-DATA-TF PDU body if it belongs to a
-        C-STORE this path receives; False leaves the PDU to pynetdicom.
+        C-STORE this path receives; False leaves the PDU to pynetdicom. ``may_start`` False:
+        only a dataset already being received is continued.
 
         Raises ``ProtocolError`` for a PDU that does not continue the dataset being received.
         """
         items = _pdv_items(body)
         receiving = self._receiving
         if receiving is None:
-            receiving = self._start(items)
+            receiving = self._start(items) if may_start else None
             if receiving is None:
                 return False
             assert items is not None
@@ -189,7 +190,8 @@ class DirectStoreReceiver:
         return True
 
     def close(self) -> None:
-        """Drop a dataset left half-received (the connection ended); free the association."""
+        """Drop a dataset left half-received (the connection ended, or the peer sent another
+        PDU in its place); free the association for pynetdicom."""
         if self._receiving is not None:
             self._receiving = None
             self._assoc.serving.release()

@@ -183,14 +183,14 @@ class _EventDUL(DULServiceProvider):
             LOGGER.error("connection closed after %d of a PDU's %d bytes", len(body), length)
             self.event_queue.put("Evt17")
             return
-        if (
-            pdu_type == _P_DATA_TF
-            and self._direct_store is not None
-            and self.state_machine.current_state == "Sta6"
-            and self.event_queue.empty()
-            and self._direct_store.take(body)
-        ):
-            return
+        direct = self._direct_store
+        if direct is not None:
+            if pdu_type == _P_DATA_TF and self.state_machine.current_state == "Sta6":
+                # A new C-STORE only when pynetdicom has no event pending (its view is current).
+                if direct.take(body, may_start=self.event_queue.empty()):
+                    return
+            else:  # the peer moved on (release, abort) in the middle of a dataset: drop it
+                direct.close()
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception as exc:

@@ -4,8 +4,10 @@ else still goes through pynetdicom, and a PDU that breaks a direct C-STORE abort
 from __future__ import annotations
 
 import queue
+import sqlite3
 import struct
 import threading
+from contextlib import closing
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -229,3 +231,32 @@ def test_either_path_stores_every_instance(
         return {ds.SOPInstanceUID: ds.PixelData for ds in map(dcmread, files)}
 
     assert pixels_by_instance(spool.rglob("*.dcm")) == pixels_by_instance(paths)
+
+
+def test_a_release_in_the_middle_of_a_dataset_drops_it_and_is_answered(tmp_path: Path) -> None:
+    scp, index = _scp(tmp_path)
+    try:
+        ae = AE(ae_title="SENDER")
+        ae.acse_timeout = 5  # without an answer the release times out and aborts instead
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        host, port = scp.address
+        assoc = ae.associate(host, port, ae_title="AINODE")
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+        # A C-STORE command and the first fragment of its dataset, never finished.
+        items = _pdv(context_id, 0x03, _store_command()) + _pdv(context_id, 0x00, b"\x08\x00")
+        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items)) + items)
+        assoc.release()
+        assert assoc.is_released and not assoc.is_aborted
+        statuses = _send_with_pynetdicom(scp, make_instances(tmp_path / "in", 1), 0)
+    finally:
+        scp.stop()
+        index.close()
+    assert statuses == [0x0000]  # the node serves on
+    assert len(_index_rows(tmp_path)) == 1  # and the dropped dataset left nothing
+
+
+def _index_rows(tmp_path: Path) -> list[tuple[str]]:
+    database = load_node_config(tmp_path / "node.yaml").storage.database_path
+    with closing(sqlite3.connect(database)) as conn:
+        return conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
