@@ -1,5 +1,6 @@
 """Plain C-STOREs are read off their PDUs and answered by ``node.direct_store``; anything
-else still goes through pynetdicom, and a PDU that breaks a direct C-STORE aborts it."""
+else still goes through pynetdicom, a PDU that breaks a direct C-STORE aborts it, and a
+release in the middle of one drops it."""
 
 from __future__ import annotations
 
