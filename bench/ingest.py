@@ -235,7 +235,10 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ainode-bench-", dir=args.work_dir))
-    print(f"creating a file in {work}: {file_create_ms(work):.3f} ms (median of 200)")
+    create_ms = file_create_ms(work)
+    print(f"creating a file in {work}: {create_ms:.3f} ms (median of 200)")
+    if create_ms > 0.1:
+        print("WARNING: creating files costs much of a store here; pick another --work-dir")
     try:
         # (label, slices, size): every round sends a new series (new UIDs), so no receiver
         # ever measures its duplicate-replacement path instead of plain stores.
