@@ -273,6 +273,10 @@ class EventAssociation(Association):
         super().__init__(ae, mode)
         self._wake_event = threading.Event()
         self.dul = _EventDUL(self, store_handler)
+        # pynetdicom applied the AE's timeouts to the DUL it made itself; give them to ours
+        # (the ARTIM timer runs on the ACSE timeout, the idle timer on the network timeout).
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
         self.dul.to_user_queue = _WakingQueue(self.wake)
         self.dimse = FastResponseDIMSE(self)
         self.dimse.msg_queue = _InlineMessages(self)

@@ -34,7 +34,7 @@ from node.direct_store import (
 from node.index import Index
 from node.scp import StorageSCP
 from node.spool import Spool
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.ingest_support import make_instances, write_config
 
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.1"
@@ -261,3 +261,21 @@ def _index_rows(tmp_path: Path) -> list[tuple[str]]:
     database = load_node_config(tmp_path / "node.yaml").storage.database_path
     with closing(sqlite3.connect(database)) as conn:
         return conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
+
+
+def test_an_idle_association_is_timed_out_after_the_configured_network_timeout(
+    tmp_path: Path,
+) -> None:
+    scp, index = _scp(tmp_path, network_timeout_s=1)
+    try:
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        host, port = scp.address
+        assoc = ae.associate(host, port, ae_title="AINODE")
+        assert assoc.is_established
+        (served,) = scp._server.active_associations  # type: ignore[union-attr]
+        assert served.dul._idle_timer.timeout == 1  # not pynetdicom's default of 60 s
+        wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to abort the association")
+    finally:
+        scp.stop()
+        index.close()
