@@ -144,6 +144,10 @@ class _EventDUL(DULServiceProvider):
                 return
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
+            if self._direct_store is not None and self.idle_timer_expired():
+                # A sender gone quiet in the middle of a dataset: drop it, so the association
+                # thread (which times idle associations out) is no longer kept waiting.
+                self._direct_store.close()
             try:
                 if self._process_recv_primitive():
                     pass

@@ -263,6 +263,25 @@ def _index_rows(tmp_path: Path) -> list[tuple[str]]:
         return conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
 
 
+def test_a_sender_gone_quiet_in_the_middle_of_a_dataset_is_timed_out(tmp_path: Path) -> None:
+    scp, index = _scp(tmp_path, network_timeout_s=1)
+    try:
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        host, port = scp.address
+        assoc = ae.associate(host, port, ae_title="AINODE")
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+        items = _pdv(context_id, 0x03, _store_command()) + _pdv(context_id, 0x00, b"\x08\x00")
+        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items)) + items)
+        # ... and nothing more: the node's network timeout must still end the association.
+        wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to abort the association")
+    finally:
+        scp.stop()
+        index.close()
+    assert not _index_rows(tmp_path)
+
+
 def test_an_idle_association_is_timed_out_after_the_configured_network_timeout(
     tmp_path: Path,
 ) -> None:
