@@ -51,8 +51,9 @@ class StoreStatus(IntEnum):
 
 
 class _NoDelayServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with Nagle off on every accepted connection, and the
-    event-driven association of ``node.reactor`` instead of the 1 ms polling one.
+    """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
+    connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
+    polling one.
 
     With Nagle on, each small C-STORE response waits for the peer's delayed ACK and loopback
     throughput drops to tens of instances per second.
@@ -67,6 +68,9 @@ class _NoDelayServer(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A peer that stops in the middle of a PDU must not hold the receiving thread in
+        # ``recv`` for ever (the association's idle timeout cannot reach it there).
+        client.settimeout(self.ae.network_timeout)
         return client, address
 
 

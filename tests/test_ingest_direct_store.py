@@ -298,3 +298,26 @@ def test_an_idle_association_is_timed_out_after_the_configured_network_timeout(
     finally:
         scp.stop()
         index.close()
+
+
+def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_cut_off(tmp_path: Path) -> None:
+    scp, index = _scp(tmp_path, network_timeout_s=1)
+    try:
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        host, port = scp.address
+        assoc = ae.associate(host, port, ae_title="AINODE")
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+        items = _pdv(context_id, 0x03, _store_command())
+        # The PDU header promises 1000 bytes more than ever come.
+        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items) + 1000) + items)
+        wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to drop the connection")
+        wait_until(
+            lambda: not scp._server.active_associations,  # type: ignore[union-attr]
+            timeout=15,
+            what="the node to end its side",
+        )
+    finally:
+        scp.stop()
+        index.close()
