@@ -17,6 +17,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
@@ -193,13 +194,19 @@ def _scp(tmp_path: Path, **listener: object) -> tuple[_PathRecordingSCP, Index]:
     return scp, index
 
 
-def _send_with_pynetdicom(scp: StorageSCP, paths: list[Path], max_pdu: int) -> list[int]:
+def _associate(scp: StorageSCP, *, max_pdu: int = 0, acse_timeout: float = 30) -> Association:
     ae = AE(ae_title="SENDER")
     ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = acse_timeout
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     host, port = scp.address
     assoc = ae.associate(host, port, ae_title="AINODE")
     assert assoc.is_established
+    return assoc
+
+
+def _send_with_pynetdicom(scp: StorageSCP, paths: list[Path], max_pdu: int) -> list[int]:
+    assoc = _associate(scp, max_pdu=max_pdu)
     try:
         return [int(assoc.send_c_store(dcmread(path)).Status) for path in paths]
     finally:
@@ -234,19 +241,27 @@ def test_either_path_stores_every_instance(
     assert pixels_by_instance(spool.rglob("*.dcm")) == pixels_by_instance(paths)
 
 
+def _start_a_store_never_finished(assoc: Association, *, promised_bytes: int = 0) -> None:
+    """A C-STORE command and the first fragment of its dataset, in a PDU whose header
+    promises ``promised_bytes`` more than it holds; nothing follows."""
+    context_id = assoc.accepted_contexts[0].context_id
+    items = _pdv(context_id, 0x03, _store_command()) + _pdv(context_id, 0x00, b"\x08\x00")
+    header = struct.pack(">BBL", 0x04, 0, len(items) + promised_bytes)
+    assoc.dul.socket.socket.sendall(header + items)
+
+
+def _index_rows(tmp_path: Path) -> list[tuple[str]]:
+    database = load_node_config(tmp_path / "node.yaml").storage.database_path
+    with closing(sqlite3.connect(database)) as conn:
+        return conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
+
+
 def test_a_release_in_the_middle_of_a_dataset_drops_it_and_is_answered(tmp_path: Path) -> None:
     scp, index = _scp(tmp_path)
     try:
-        ae = AE(ae_title="SENDER")
-        ae.acse_timeout = 5  # without an answer the release times out and aborts instead
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        host, port = scp.address
-        assoc = ae.associate(host, port, ae_title="AINODE")
-        assert assoc.is_established
-        context_id = assoc.accepted_contexts[0].context_id
-        # A C-STORE command and the first fragment of its dataset, never finished.
-        items = _pdv(context_id, 0x03, _store_command()) + _pdv(context_id, 0x00, b"\x08\x00")
-        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items)) + items)
+        # Without an answer the release would time out and abort instead.
+        assoc = _associate(scp, acse_timeout=5)
+        _start_a_store_never_finished(assoc)
         assoc.release()
         assert assoc.is_released and not assoc.is_aborted
         statuses = _send_with_pynetdicom(scp, make_instances(tmp_path / "in", 1), 0)
@@ -257,23 +272,11 @@ def test_a_release_in_the_middle_of_a_dataset_drops_it_and_is_answered(tmp_path:
     assert len(_index_rows(tmp_path)) == 1  # and the dropped dataset left nothing
 
 
-def _index_rows(tmp_path: Path) -> list[tuple[str]]:
-    database = load_node_config(tmp_path / "node.yaml").storage.database_path
-    with closing(sqlite3.connect(database)) as conn:
-        return conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
-
-
 def test_a_sender_gone_quiet_in_the_middle_of_a_dataset_is_timed_out(tmp_path: Path) -> None:
     scp, index = _scp(tmp_path, network_timeout_s=1)
     try:
-        ae = AE(ae_title="SENDER")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        host, port = scp.address
-        assoc = ae.associate(host, port, ae_title="AINODE")
-        assert assoc.is_established
-        context_id = assoc.accepted_contexts[0].context_id
-        items = _pdv(context_id, 0x03, _store_command()) + _pdv(context_id, 0x00, b"\x08\x00")
-        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items)) + items)
+        assoc = _associate(scp)
+        _start_a_store_never_finished(assoc)
         # ... and nothing more: the node's network timeout must still end the association.
         wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to abort the association")
     finally:
@@ -287,11 +290,7 @@ def test_an_idle_association_is_timed_out_after_the_configured_network_timeout(
 ) -> None:
     scp, index = _scp(tmp_path, network_timeout_s=1)
     try:
-        ae = AE(ae_title="SENDER")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        host, port = scp.address
-        assoc = ae.associate(host, port, ae_title="AINODE")
-        assert assoc.is_established
+        assoc = _associate(scp)
         (served,) = scp._server.active_associations  # type: ignore[union-attr]
         assert served.dul._idle_timer.timeout == 1  # not pynetdicom's default of 60 s
         wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to abort the association")
@@ -303,15 +302,8 @@ def test_an_idle_association_is_timed_out_after_the_configured_network_timeout(
 def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_cut_off(tmp_path: Path) -> None:
     scp, index = _scp(tmp_path, network_timeout_s=1)
     try:
-        ae = AE(ae_title="SENDER")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        host, port = scp.address
-        assoc = ae.associate(host, port, ae_title="AINODE")
-        assert assoc.is_established
-        context_id = assoc.accepted_contexts[0].context_id
-        items = _pdv(context_id, 0x03, _store_command())
-        # The PDU header promises 1000 bytes more than ever come.
-        assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items) + 1000) + items)
+        assoc = _associate(scp)
+        _start_a_store_never_finished(assoc, promised_bytes=1000)
         wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to drop the connection")
         wait_until(
             lambda: not scp._server.active_associations,  # type: ignore[union-attr]
