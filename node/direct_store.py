@@ -190,8 +190,8 @@ class DirectStoreReceiver:
         return True
 
     def close(self) -> None:
-        """Drop a dataset left half-received (the connection ended, or the peer sent another
-        PDU in its place); free the association for pynetdicom."""
+        """Drop a dataset left half-received as the association ends (released, aborted, timed
+        out or the connection lost) and free ``serving``."""
         if self._receiving is not None:
             self._receiving = None
             self._assoc.serving.release()

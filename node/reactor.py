@@ -144,10 +144,6 @@ class _EventDUL(DULServiceProvider):
                 return
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
-            if self._direct_store is not None and self.idle_timer_expired():
-                # A sender gone quiet in the middle of a dataset: drop it, so the association
-                # thread (which times idle associations out) is no longer kept waiting.
-                self._direct_store.close()
             try:
                 if self._process_recv_primitive():
                     pass
@@ -187,14 +183,14 @@ class _EventDUL(DULServiceProvider):
             LOGGER.error("connection closed after %d of a PDU's %d bytes", len(body), length)
             self.event_queue.put("Evt17")
             return
-        direct = self._direct_store
-        if direct is not None:
-            if pdu_type == _P_DATA_TF and self.state_machine.current_state == "Sta6":
-                # A new C-STORE only when pynetdicom has no event pending (its view is current).
-                if direct.take(body, may_start=self.event_queue.empty()):
-                    return
-            else:  # the peer moved on (release, abort) in the middle of a dataset: drop it
-                direct.close()
+        if (
+            pdu_type == _P_DATA_TF
+            and self._direct_store is not None
+            and self.state_machine.current_state == "Sta6"
+            # a new C-STORE only when pynetdicom has no event pending (its view is current)
+            and self._direct_store.take(body, may_start=self.event_queue.empty())
+        ):
+            return
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception as exc:
@@ -321,11 +317,17 @@ class EventAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
 
-            with self.serving:
-                context_id, msg = self.dimse.get_msg(block=False)
-                if msg:
-                    self._serve_request(msg, int(context_id or 0))
-                    idle = False
+            # The DUL thread may be serving a request itself, a direct C-STORE across several
+            # PDUs: then go on to the checks below instead of waiting for it, so a release, an
+            # abort or the idle timeout is still seen. What it queues meanwhile wakes this loop.
+            if self.serving.acquire(blocking=False):
+                try:
+                    context_id, msg = self.dimse.get_msg(block=False)
+                    if msg:
+                        self._serve_request(msg, int(context_id or 0))
+                        idle = False
+                finally:
+                    self.serving.release()
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
