@@ -604,8 +604,8 @@ class Index:
         not fail the others). Every item ends ``done``, with an outcome or an error."""
         try:
             try:
-                previous = self._previous_rows(batch)
                 uids = [item.instance.header.sop_instance_uid for item in batch]
+                previous = self._previous_rows(uids)
                 self._synchronise(replacing=bool(previous) or len(set(uids)) < len(uids))
                 with transaction(self._conn) as conn:
                     outcomes = [self._store_one(conn, item.instance, previous) for item in batch]
@@ -624,10 +624,9 @@ class Index:
                     item.error = RuntimeError("index commit interrupted")
                 item.done = True
 
-    def _previous_rows(self, batch: list[_PendingStore]) -> dict[str, tuple[str, str]]:
-        """(path, study UID) of the rows ``batch`` replaces, by SOP Instance UID. Only this
-        index writes instance rows, under ``_lock``, so they hold until the commit."""
-        uids = [item.instance.header.sop_instance_uid for item in batch]
+    def _previous_rows(self, uids: list[str]) -> dict[str, tuple[str, str]]:
+        """(path, study UID) of the rows of these SOP Instance UIDs. Only this index writes
+        instance rows, under ``_lock``, so they hold until the commit."""
         marks = ", ".join("?" * len(uids))
         rows = self._conn.execute(
             "SELECT sop_instance_uid, path, study_instance_uid FROM instances "
