@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.dimse_primitives import C_STORE
 
-from node.responses import STORE_RESPONSE, encode_command_pdu, encode_response_fields
+from node.responses import (
+    STORE_RESPONSE,
+    encode_command_pdu,
+    encode_response_fields,
+    fits_one_pdu,
+)
 
 if TYPE_CHECKING:
     from node.reactor import EventAssociation
@@ -252,10 +257,9 @@ class DirectStoreReceiver:
             sop_instance_uid=request.sop_instance_uid,
             error_comment=reply.error_comment,
         )
-        limit = assoc.dimse.maximum_pdu_size
         if (
             command_set is None
-            or (limit and len(command_set) + 6 > limit)
+            or not fits_one_pdu(command_set, assoc.dimse.maximum_pdu_size)
             or not assoc.dul.to_provider_queue.empty()
         ):
             response = C_STORE()

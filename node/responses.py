@@ -95,6 +95,11 @@ def encode_response_fields(
     return _element(0x0000, struct.pack("<L", len(body))) + body
 
 
+def fits_one_pdu(command_set: bytes, maximum_pdu_size: int) -> bool:
+    """Whether a command set goes as one PDV under the peer's maximum PDU length (0: none)."""
+    return not maximum_pdu_size or len(command_set) + 6 <= maximum_pdu_size
+
+
 def encode_command_pdu(context_id: int, command_set: bytes) -> bytes:
     """A P-DATA-TF PDU carrying one whole command set in one PDV (PS3.8 9.3.5)."""
     item_length = 2 + len(command_set)
@@ -112,8 +117,7 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         command_set = None
         if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             command_set = encode_response(primitive)
-        limit = self.maximum_pdu_size
-        if command_set is None or (limit and len(command_set) + 6 > limit):
+        if command_set is None or not fits_one_pdu(command_set, self.maximum_pdu_size):
             super().send_msg(primitive, context_id)
             return
         pdata = P_DATA()
