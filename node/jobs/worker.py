@@ -42,26 +42,28 @@ def write_atomically(
     reports), then all are renamed into place and each folder is fsynced once.
     """
     written: list[tuple[ResultInstance, Path]] = []
-    temps: list[Path] = []
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer") as writer:
             pending = []
             for result, path in results:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                temps.append(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
                 written.append((result, path))
-                pending.append(writer.submit(_write_synced, result, temps[-1]))
+                pending.append(writer.submit(_write_synced, result, _temp_path(path)))
             for future in pending:
                 future.result()
-        for temp, (_, path) in zip(temps, written, strict=True):
-            os.replace(temp, path)
+        for _, path in written:
+            os.replace(_temp_path(path), path)
     except BaseException:
-        for temp in temps:  # the writer has stopped: nothing recreates them
-            temp.unlink(missing_ok=True)
+        for _, path in written:  # the writer has stopped: nothing recreates them
+            _temp_path(path).unlink(missing_ok=True)
         raise
     for folder in {path.parent for _, path in written}:
         fsync_dir(folder)
     return written
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _write_synced(result: ResultInstance, path: Path) -> None:
