@@ -9,9 +9,7 @@ stops it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from pydicom import config as pydicom_config
@@ -131,12 +129,8 @@ class Node:
         if self._index is not None:
             self._index.close()
             self._index = None
-            _mark_clean_stop(self.config.storage.data_dir)
+            # every spool file has its row, flushed to disk by the close: say so, durably
+            data_dir = self.config.storage.data_dir
+            (data_dir / CLEAN_STOP_FILE).touch()
+            fsync_dir(data_dir)
         self._stop_requested.set()
-
-
-def _mark_clean_stop(data_dir: Path) -> None:
-    """Durably leave ``CLEAN_STOP_FILE``: every spool file has its row, flushed to disk."""
-    marker = data_dir / CLEAN_STOP_FILE
-    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
-    fsync_dir(data_dir)
