@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from pynetdicom.dimse_primitives import C_STORE
 
 from node.responses import (
+    NO_DATASET,
     STORE_RESPONSE,
     encode_command_pdu,
     encode_response_fields,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 #: Command Field of a C-STORE request (PS3.7 E.1).
 STORE_REQUEST = 0x0001
-_NO_DATASET = 0x0101
 #: Message Control Header bits (PS3.8 E.2).
 _COMMAND_BIT = 0x01
 _LAST_BIT = 0x02
@@ -103,7 +103,7 @@ def decode_store_command(command: bytes | memoryview) -> StoreCommand | None:
         values[element] = bytes(command[offset : offset + length])
         offset += length
     try:
-        if _us(values[0x0100]) != STORE_REQUEST or _us(values[0x0800]) == _NO_DATASET:
+        if _us(values[0x0100]) != STORE_REQUEST or _us(values[0x0800]) == NO_DATASET:
             return None
         _us(values[0x0700])  # Priority: required, its value does not matter here
         message_id = _us(values[0x0110])

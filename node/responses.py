@@ -22,7 +22,8 @@ from pynetdicom.pdu_primitives import P_DATA
 #: Command Field of the responses covered here (PS3.7 E.1).
 STORE_RESPONSE = 0x8001
 _COMMAND_FIELDS = {C_STORE: STORE_RESPONSE, C_ECHO: 0x8030}
-_NO_DATASET = 0x0101
+#: Command Data Set Type of a message without a data set (PS3.7 E.1).
+NO_DATASET = 0x0101
 #: Message Control Header of a PDV holding a whole command set: command, last fragment.
 _LAST_COMMAND_FRAGMENT = b"\x03"
 
@@ -82,7 +83,7 @@ def encode_response_fields(
         elements += [
             _element(0x0100, _us(command_field)),
             _element(0x0120, _us(message_id)),
-            _element(0x0800, _us(_NO_DATASET)),
+            _element(0x0800, _us(NO_DATASET)),
             _element(0x0900, _us(status)),
         ]
         if error_comment is not None:
