@@ -128,12 +128,82 @@ class OutputKind(StrEnum):
     BURNED_IN_SC = "burned_in_sc"
 
 
+class OverlappingSegments(StrEnum):
+    """How a SEG writes voxels that several segments claim (``node.outputs.seg_overlap``)."""
+
+    EXCLUSIVE = "exclusive"  # the smallest segment keeps them: a nodule stays out of its lung
+    NESTED = "nested"  # every segment keeps its whole mask; segments overlap
+
+
+class SegType(StrEnum):
+    """SEG storage class: one bit-packed frame per segment, or one label frame per slice."""
+
+    BINARY = "binary"  # Segmentation Storage, what viewers read
+    LABELMAP = "labelmap"  # Label Map Segmentation Storage (2024), few readers yet
+
+
+class SegTransferSyntax(StrEnum):
+    """Transfer syntaxes highdicom 0.28 writes a SEG in (BINARY: the first two only)."""
+
+    EXPLICIT_VR_LITTLE_ENDIAN = "explicit_vr_little_endian"
+    JPEG2000_LOSSLESS = "jpeg2000_lossless"
+    JPEG_LS_LOSSLESS = "jpeg_ls_lossless"
+    RLE_LOSSLESS = "rle_lossless"
+
+    @property
+    def uid(self) -> str:
+        return {
+            SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN: "1.2.840.10008.1.2.1",
+            SegTransferSyntax.JPEG2000_LOSSLESS: "1.2.840.10008.1.2.4.90",
+            SegTransferSyntax.JPEG_LS_LOSSLESS: "1.2.840.10008.1.2.4.80",
+            SegTransferSyntax.RLE_LOSSLESS: "1.2.840.10008.1.2.5",
+        }[self]
+
+
+BINARY_SEG_TRANSFER_SYNTAXES = frozenset(
+    {SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN, SegTransferSyntax.JPEG2000_LOSSLESS}
+)
+
+
+def check_seg_encoding(
+    seg_type: SegType, transfer_syntax: SegTransferSyntax, overlapping: OverlappingSegments
+) -> None:
+    """Raise ValueError, saying what to change, for SEG settings highdicom cannot write."""
+    if seg_type is SegType.BINARY and transfer_syntax not in BINARY_SEG_TRANSFER_SYNTAXES:
+        raise ValueError(
+            f"seg_transfer_syntax {transfer_syntax.value} cannot carry a BINARY SEG (its pixels "
+            "are bit-packed); use explicit_vr_little_endian or jpeg2000_lossless, or "
+            "seg_type: labelmap"
+        )
+    if seg_type is SegType.LABELMAP and overlapping is OverlappingSegments.NESTED:
+        raise ValueError(
+            "a LABELMAP SEG holds one segment per voxel, so nested segments cannot be written; "
+            "set overlapping_segments: exclusive or seg_type: binary"
+        )
+
+
 class OutputsConfig(_Section):
-    """How result series are labelled."""
+    """How result series are labelled and how the SEG is encoded.
+
+    The SEG defaults are the smallest encoding the validator passes for viewers that read
+    compressed SEGs (bench/README.md, "SEG size and encodings"); for a viewer that reads only
+    uncompressed SEGs set ``seg_transfer_syntax: explicit_vr_little_endian``.
+    """
 
     series_number_base: int = Field(9000, ge=1, le=2**31 - 1)
     not_for_diagnostic_use: bool = True
     institution_name: str | None = None
+    overlapping_segments: OverlappingSegments = OverlappingSegments.EXCLUSIVE
+    seg_type: SegType = SegType.BINARY
+    seg_transfer_syntax: SegTransferSyntax = SegTransferSyntax.JPEG2000_LOSSLESS
+    seg_omit_empty_frames: bool = Field(
+        True, description="leave out frames where a segment has no pixel"
+    )
+
+    @model_validator(mode="after")
+    def _seg_encoding(self) -> OutputsConfig:
+        check_seg_encoding(self.seg_type, self.seg_transfer_syntax, self.overlapping_segments)
+        return self
 
 
 class DicomDestination(_Section):

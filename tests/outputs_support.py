@@ -21,7 +21,16 @@ from models.api import (
     Report,
     Segment,
 )
+from node.config import OverlappingSegments, SegTransferSyntax
+from node.outputs.context import SegOptions
 
+# the SEG as it was before sparse, compressed, exclusive SEGs became the default: every
+# frame, uncompressed, nested segments kept; what highdicom's plain call gives
+EVERY_FRAME_NESTED = SegOptions(
+    overlapping=OverlappingSegments.NESTED,
+    transfer_syntax=SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN,
+    omit_empty_frames=False,
+)
 MM = Code("mm", "UCUM", "millimeter")
 MM3 = Code("mm3", "UCUM", "cubic millimeter")
 MM2 = Code("mm2", "UCUM", "square millimeter")

@@ -12,7 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from outputs_support import sphere_mask, write_synthetic_ct
+from outputs_support import EVERY_FRAME_NESTED, sphere_mask, write_synthetic_ct
 from pydicom.sr.codedict import codes
 
 from models.api import AlgorithmIdentification, Findings, PluginInput, Segment
@@ -28,6 +28,7 @@ CONTEXT = OutputContext(
     plugin_name="test-plugin",
     plugin_version="1.0.0",
     outputs=(OutputKind.SEG, OutputKind.SR),
+    seg=EVERY_FRAME_NESTED,
 )
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from outputs_support import full_findings, write_synthetic_ct
+from outputs_support import EVERY_FRAME_NESTED, full_findings, write_synthetic_ct
 
-from models.api import PluginInput
+from models.api import Findings, PluginInput
 from models.loading import load_plugin_input
 from node.config import OutputKind
 from node.outputs import OutputContext, SegmentationGeometryError, build_outputs
@@ -95,16 +95,23 @@ def segment_pixels_by_source(seg: pydicom.Dataset, segment: int) -> dict[tuple, 
     return result
 
 
-def seg_of(source: PluginInput) -> tuple[pydicom.Dataset, object]:
+def filled_frames(findings: Findings) -> int:
+    """SEG frames when empty frames are left out: each segment's slices with a pixel."""
+    return sum(int(segment.binary.any(axis=(1, 2)).sum()) for segment in findings.segments)
+
+
+def seg_of(
+    source: PluginInput, context: OutputContext = CONTEXT
+) -> tuple[pydicom.Dataset, Findings]:
     findings = full_findings(source, report=False)
-    (result,) = build_outputs(findings, source, CONTEXT)
+    (result,) = build_outputs(findings, source, context)
     return result.dataset, findings
 
 
 def test_synthetic_gantry_tilt_follows_source(tmp_path: Path):
     source = load_plugin_input(write_synthetic_ct(tmp_path, slices=8, size=32, tilt=True))
     seg, findings = seg_of(source)
-    assert assert_geometry_follows_source(seg, source) == 8 * len(findings.segments)
+    assert assert_geometry_follows_source(seg, source) == filled_frames(findings)
 
 
 def test_masks_land_on_their_source_frames(tmp_path: Path):
@@ -113,7 +120,10 @@ def test_masks_land_on_their_source_frames(tmp_path: Path):
     by_source = segment_pixels_by_source(seg, 1)
     mask = findings.segments[0].mask
     for index, frame in enumerate(source.sources):
-        np.testing.assert_array_equal(by_source[(frame.sop_instance_uid, None)], mask[index])
+        if mask[index].any():
+            np.testing.assert_array_equal(by_source[(frame.sop_instance_uid, None)], mask[index])
+        else:  # empty frames are left out
+            assert (frame.sop_instance_uid, None) not in by_source
 
 
 @pytest.mark.corpus
@@ -129,7 +139,7 @@ def test_corpus_stacks_follow_source(corpus: Path, relative: str):
         by_series.setdefault(uid, []).append(path)
     source = load_plugin_input(min(by_series.values(), key=len))
     seg, findings = seg_of(source)
-    assert assert_geometry_follows_source(seg, source) == source.shape[0] * len(findings.segments)
+    assert assert_geometry_follows_source(seg, source) == filled_frames(findings)
 
 
 @pytest.mark.corpus
@@ -146,7 +156,7 @@ def test_enhanced_multiframe_follows_source(corpus: Path, relative: str):
     before = str(source.headers[0])
     seg, findings = seg_of(source)
     assert str(source.headers[0]) == before  # geometry rewritten on a copy only
-    assert assert_geometry_follows_source(seg, source) == source.shape[0] * len(findings.segments)
+    assert assert_geometry_follows_source(seg, source) == filled_frames(findings)
 
 
 @pytest.mark.corpus
@@ -161,7 +171,7 @@ def test_partial_and_reordered_multiframe_input(corpus: Path):
         sources=tuple(full.sources[i] for i in order),
         volume=None,
     )
-    seg, findings = seg_of(partial)
+    seg, findings = seg_of(partial, dataclasses.replace(CONTEXT, seg=EVERY_FRAME_NESTED))
     assert int(seg.NumberOfFrames) == len(full.sources) * len(findings.segments)
     assert_geometry_follows_source(seg, partial)
     by_source = segment_pixels_by_source(seg, 1)

@@ -8,7 +8,14 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 import node
-from node.config import OutputKind, OutputsConfig
+from node.config import (
+    OutputKind,
+    OutputsConfig,
+    OverlappingSegments,
+    SegTransferSyntax,
+    SegType,
+    check_seg_encoding,
+)
 
 # Series number offset per output kind: each kind is its own series (a series holds one
 # modality), numbered from OutputContext.series_number.
@@ -42,6 +49,33 @@ class PredecessorDocument:
 
 
 @dataclass(frozen=True)
+class SegOptions:
+    """How the SEG is written (node.yaml ``outputs``; defaults as ``OutputsConfig``'s).
+
+    ``overlapping``: EXCLUSIVE leaves a voxel several segments claim in the smallest of them
+    (``seg_overlap``), NESTED keeps every mask whole. ``omit_empty_frames`` leaves out the
+    frames where a segment has no pixel; every frame kept still references its source image.
+    """
+
+    overlapping: OverlappingSegments = OverlappingSegments.EXCLUSIVE
+    seg_type: SegType = SegType.BINARY
+    transfer_syntax: SegTransferSyntax = SegTransferSyntax.JPEG2000_LOSSLESS
+    omit_empty_frames: bool = True
+
+    def __post_init__(self) -> None:
+        check_seg_encoding(self.seg_type, self.transfer_syntax, self.overlapping)
+
+    @classmethod
+    def from_config(cls, config: OutputsConfig) -> SegOptions:
+        return cls(
+            overlapping=config.overlapping_segments,
+            seg_type=config.seg_type,
+            transfer_syntax=config.seg_transfer_syntax,
+            omit_empty_frames=config.seg_omit_empty_frames,
+        )
+
+
+@dataclass(frozen=True)
 class OutputContext:
     """One job's identity and labelling choices.
 
@@ -50,6 +84,7 @@ class OutputContext:
     number; the SR, text SR and burned-in series follow it (``SERIES_OFFSET``).
     ``fractional_segmentation`` asks for a FRACTIONAL SEG where every mask is a
     probability map; otherwise probability masks are thresholded at 0.5 into a BINARY SEG.
+    ``seg`` says how the SEG is encoded.
     """
 
     job_id: str
@@ -64,6 +99,7 @@ class OutputContext:
     institution_name: str | None = None
     fractional_segmentation: bool = False
     procedure_reported: Code | None = None
+    seg: SegOptions = SegOptions()
 
     def __post_init__(self) -> None:
         if not self.job_id:
@@ -104,6 +140,7 @@ class OutputContext:
             predecessor=predecessor,
             institution_name=config.institution_name,
             fractional_segmentation=fractional_segmentation,
+            seg=SegOptions.from_config(config),
         )
 
     def wants(self, kind: OutputKind) -> bool:

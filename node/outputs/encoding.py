@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 __all__ = ["preencode_frame_groups"]
 
@@ -90,10 +90,22 @@ class _Encoder:
         return tag + struct.pack("<I", len(value)) + value
 
 
+def _explicit_little_endian(uid: object) -> bool:
+    """Whether data sets of this transfer syntax are written as explicit VR little endian:
+    the native one and the compressed ones (deflate compresses the encoded stream: no)."""
+    if not uid:
+        return False
+    syntax = UID(str(uid))
+    return syntax == ExplicitVRLittleEndian or (
+        syntax.is_transfer_syntax and syntax.is_encapsulated and not syntax.is_implicit_VR
+    )
+
+
 def preencode_frame_groups(dataset: Dataset) -> bool:
     """Replace the Per-frame Functional Groups Sequence by its encoded bytes (in place).
 
-    Only for datasets written as explicit VR little endian; returns whether it did. The
+    Only for datasets written as explicit VR little endian, natively or with encapsulated
+    (compressed) pixel data; returns whether it did. The
     dataset is marked as encoded in that transfer syntax so that pydicom writes the raw
     element as it is; its own ambiguous VRs (e.g. Pixel Data's OB or OW) are resolved here,
     as pydicom would resolve them when writing. Elements added later must have a definite VR.
@@ -103,7 +115,7 @@ def preencode_frame_groups(dataset: Dataset) -> bool:
         _PER_FRAME not in dataset
         or dataset.get_item(_PER_FRAME).is_raw
         or meta is None
-        or meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian
+        or not _explicit_little_endian(meta.get("TransferSyntaxUID"))
     ):
         return False
     items = dataset[_PER_FRAME].value
