@@ -1,0 +1,263 @@
+"""SEG options (node.yaml ``outputs``): exclusive or nested segments, empty frames left out,
+the transfer syntax and the storage class. Every variant reads back with highdicom onto the
+right source images, equals highdicom's own encoding of the same masks, and the BINARY ones
+pass the validator."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from outputs_support import sphere_mask, write_synthetic_ct
+from pydantic import ValidationError
+from pydicom.sr.codedict import codes
+
+from models.api import AlgorithmIdentification, Findings, PluginInput, Segment
+from models.loading import load_plugin_input
+from node.config import (
+    OutputKind,
+    OutputsConfig,
+    OverlappingSegments,
+    SegTransferSyntax,
+    SegType,
+)
+from node.outputs import OutputContext, build_outputs
+from node.outputs.context import SegOptions
+from node.outputs.seg import build_segmentation, source_layout
+from node.outputs.seg_overlap import exclusive_masks
+
+DEFAULT = SegOptions()
+NESTED = SegOptions(overlapping=OverlappingSegments.NESTED)
+NATIVE = SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
+J2K = SegTransferSyntax.JPEG2000_LOSSLESS
+BINARY_VARIANTS = [
+    SegOptions(transfer_syntax=syntax, omit_empty_frames=omit)
+    for syntax in (NATIVE, J2K)
+    for omit in (True, False)
+]
+
+
+def context(options: SegOptions = DEFAULT) -> OutputContext:
+    return OutputContext(
+        job_id="job-seg-options",
+        study_version=1,
+        plugin_name="test-plugin",
+        plugin_version="1.0.0",
+        outputs=(OutputKind.SEG,),
+        seg=options,
+    )
+
+
+def lungs_and_nodules(source: PluginInput) -> Findings:
+    """Two lungs, a nodule inside each, one nodule on its own; lungs first, as plugins
+    list them."""
+    frames, rows, columns = source.shape
+    middle, half = frames / 2, rows / 2
+
+    def segment(key: str, kind, center, radius) -> Segment:
+        return Segment(
+            key, key, codes.SCT.AnatomicalStructure, kind, sphere_mask(source.shape, center, radius)
+        )
+
+    return Findings(
+        algorithm=AlgorithmIdentification("p", "1"),
+        segments=(
+            segment("right lung", codes.SCT.Lung, (middle, half, columns / 4), columns / 4.5),
+            segment("left lung", codes.SCT.Lung, (middle, half, 3 * columns / 4), columns / 4.5),
+            segment("nodule 1", codes.SCT.Nodule, (middle - 1, half, columns / 4), 2),
+            segment("nodule 2", codes.SCT.Nodule, (middle + 1, half + 2, 3 * columns / 4), 1.5),
+            segment("nodule 3", codes.SCT.Nodule, (1, 2, 2), 1),
+        ),
+    )
+
+
+@pytest.fixture(scope="module", params=[48, 36], ids=["packed", "highdicom-path"])
+def source(request, tmp_path_factory) -> PluginInput:
+    """48x48 goes through the bit-packed path; 36x36 (not a multiple of 64 pixels) through
+    highdicom's own."""
+    folder = tmp_path_factory.mktemp(f"ct{request.param}")
+    return load_plugin_input(write_synthetic_ct(folder, slices=8, size=request.param))
+
+
+def read_back(seg: pydicom.Dataset) -> hd.seg.Segmentation:
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return hd.seg.segread(buffer)
+
+
+def masks_by_source(seg: hd.seg.Segmentation, source: PluginInput) -> np.ndarray:
+    """(frames, rows, columns, segments) as highdicom reads them per source image."""
+    uids = [frame.sop_instance_uid for frame in source.sources]
+    return seg.get_pixels_by_source_instance(uids, combine_segments=False).astype(bool)
+
+
+def test_exclusive_by_default_the_smaller_segment_keeps_shared_voxels(source):
+    findings = lungs_and_nodules(source)
+    seg = build_segmentation(findings, source, context())
+    assert seg.SegmentsOverlap == "NO"
+    read = masks_by_source(read_back(seg), source)
+    assert read.sum(axis=-1).max() == 1  # no voxel in two segments
+    masks = [segment.mask for segment in findings.segments]
+    for index in (2, 3, 4):  # nodules keep every voxel
+        np.testing.assert_array_equal(read[..., index], masks[index])
+    np.testing.assert_array_equal(read[..., 0], masks[0] & ~masks[2])  # lung minus nodule
+    np.testing.assert_array_equal(read[..., 1], masks[1] & ~masks[3])
+    assert (read[..., 0] | read[..., 2]).sum() == masks[0].sum()  # nothing lost
+
+
+def test_nested_keeps_every_mask_whole(source):
+    findings = lungs_and_nodules(source)
+    seg = build_segmentation(findings, source, context(NESTED))
+    assert seg.SegmentsOverlap == "YES"
+    read = masks_by_source(read_back(seg), source)
+    for index, segment in enumerate(findings.segments):
+        np.testing.assert_array_equal(read[..., index], segment.mask)
+    assert (read[..., 0] & read[..., 2]).any()  # the nodule is in the lung too
+
+
+def test_equal_sizes_go_to_the_earlier_segment():
+    first = np.zeros((2, 8, 8), bool)
+    first[0, :4] = True
+    second = np.roll(first, 2, axis=1)  # same size, half shared
+    kept = exclusive_masks([first, second])
+    np.testing.assert_array_equal(kept[0], first)
+    np.testing.assert_array_equal(kept[1], second & ~first)
+
+
+@pytest.mark.parametrize(
+    "options", BINARY_VARIANTS, ids=lambda o: f"{o.transfer_syntax}-omit{o.omit_empty_frames}"
+)
+def test_frames_reference_their_sources_and_read_back(source, options):
+    findings = lungs_and_nodules(source)
+    seg = build_segmentation(findings, source, context(options))
+    assert seg.file_meta.TransferSyntaxUID == (
+        options.transfer_syntax.uid if source.shape[1] >= 32 else NATIVE.uid
+    )
+    expected = exclusive_masks([segment.mask for segment in findings.segments])
+    uids = [frame.sop_instance_uid for frame in source.sources]
+    positions = {h.SOPInstanceUID: list(map(float, h.ImagePositionPatient)) for h in source.headers}
+    cited = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = list(map(float, item.PlanePositionSequence[0].ImagePositionPatient))
+        assert position == pytest.approx(positions[uid])
+        cited.append((number, uids.index(uid)))
+    if options.omit_empty_frames:  # one frame per segment and slice it has pixels on
+        filled = [
+            (n, i)
+            for n, mask in enumerate(expected, 1)
+            for i in np.flatnonzero(mask.any(axis=(1, 2)))
+        ]
+        assert sorted(cited) == sorted(filled)
+    else:
+        assert len(cited) == len(uids) * len(expected)
+    read = masks_by_source(read_back(seg), source)
+    for index, mask in enumerate(expected):
+        np.testing.assert_array_equal(read[..., index], mask)
+
+
+@pytest.mark.parametrize(
+    "options", BINARY_VARIANTS, ids=lambda o: f"{o.transfer_syntax}-omit{o.omit_empty_frames}"
+)
+def test_pixels_equal_highdicoms_own_encoding(source, options):
+    """What ainode writes (the packed path for 48x48) equals highdicom's plain call with the
+    exclusive masks as a 4D stack and the same options."""
+    findings = lungs_and_nodules(source)
+    seg = build_segmentation(findings, source, context(options))
+    reference = hd.seg.Segmentation(
+        source_images=list(source_layout(source).images),
+        pixel_array=np.stack(exclusive_masks([s.mask for s in findings.segments]), axis=-1),
+        segmentation_type="BINARY",
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(i) for i in seg.SegmentSequence
+        ],
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=1,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+        manufacturer="reference",
+        manufacturer_model_name="reference",
+        software_versions="1",
+        device_serial_number="1",
+        omit_empty_frames=options.omit_empty_frames,
+        transfer_syntax_uid=seg.file_meta.TransferSyntaxUID,
+    )
+    assert seg.NumberOfFrames == reference.NumberOfFrames
+    assert seg.PixelData == reference.PixelData
+    for ours, theirs in zip(
+        seg.PerFrameFunctionalGroupsSequence,
+        reference.PerFrameFunctionalGroupsSequence,
+        strict=True,
+    ):
+        assert (
+            ours.FrameContentSequence[0].DimensionIndexValues
+            == theirs.FrameContentSequence[0].DimensionIndexValues
+        )
+        assert ours.DerivationImageSequence == theirs.DerivationImageSequence
+
+
+def test_labelmap_holds_every_segment_in_one_frame_per_slice(source):
+    findings = lungs_and_nodules(source)
+    options = SegOptions(seg_type=SegType.LABELMAP, transfer_syntax=SegTransferSyntax.RLE_LOSSLESS)
+    seg = build_segmentation(findings, source, context(options))
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    assert int(seg.NumberOfFrames) <= source.shape[0]
+    read = masks_by_source(read_back(seg), source)
+    for index, mask in enumerate(exclusive_masks([s.mask for s in findings.segments])):
+        np.testing.assert_array_equal(read[..., index], mask)
+
+
+def test_small_frames_fall_back_to_native_for_jpeg_2000(tmp_path):
+    source = load_plugin_input(write_synthetic_ct(tmp_path, slices=4, size=24))
+    seg = build_segmentation(lungs_and_nodules(source), source, context())
+    assert seg.file_meta.TransferSyntaxUID == NATIVE.uid
+
+
+def test_invalid_combinations_say_what_to_change():
+    with pytest.raises(ValidationError, match="jpeg2000_lossless, or seg_type: labelmap"):
+        OutputsConfig(seg_transfer_syntax="rle_lossless")
+    with pytest.raises(ValueError, match="set overlapping_segments: exclusive"):
+        SegOptions(seg_type=SegType.LABELMAP, overlapping=OverlappingSegments.NESTED)
+    config = OutputsConfig(
+        overlapping_segments="nested",
+        seg_omit_empty_frames=False,
+        seg_transfer_syntax="explicit_vr_little_endian",
+    )
+    built = OutputContext.from_config(
+        config, job_id="j", study_version=1, plugin_name="p", plugin_version="1"
+    )
+    assert built.seg == SegOptions(OverlappingSegments.NESTED, SegType.BINARY, NATIVE, False)
+    assert (
+        OutputContext.from_config(
+            OutputsConfig(), job_id="j", study_version=1, plugin_name="p", plugin_version="1"
+        ).seg
+        == SegOptions()
+    )
+
+
+@pytest.mark.dicom3tools
+def test_every_binary_variant_validates(
+    tmp_path: Path, validate_dicom: Callable[..., subprocess.CompletedProcess[str]]
+):
+    """One validator run over all BINARY variants, nested and exclusive, with the sources."""
+    files = write_synthetic_ct(tmp_path / "ct", slices=8, size=48)
+    source = load_plugin_input(files)
+    findings = lungs_and_nodules(source)
+    variants = [*BINARY_VARIANTS, dataclasses.replace(NESTED, transfer_syntax=NATIVE)]
+    for number, options in enumerate(variants):
+        results = build_outputs(
+            findings, source, dataclasses.replace(context(options), job_id=f"v{number}")
+        )
+        results[0].write(tmp_path / "out")
+    run = validate_dicom(tmp_path / "out", sources=(tmp_path / "ct",))
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "-> PASS" in run.stdout
