@@ -13,9 +13,16 @@ with rounds alternating:
   the masks as a (frames, rows, columns, segments) bool stack, the same segment
   descriptions, ``omit_empty_frames=False`` -- written to bytes.
 
-Printed: median seconds of both and their ratio; the target is ainode under 3 s.
+Printed: median seconds of both and their ratio; the target is ainode under 3 s. The
+reference and the timed ainode run use the SEG as it was before the SEG options
+(``EVERY_FRAME_NESTED``: every frame, uncompressed, nested segments), so the ratio stays
+comparable with the earlier figures.
 
-    python bench/outputs.py [--slices 300] [--rounds 3] [--case lungs|nodules]
+``--encodings``: instead, the SEG alone under each ``outputs`` SEG option set (segments,
+empty frames, transfer syntax, storage class), built with ``build_outputs`` and written to
+bytes: size, seconds (median of the rounds) and both as a ratio to ``EVERY_FRAME_NESTED``.
+
+    python bench/outputs.py [--slices 300] [--rounds 3] [--case lungs|nodules] [--encodings]
 """
 
 from __future__ import annotations
@@ -47,8 +54,14 @@ from models.api import (  # noqa: E402
     Segment,
     SourceFrame,
 )
-from node.config import OutputKind  # noqa: E402
+from node.config import (  # noqa: E402
+    OutputKind,
+    OverlappingSegments,
+    SegTransferSyntax,
+    SegType,
+)
 from node.outputs import OutputContext, build_outputs  # noqa: E402
+from node.outputs.context import SegOptions  # noqa: E402
 from node.outputs.seg import source_layout  # noqa: E402
 
 SIZE = 512
@@ -215,6 +228,69 @@ def reference(findings: Findings, source: PluginInput, context: OutputContext) -
     return size
 
 
+EVERY_FRAME_NESTED = SegOptions(
+    overlapping=OverlappingSegments.NESTED,
+    transfer_syntax=SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN,
+    omit_empty_frames=False,
+)
+NATIVE = SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
+J2K = SegTransferSyntax.JPEG2000_LOSSLESS
+ENCODINGS: tuple[tuple[str, SegOptions], ...] = (
+    ("(a) before: nested, every frame, native", EVERY_FRAME_NESTED),
+    ("exclusive, every frame, native", SegOptions(transfer_syntax=NATIVE, omit_empty_frames=False)),
+    ("(b) exclusive, empty frames omitted, native", SegOptions(transfer_syntax=NATIVE)),
+    ("(c) exclusive, every frame, JPEG 2000 Lossless", SegOptions(omit_empty_frames=False)),
+    ("(b+c) exclusive, omitted, JPEG 2000 Lossless [default]", SegOptions()),
+    (
+        "(d) LABELMAP, omitted, native",
+        SegOptions(seg_type=SegType.LABELMAP, transfer_syntax=NATIVE),
+    ),
+    *(
+        (
+            f"(d) LABELMAP, omitted, {name}",
+            SegOptions(seg_type=SegType.LABELMAP, transfer_syntax=ts),
+        )
+        for name, ts in (
+            ("RLE Lossless", SegTransferSyntax.RLE_LOSSLESS),
+            ("JPEG-LS Lossless", SegTransferSyntax.JPEG_LS_LOSSLESS),
+            ("JPEG 2000 Lossless", J2K),
+        )
+    ),
+)
+
+
+def encodings(findings: Findings, source: PluginInput, rounds: int) -> None:
+    """Size and build+write seconds of the SEG under each option set, against (a)."""
+    base: tuple[int, float] | None = None
+    print(f"{'SEG options':56s} {'frames':>6s} {'MB':>8s} {'size':>7s} {'s':>6s} {'time':>6s}")
+    for name, options in ENCODINGS:
+        context = seg_context(options)
+        seconds = []
+        for _ in range(rounds if options.omit_empty_frames else 1):  # every-frame J2K: 30 s
+            start = time.perf_counter()
+            (result,) = build_outputs(findings, source, context)
+            size = to_bytes(result.dataset)
+            seconds.append(time.perf_counter() - start)
+        median = statistics.median(seconds)
+        base = base or (size, median)
+        print(
+            f"{name:56s} {int(result.dataset.NumberOfFrames):6d} {size / 1e6:8.2f} "
+            f"{size / base[0]:7.1%} {median:6.2f} {median / base[1]:6.2f}",
+            flush=True,
+        )
+
+
+def seg_context(options: SegOptions, outputs: tuple[OutputKind, ...] = (OutputKind.SEG,)):
+    return OutputContext(
+        job_id="bench",
+        study_version=1,
+        plugin_name="ct-lung-nodule",
+        plugin_version="1.2.0",
+        outputs=outputs,
+        seg=options,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
@@ -226,23 +302,21 @@ def main() -> None:
         help="lungs: 2 lungs + 11 nodules inside them (13 overlapping segments, as "
         "ct-lung-nodule reports); nodules: 5 separate nodules",
     )
+    parser.add_argument(
+        "--encodings", action="store_true", help="size and time of the SEG per SEG option set"
+    )
     args = parser.parse_args()
     source = chest_ct(args.slices)
     findings = nodule_findings(source, lungs=args.case == "lungs")
-    both = OutputContext(
-        job_id="bench",
-        study_version=1,
-        plugin_name="ct-lung-nodule",
-        plugin_version="1.2.0",
-        outputs=(OutputKind.SEG, OutputKind.SR),
-    )
-    seg_only = OutputContext(
-        job_id="bench",
-        study_version=1,
-        plugin_name="ct-lung-nodule",
-        plugin_version="1.2.0",
-        outputs=(OutputKind.SEG,),
-    )
+    if args.encodings:
+        print(
+            f"{args.slices} slices {SIZE}x{SIZE}, case {args.case}: "
+            f"{len(findings.segments)} segments"
+        )
+        encodings(findings, source, args.rounds)
+        return
+    both = seg_context(EVERY_FRAME_NESTED, (OutputKind.SEG, OutputKind.SR))
+    seg_only = seg_context(EVERY_FRAME_NESTED)
     ainode(findings, source, both)  # warm imports and caches once
     ours, splits, theirs = [], [], []
     for _ in range(args.rounds):

@@ -30,6 +30,7 @@ from node.config import (
 )
 from node.outputs import OutputContext, build_outputs
 from node.outputs.context import SegOptions
+from node.outputs.encoding import decompress
 from node.outputs.seg import build_segmentation, source_layout
 from node.outputs.seg_overlap import exclusive_masks
 
@@ -261,3 +262,15 @@ def test_every_binary_variant_validates(
     run = validate_dicom(tmp_path / "out", sources=(tmp_path / "ct",))
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "-> PASS" in run.stdout
+
+
+def test_decompressing_a_jpeg_2000_seg_gives_the_native_seg(source, tmp_path):
+    """The sender's fallback for a peer that refuses JPEG 2000: decompressed, the SEG equals
+    the one written uncompressed (pydicom alone leaves one byte per pixel at 1 bit)."""
+    findings = lungs_and_nodules(source)
+    native = build_segmentation(findings, source, context(SegOptions(transfer_syntax=NATIVE)))
+    (compressed,) = build_outputs(findings, source, context())
+    dataset = pydicom.dcmread(compressed.write(tmp_path))
+    decompress(dataset)
+    assert dataset.file_meta.TransferSyntaxUID == NATIVE.uid
+    assert dataset.PixelData == native.PixelData

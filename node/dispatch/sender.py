@@ -30,6 +30,7 @@ from pynetdicom.presentation import PresentationContext
 
 from node.config import DicomDestination, FolderDestination
 from node.dispatch.outbox import OutboxRow
+from node.outputs.encoding import decompress
 from node.scu import MAX_CONTEXTS, AssociationFailed, Peer, associate
 from node.spool import fsync_dir
 
@@ -149,7 +150,7 @@ def _uncompressed(path: Path) -> Dataset:
     dataset = dcmread(path)
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
         # The same instance in another encoding: it must keep its SOP Instance UID.
-        dataset.decompress(generate_instance_uid=False)
+        decompress(dataset)
     return dataset
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -21,7 +22,7 @@ from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-__all__ = ["preencode_frame_groups"]
+__all__ = ["decompress", "preencode_frame_groups"]
 
 _PER_FRAME = BaseTag(0x52009230)
 _CHARSET = BaseTag(0x00080005)
@@ -131,3 +132,21 @@ def preencode_frame_groups(dataset: Dataset) -> bool:
     )
     dataset.set_original_encoding(False, True, dataset._character_set)
     return True
+
+
+def decompress(dataset: Dataset) -> None:
+    """``Dataset.decompress`` (same SOP Instance UID), keeping 1-bit pixel data bit-packed.
+
+    pydicom 3.0 decodes a compressed BINARY SEG (JPEG 2000, 1 bit allocated) into one byte
+    per pixel but leaves Bits Allocated at 1, which no reader decodes; the bytes are packed
+    back here (DICOM bit order, little-endian within a byte) so the result equals the SEG
+    written uncompressed.
+    """
+    dataset.decompress(generate_instance_uid=False)
+    if dataset.get("BitsAllocated") != 1:
+        return
+    pixels = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
+    unpacked = np.frombuffer(dataset.PixelData, np.uint8)
+    if unpacked.size >= pixels * int(dataset.get("NumberOfFrames", 1)):
+        packed = np.packbits(unpacked, bitorder="little").tobytes()
+        dataset.PixelData = packed + b"\0" * (len(packed) % 2)
