@@ -30,7 +30,7 @@ from node.config import (
 )
 from node.outputs import OutputContext, build_outputs
 from node.outputs.context import SegOptions
-from node.outputs.encoding import decompress
+from node.outputs.encoding import decompress, preencode_frame_groups
 from node.outputs.seg import build_segmentation, source_layout
 from node.outputs.seg_overlap import exclusive_masks
 
@@ -274,3 +274,14 @@ def test_decompressing_a_jpeg_2000_seg_gives_the_native_seg(source, tmp_path):
     decompress(dataset)
     assert dataset.file_meta.TransferSyntaxUID == NATIVE.uid
     assert dataset.PixelData == native.PixelData
+
+
+def test_compressed_seg_frame_groups_are_pre_encoded_as_pydicom_writes_them(source):
+    seg = build_segmentation(lungs_and_nodules(source), source, context())
+    plain = io.BytesIO()
+    seg.save_as(plain, enforce_file_format=True)
+    assert preencode_frame_groups(seg)
+    assert seg.get_item(0x52009230).is_raw
+    ours = io.BytesIO()
+    seg.save_as(ours, enforce_file_format=True)
+    assert ours.getvalue() == plain.getvalue()
