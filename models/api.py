@@ -32,6 +32,8 @@ __all__ = [
     "DeviceKind",
     "Finding",
     "Findings",
+    "GraphicKind",
+    "ImageGraphic",
     "Measurement",
     "Plugin",
     "PluginInput",
@@ -164,13 +166,62 @@ class Segment:
         return np.flatnonzero(flat.any(axis=1))
 
 
+class GraphicKind(StrEnum):
+    """What an ``ImageGraphic`` draws: a point, an open line, or a closed outline."""
+
+    POINT = "point"
+    LINE = "line"
+    OUTLINE = "outline"
+
+
+_MINIMUM_POINTS = {GraphicKind.POINT: 1, GraphicKind.LINE: 2, GraphicKind.OUTLINE: 3}
+
+
+@dataclass(frozen=True)
+class ImageGraphic:
+    """A point, line or outline on one input frame, where a viewer draws the finding.
+
+    ``frame`` indexes ``PluginInput.pixels``; ``points`` are (row, column) positions in that
+    frame's pixels, the way numpy indexes it (pixel centres at whole numbers). The SR writes
+    them as image coordinates (SCOORD) on the frame's source image, so a viewer draws the
+    line a length was measured along, or the outline of a region, on the right slice.
+    """
+
+    frame: int
+    kind: GraphicKind
+    points: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        kind = GraphicKind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        if self.frame < 0:
+            raise ValueError(f"ImageGraphic.frame must be >= 0, got {self.frame}")
+        points = tuple((float(row), float(column)) for row, column in self.points)
+        if len(points) < _MINIMUM_POINTS[kind]:
+            raise ValueError(
+                f"a {kind.value} needs at least {_MINIMUM_POINTS[kind]} points, got {len(points)}"
+            )
+        if kind is GraphicKind.POINT and len(points) != 1:
+            raise ValueError(f"a point has exactly one position, got {len(points)}")
+        if not np.isfinite(np.asarray(points)).all():
+            raise ValueError(f"ImageGraphic points must be finite, got {points}")
+        if kind is not GraphicKind.POINT and len(set(points)) < 2:
+            raise ValueError(f"a {kind.value} needs two distinct points, got {points}")
+        object.__setattr__(self, "points", points)
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """A numeric measurement: concept, value and UCUM unit."""
+    """A numeric measurement: concept, value and UCUM unit.
+
+    ``graphic`` is the line (or outline) it was measured along, where there is one: viewers
+    draw it and list the value beside it.
+    """
 
     concept: Code
     value: float
     unit: Code
+    graphic: ImageGraphic | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.value):
@@ -200,6 +251,10 @@ class Finding:
     """One measurement group of the TID 1500 report: a tracked finding and what was measured.
 
     ``segment_key`` names the Segment that delineates it (None for findings without a mask).
+    ``region`` is a planar outline of a finding without a segment (e.g. an organ's outline
+    on a radiograph), written as the group's image region. Viewers such as OHIF place a
+    group only by its image coordinates: a finding should carry a ``region`` or at least one
+    measurement with a ``graphic`` (``graphics`` lists them).
     """
 
     tracking_id: str
@@ -208,10 +263,27 @@ class Finding:
     segment_key: str | None = None
     measurements: tuple[Measurement, ...] = ()
     evaluations: tuple[QualitativeEvaluation, ...] = ()
+    region: ImageGraphic | None = None
 
     def __post_init__(self) -> None:
         if not self.tracking_id:
             raise ValueError("Finding.tracking_id must not be empty")
+        if self.region is not None and self.segment_key is not None:
+            raise ValueError(
+                f"finding {self.tracking_id!r} has both a region and a segment; a measurement "
+                "group references one kind of ROI: keep the segment and give the outline to a "
+                "measurement's graphic, or make the outline its own finding"
+            )
+        if self.region is not None and self.region.kind is not GraphicKind.OUTLINE:
+            raise ValueError(
+                f"finding {self.tracking_id!r}: a region is an outline, got a {self.region.kind}"
+            )
+
+    @property
+    def graphics(self) -> tuple[ImageGraphic, ...]:
+        """Every image graphic of the finding: its region, then its measurements' lines."""
+        region = (self.region,) if self.region is not None else ()
+        return region + tuple(m.graphic for m in self.measurements if m.graphic is not None)
 
 
 @dataclass(frozen=True)
@@ -240,8 +312,9 @@ class AlgorithmIdentification:
 class Findings:
     """Everything one plugin run found in one series.
 
-    ``study_measurements`` / ``study_evaluations`` are study-level results (nodule count,
-    cardiothoracic ratio) reported as their own measurement group.
+    ``study_measurements`` / ``study_evaluations`` are study-level results (a nodule count,
+    "no nodule found"): the TID 1500 SR writes them in the document's Qualitative Evaluations,
+    where a report reader looks for them, not as a measurement group without a place.
     """
 
     algorithm: AlgorithmIdentification
@@ -261,7 +334,14 @@ class Findings:
         tracking = [f.tracking_id for f in self.findings]
         if len(tracking) != len(set(tracking)):
             raise ValueError(f"finding tracking ids must be unique, got {tracking}")
+        frames = next(iter(shapes))[0] if shapes else None
         for finding in self.findings:
+            for graphic in finding.graphics:
+                if frames is not None and graphic.frame >= frames:
+                    raise ValueError(
+                        f"finding {finding.tracking_id!r} draws on frame {graphic.frame}, but "
+                        f"the masks have {frames} frames"
+                    )
             if finding.segment_key is not None and finding.segment_key not in keys:
                 raise ValueError(
                     f"finding {finding.tracking_id!r} names segment {finding.segment_key!r}, "
