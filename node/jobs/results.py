@@ -106,10 +106,11 @@ def eligible_destinations(
 def source_kind_of(conn: sqlite3.Connection, job: Job) -> SourceKind:
     """Whether the job's series is a projection radiograph, from its index rows (the series'
     Modality and the SOP classes of the instances the job reads)."""
-    modality = conn.execute(
+    series = conn.execute(
         "SELECT modality FROM series WHERE series_instance_uid = ?", (job.series_instance_uid,)
     ).fetchone()
-    if modality is not None and (modality["modality"] or "").upper() in PROJECTION_MODALITIES:
+    modality = (series["modality"] if series is not None else None) or ""
+    if modality.upper() in PROJECTION_MODALITIES:
         return SourceKind.RADIOGRAPH
     classes = conn.execute(
         "SELECT DISTINCT sop_class_uid FROM instances WHERE series_instance_uid = ? "
