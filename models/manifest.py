@@ -2,10 +2,9 @@
 
 A manifest sits in the plugin's own folder beside its model file. Loading one checks the
 schema (every section forbids unknown keys, so a typo is an error that names the field);
-``check_manifest`` (in ``models.manifest_checks``, re-exported here) goes further and checks
-the things a schema cannot: the model file exists and matches its sha256, the entry module
-exists, the codes are known to pydicom's code dictionaries, and an isolated interpreter is
-executable.
+``check_manifest`` (``models.manifest_checks``) goes further and checks the things a schema
+cannot: the model file exists and matches its sha256, the entry module exists, the codes are
+known to pydicom's code dictionaries, and an isolated interpreter is executable.
 
 Example (every section but name/version/runner is optional)::
 
@@ -17,8 +16,7 @@ Example (every section but name/version/runner is optional)::
                                     # Class(manifest); optional for onnx/torchscript, where the
                                     # generic manifest-driven plugin runs the model
     model: {file: model.onnx, sha256: 3f5a...}
-    input: {modalities: [CR, DX], dimensionality: 2d, needs_spacing: false}   # default true:
-                                    # refuse a series without a calibrated pixel spacing
+    input: {modalities: [CR, DX], dimensionality: 2d, needs_spacing: true}   # see InputSpec
     preprocessing:
       window: {center: 40, width: 400}           # clip to the window, scale to [0, 1]
       normalise: {mode: zscore}                  # zscore | minmax | fixed (mean, std)
@@ -201,9 +199,7 @@ class InputSpec(_Strict):
     dimensionality: Dimensionality = Dimensionality.TWO_D
     min_frames: int = Field(1, ge=1)
     max_pixel_spacing_mm: float | None = Field(None, gt=0)
-    # refuse a series without a calibrated pixel spacing: a length measured in pixels and
-    # printed as millimetres is worse than none (models.spacing decides what is calibrated)
-    needs_spacing: bool = True
+    needs_spacing: bool = True  # refuse a series without a spacing (models.spacing decides)
 
 
 class Window(_Strict):
