@@ -41,6 +41,7 @@ __all__ = [
     "Report",
     "Segment",
     "SourceFrame",
+    "SpacingSource",
 ]
 
 
@@ -80,6 +81,18 @@ class SourceFrame:
     frame_number: int | None = None  # 1-based, for multi-frame instances only
 
 
+class SpacingSource(StrEnum):
+    """Where ``PluginInput.pixel_spacing`` came from, so outputs can say what a length means.
+
+    ``models.spacing`` decides; a plugin that measures lengths reads this (or declares
+    ``input.needs_spacing: true``, the default, and never sees ``NONE``).
+    """
+
+    PIXEL_SPACING = "PixelSpacing"  # as the header states it (in the patient, for CT/MR)
+    IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"  # at the detector, ÷ magnification if known
+    NONE = "none"  # no usable spacing: pixel_spacing is (1, 1) in pixels, not millimetres
+
+
 @dataclass(frozen=True)
 class PluginInput:
     """The selected series, decoded, with its geometry and provenance.
@@ -91,6 +104,8 @@ class PluginInput:
     For cross-sectional series ``volume`` is the highdicom Volume of the same frames in the
     same order (its array equals ``pixels``); it is None for projection radiographs and for
     series whose geometry is not a regular volume (e.g. gantry tilt with uneven spacing).
+    ``spacing_source`` says which tag gave ``pixel_spacing``; ``magnification`` is what an
+    ImagerPixelSpacing was divided by (None: not corrected, lengths at the detector).
     """
 
     study_instance_uid: str
@@ -103,6 +118,8 @@ class PluginInput:
     volume: highdicom.Volume | None = None
     photometric_interpretation: str = "MONOCHROME2"  # as the source stored it
     prior: Mapping[str, Findings] = field(default_factory=lambda: MappingProxyType({}))
+    spacing_source: SpacingSource = SpacingSource.PIXEL_SPACING
+    magnification: float | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 3:
@@ -115,6 +132,24 @@ class PluginInput:
             )
         if any(s <= 0 for s in self.pixel_spacing):
             raise ValueError(f"pixel spacing must be positive, got {self.pixel_spacing}")
+        if self.spacing_source is SpacingSource.NONE and tuple(self.pixel_spacing) != (1.0, 1.0):
+            raise ValueError(
+                "without a spacing source pixel_spacing must be (1.0, 1.0), one pixel; "
+                f"got {self.pixel_spacing} (give the source it came from)"
+            )
+        if self.magnification is not None and (
+            self.spacing_source is not SpacingSource.IMAGER_PIXEL_SPACING
+            or not self.magnification > 0
+        ):
+            raise ValueError(
+                "magnification is a positive factor that ImagerPixelSpacing was divided by; "
+                f"got {self.magnification} with spacing source {self.spacing_source.value}"
+            )
+
+    @property
+    def has_spacing(self) -> bool:
+        """Whether ``pixel_spacing`` is in millimetres (False: in pixels, lengths unknown)."""
+        return self.spacing_source is not SpacingSource.NONE
 
     @property
     def shape(self) -> tuple[int, int, int]:

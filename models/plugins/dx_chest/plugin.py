@@ -6,6 +6,11 @@ of each frame; class probabilities are interpolated back to the frame's own size
 have the input's full resolution. The CTR is measured on the first frame laid out as a frontal
 chest (``ChestMasks.measurable``); when there is none, the result says the ratio could not be
 measured (Cardiomegaly: Indeterminate) instead of guessing.
+
+Lengths need a calibrated spacing: without one (``PluginInput.has_spacing`` false; the
+manifest says ``needs_spacing: false`` so such series still get their ratio) each length is
+"Measurement not attempted". A length outside what an adult chest can have is "Value out of
+range", and then neither the ratio nor a cardiomegaly verdict is built on it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from models.runners.onnx import OnnxRunner
 
 from .chest import (
     CARDIOMEGALY_THRESHOLD,
+    PLAUSIBLE_HEART_WIDTH_MM,
+    PLAUSIBLE_THORACIC_WIDTH_MM,
     ChestMasks,
     cardiomegaly_probability,
     masks_from_logits,
@@ -44,8 +51,10 @@ __all__ = [
     "HEART_WIDTH",
     "INDETERMINATE",
     "LUNG",
+    "MEASUREMENT_NOT_ATTEMPTED",
     "PRESENT",
     "THORACIC_WIDTH",
+    "VALUE_OUT_OF_RANGE",
     "DxChestPlugin",
 ]
 
@@ -63,6 +72,9 @@ THORACIC_WIDTH = Code("11864-6", "LN", "Transverse Thoracic Diameter")
 CARDIOTHORACIC_RATIO = Code("CTR", "99AINODE", "Cardiothoracic ratio")
 MILLIMETRE = Code("mm", "UCUM", "millimeter")
 RATIO = Code("{ratio}", "UCUM", "ratio")
+# why a length has no number (PS3.16 CID 42 Numeric Value Qualifier), as its evaluation
+MEASUREMENT_NOT_ATTEMPTED = Code("114007", "DCM", "Measurement not attempted")  # no spacing
+VALUE_OUT_OF_RANGE = Code("114009", "DCM", "Value out of range")  # not anatomically possible
 
 _LATERAL_VIEWS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"})
 
@@ -112,6 +124,15 @@ class DxChestPlugin:
         ratio = round(ctr.ratio, 3)  # the value reported is the value the decision uses
         probability = cardiomegaly_probability(ratio)
         present = ratio > CARDIOMEGALY_THRESHOLD
+        heart_width = _length(
+            HEART_WIDTH, ctr.heart_width_mm, series.has_spacing, PLAUSIBLE_HEART_WIDTH_MM
+        )
+        thoracic_width = _length(
+            THORACIC_WIDTH, ctr.thoracic_width_mm, series.has_spacing, PLAUSIBLE_THORACIC_WIDTH_MM
+        )
+        implausible = any(
+            e.value == VALUE_OUT_OF_RANGE for e in (*heart_width[1], *thoracic_width[1])
+        )
         segments = (
             Segment("lungs", "Lungs", ANATOMICAL_STRUCTURE, LUNG, lungs, color_rgb=(80, 140, 255)),
             Segment("heart", "Heart", ANATOMICAL_STRUCTURE, HEART, heart, color_rgb=(255, 80, 80)),
@@ -121,17 +142,24 @@ class DxChestPlugin:
                 tracking_id="heart",
                 finding_type=HEART,
                 segment_key="heart",
-                measurements=(Measurement(HEART_WIDTH, round(ctr.heart_width_mm, 1), MILLIMETRE),),
+                measurements=heart_width[0],
+                evaluations=heart_width[1],
             ),
             Finding(
                 tracking_id="lungs",
                 finding_type=LUNG,
                 segment_key="lungs",
-                measurements=(
-                    Measurement(THORACIC_WIDTH, round(ctr.thoracic_width_mm, 1), MILLIMETRE),
-                ),
+                measurements=thoracic_width[0],
+                evaluations=thoracic_width[1],
             ),
         )
+        if implausible:  # the ratio and the verdict would rest on an impossible length
+            return Findings(
+                algorithm=algorithm,
+                segments=segments,
+                findings=findings,
+                study_evaluations=(QualitativeEvaluation(CARDIOMEGALY, INDETERMINATE),),
+            )
         return Findings(
             algorithm=algorithm,
             segments=segments,
@@ -152,3 +180,14 @@ class DxChestPlugin:
             return False
         view = str(series.headers[index].get("ViewPosition", "") or "").upper()
         return view in _LATERAL_VIEWS
+
+
+def _length(
+    concept: Code, value_mm: float, has_spacing: bool, plausible: tuple[float, float]
+) -> tuple[tuple[Measurement, ...], tuple[QualitativeEvaluation, ...]]:
+    """A length as a measurement, or, without a number, the evaluation that says why not."""
+    if not has_spacing:
+        return (), (QualitativeEvaluation(concept, MEASUREMENT_NOT_ATTEMPTED),)
+    if not plausible[0] <= value_mm <= plausible[1]:
+        return (), (QualitativeEvaluation(concept, VALUE_OUT_OF_RANGE),)
+    return (Measurement(concept, round(value_mm, 1), MILLIMETRE),), ()
