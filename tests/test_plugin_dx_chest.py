@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from plugin_support import ratios
 
 from models.api import Device, Findings, PluginInput, SpacingSource
 from models.loading import load_plugin_input
@@ -50,8 +51,7 @@ def evaluation(findings: Findings):
 
 
 def ctr_of(findings: Findings) -> float:
-    (ratio,) = findings.study_measurements
-    assert ratio.concept.meaning == "Cardiothoracic ratio"
+    (ratio,) = ratios(findings)
     assert ratio.unit.value == "{ratio}"
     return ratio.value
 
@@ -143,7 +143,7 @@ def test_lateral_views_are_not_measured(tmp_path, plugin) -> None:
     header.ViewPosition = "LL"
     findings = plugin.run(replace(series, headers=(header,)))
     assert findings.segments == ()
-    assert findings.study_measurements == ()
+    assert ratios(findings) == []
     assert evaluation(findings).value.meaning == "Indeterminate"
 
 
@@ -164,7 +164,7 @@ def test_real_chest_radiographs_give_findings_or_a_clear_no_finding(corpus, plug
         verdict = evaluation(findings)
         assert verdict.value.meaning in ANATOMICAL
         if verdict.value.meaning == "Indeterminate":
-            assert findings.segments == () and findings.study_measurements == ()
+            assert findings.segments == () and ratios(findings) == []
             continue
         measured += 1
         assert 0.2 < ctr_of(findings) < 0.9, path.name
@@ -297,7 +297,7 @@ def test_an_impossible_length_is_not_assessed_and_no_verdict_rests_on_it(tmp_pat
     findings = plugin.run(series)
     assert _lengths(findings) == []
     assert "Value out of range" in _no_number_reasons(findings)
-    assert findings.study_measurements == ()
+    assert ratios(findings) == []
     assert evaluation(findings).value.meaning == "Indeterminate"
 
 
@@ -318,3 +318,35 @@ def test_corpus_radiographs_without_spacing_report_no_length(corpus, plugin, nam
     assert _lengths(findings) == []
     assert _no_number_reasons(findings) == {"Measurement not attempted"}
     assert 0.2 < ctr_of(findings) < 0.9
+
+
+def test_widths_and_outlines_are_drawn_where_they_were_measured(tmp_path, plugin) -> None:
+    """The two widths of the ratio are lines as long as their values, and the heart and each
+    lung field are outlined along their masks (the image's left is the patient's right)."""
+    from skimage.draw import polygon
+
+    written = make_chest_xray(
+        tmp_path, anatomy=ChestXrayAnatomy(ctr=0.55, rows=384, columns=384, seed=TEST_SEED + 31)
+    )
+    series = load_plugin_input([written.path])
+    findings = plugin.run(series)
+    by_id = {f.tracking_id: f for f in findings.findings}
+    assert set(by_id) == {"Cardiothoracic ratio", "Heart", "Right lung", "Left lung"}
+    column_mm = series.pixel_spacing[1]
+    widths = [m for m in by_id["Cardiothoracic ratio"].measurements if m.unit.value == "mm"]
+    assert len(widths) == 2
+    for width in widths:
+        (r0, c0), (r1, c1) = width.graphic.points
+        assert r0 == r1 and width.graphic.frame == 0
+        assert (c1 - c0) * column_mm == pytest.approx(width.value, abs=0.051)
+    masks = {"Heart": findings.segment("heart").mask[0], "Lungs": findings.segment("lungs").mask[0]}
+    for name in ("Heart", "Right lung", "Left lung"):
+        points = np.asarray(by_id[name].region.points)
+        drawn = np.zeros(masks["Heart"].shape, bool)
+        drawn[polygon(points[:, 0], points[:, 1], drawn.shape)] = True
+        mask = masks["Heart" if name == "Heart" else "Lungs"]
+        assert (drawn & mask).sum() / drawn.sum() >= 0.95, name
+    right, left = (
+        np.asarray(by_id[n].region.points)[:, 1].mean() for n in ("Right lung", "Left lung")
+    )
+    assert right < left

@@ -80,7 +80,7 @@ def _finding(finding: Finding) -> str:
     subject = finding.finding_type.meaning
     if finding.finding_site is not None:
         subject += f" ({finding.finding_site.meaning.lower()})"
-    return f"{subject}: {', '.join(parts)}." if parts else f"{subject} delineated."
+    return f"{subject}: {', '.join(parts)}." if parts else f"{finding.tracking_id} outlined."
 
 
 def _no_number(findings: Findings, reason: tuple[str, str]) -> bool:
@@ -88,7 +88,11 @@ def _no_number(findings: Findings, reason: tuple[str, str]) -> bool:
 
 
 def _impression(findings: Findings) -> list[str]:
-    ratio = next((m for m in findings.study_measurements if _key(m.concept) == _RATIO), None)
+    measured = [
+        *findings.study_measurements,
+        *(m for f in findings.findings for m in f.measurements),
+    ]
+    ratio = next((m for m in measured if _key(m.concept) == _RATIO), None)
     ratio_text = f" (cardiothoracic ratio {_number(ratio.value)})" if ratio else ""
     lines = []
     for evaluation in findings.study_evaluations:
