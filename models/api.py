@@ -32,6 +32,8 @@ __all__ = [
     "DeviceKind",
     "Finding",
     "Findings",
+    "GraphicKind",
+    "ImageGraphic",
     "Measurement",
     "Plugin",
     "PluginInput",
@@ -39,6 +41,7 @@ __all__ = [
     "Report",
     "Segment",
     "SourceFrame",
+    "SpacingSource",
 ]
 
 
@@ -78,6 +81,18 @@ class SourceFrame:
     frame_number: int | None = None  # 1-based, for multi-frame instances only
 
 
+class SpacingSource(StrEnum):
+    """Where ``PluginInput.pixel_spacing`` came from, so outputs can say what a length means.
+
+    ``models.spacing`` decides; a plugin that measures lengths reads this (or declares
+    ``input.needs_spacing: true``, the default, and never sees ``NONE``).
+    """
+
+    PIXEL_SPACING = "PixelSpacing"  # as the header states it (in the patient, for CT/MR)
+    IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"  # at the detector, ÷ magnification if known
+    NONE = "none"  # no usable spacing: pixel_spacing is (1, 1) in pixels, not millimetres
+
+
 @dataclass(frozen=True)
 class PluginInput:
     """The selected series, decoded, with its geometry and provenance.
@@ -89,6 +104,8 @@ class PluginInput:
     For cross-sectional series ``volume`` is the highdicom Volume of the same frames in the
     same order (its array equals ``pixels``); it is None for projection radiographs and for
     series whose geometry is not a regular volume (e.g. gantry tilt with uneven spacing).
+    ``spacing_source`` says which tag gave ``pixel_spacing``; ``magnification`` is what an
+    ImagerPixelSpacing was divided by (None: not corrected, lengths at the detector).
     """
 
     study_instance_uid: str
@@ -101,6 +118,8 @@ class PluginInput:
     volume: highdicom.Volume | None = None
     photometric_interpretation: str = "MONOCHROME2"  # as the source stored it
     prior: Mapping[str, Findings] = field(default_factory=lambda: MappingProxyType({}))
+    spacing_source: SpacingSource = SpacingSource.PIXEL_SPACING
+    magnification: float | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 3:
@@ -113,6 +132,24 @@ class PluginInput:
             )
         if any(s <= 0 for s in self.pixel_spacing):
             raise ValueError(f"pixel spacing must be positive, got {self.pixel_spacing}")
+        if self.spacing_source is SpacingSource.NONE and tuple(self.pixel_spacing) != (1.0, 1.0):
+            raise ValueError(
+                "without a spacing source pixel_spacing must be (1.0, 1.0), one pixel; "
+                f"got {self.pixel_spacing} (give the source it came from)"
+            )
+        if self.magnification is not None and (
+            self.spacing_source is not SpacingSource.IMAGER_PIXEL_SPACING
+            or not self.magnification > 0
+        ):
+            raise ValueError(
+                "magnification is a positive factor that ImagerPixelSpacing was divided by; "
+                f"got {self.magnification} with spacing source {self.spacing_source.value}"
+            )
+
+    @property
+    def has_spacing(self) -> bool:
+        """Whether ``pixel_spacing`` is in millimetres (False: in pixels, lengths unknown)."""
+        return self.spacing_source is not SpacingSource.NONE
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -164,13 +201,62 @@ class Segment:
         return np.flatnonzero(flat.any(axis=1))
 
 
+class GraphicKind(StrEnum):
+    """What an ``ImageGraphic`` draws: a point, an open line, or a closed outline."""
+
+    POINT = "point"
+    LINE = "line"
+    OUTLINE = "outline"
+
+
+_MINIMUM_POINTS = {GraphicKind.POINT: 1, GraphicKind.LINE: 2, GraphicKind.OUTLINE: 3}
+
+
+@dataclass(frozen=True)
+class ImageGraphic:
+    """A point, line or outline on one input frame, where a viewer draws the finding.
+
+    ``frame`` indexes ``PluginInput.pixels``; ``points`` are (row, column) positions in that
+    frame's pixels, the way numpy indexes it (pixel centres at whole numbers). The SR writes
+    them as image coordinates (SCOORD) on the frame's source image, so a viewer draws the
+    line a length was measured along, or the outline of a region, on the right slice.
+    """
+
+    frame: int
+    kind: GraphicKind
+    points: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        kind = GraphicKind(self.kind)
+        object.__setattr__(self, "kind", kind)
+        if self.frame < 0:
+            raise ValueError(f"ImageGraphic.frame must be >= 0, got {self.frame}")
+        points = tuple((float(row), float(column)) for row, column in self.points)
+        if len(points) < _MINIMUM_POINTS[kind]:
+            raise ValueError(
+                f"a {kind.value} needs at least {_MINIMUM_POINTS[kind]} points, got {len(points)}"
+            )
+        if kind is GraphicKind.POINT and len(points) != 1:
+            raise ValueError(f"a point has exactly one position, got {len(points)}")
+        if not np.isfinite(np.asarray(points)).all():
+            raise ValueError(f"ImageGraphic points must be finite, got {points}")
+        if kind is not GraphicKind.POINT and len(set(points)) < 2:
+            raise ValueError(f"a {kind.value} needs two distinct points, got {points}")
+        object.__setattr__(self, "points", points)
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """A numeric measurement: concept, value and UCUM unit."""
+    """A numeric measurement: concept, value and UCUM unit.
+
+    ``graphic`` is the line (or outline) it was measured along, where there is one: viewers
+    draw it and list the value beside it.
+    """
 
     concept: Code
     value: float
     unit: Code
+    graphic: ImageGraphic | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.value):
@@ -200,6 +286,10 @@ class Finding:
     """One measurement group of the TID 1500 report: a tracked finding and what was measured.
 
     ``segment_key`` names the Segment that delineates it (None for findings without a mask).
+    ``region`` is a planar outline of a finding without a segment (e.g. an organ's outline
+    on a radiograph), written as the group's image region. Viewers such as OHIF place a
+    group only by its image coordinates: a finding should carry a ``region`` or at least one
+    measurement with a ``graphic`` (``graphics`` lists them).
     """
 
     tracking_id: str
@@ -208,10 +298,27 @@ class Finding:
     segment_key: str | None = None
     measurements: tuple[Measurement, ...] = ()
     evaluations: tuple[QualitativeEvaluation, ...] = ()
+    region: ImageGraphic | None = None
 
     def __post_init__(self) -> None:
         if not self.tracking_id:
             raise ValueError("Finding.tracking_id must not be empty")
+        if self.region is not None and self.segment_key is not None:
+            raise ValueError(
+                f"finding {self.tracking_id!r} has both a region and a segment; a measurement "
+                "group references one kind of ROI: keep the segment and give the outline to a "
+                "measurement's graphic, or make the outline its own finding"
+            )
+        if self.region is not None and self.region.kind is not GraphicKind.OUTLINE:
+            raise ValueError(
+                f"finding {self.tracking_id!r}: a region is an outline, got a {self.region.kind}"
+            )
+
+    @property
+    def graphics(self) -> tuple[ImageGraphic, ...]:
+        """Every image graphic of the finding: its region, then its measurements' lines."""
+        region = (self.region,) if self.region is not None else ()
+        return region + tuple(m.graphic for m in self.measurements if m.graphic is not None)
 
 
 @dataclass(frozen=True)
@@ -240,8 +347,9 @@ class AlgorithmIdentification:
 class Findings:
     """Everything one plugin run found in one series.
 
-    ``study_measurements`` / ``study_evaluations`` are study-level results (nodule count,
-    cardiothoracic ratio) reported as their own measurement group.
+    ``study_measurements`` / ``study_evaluations`` are study-level results (a nodule count,
+    "no nodule found"): the TID 1500 SR writes them in the document's Qualitative Evaluations,
+    where a report reader looks for them, not as a measurement group without a place.
     """
 
     algorithm: AlgorithmIdentification
@@ -261,7 +369,14 @@ class Findings:
         tracking = [f.tracking_id for f in self.findings]
         if len(tracking) != len(set(tracking)):
             raise ValueError(f"finding tracking ids must be unique, got {tracking}")
+        frames = next(iter(shapes))[0] if shapes else None
         for finding in self.findings:
+            for graphic in finding.graphics:
+                if frames is not None and graphic.frame >= frames:
+                    raise ValueError(
+                        f"finding {finding.tracking_id!r} draws on frame {graphic.frame}, but "
+                        f"the masks have {frames} frames"
+                    )
             if finding.segment_key is not None and finding.segment_key not in keys:
                 raise ValueError(
                     f"finding {finding.tracking_id!r} names segment {finding.segment_key!r}, "

@@ -53,6 +53,7 @@ from models.api import (
     Report,
     Segment,
     SourceFrame,
+    SpacingSource,
 )
 from models.devices import GpuOutOfMemory
 from models.manifest import PluginManifest
@@ -251,6 +252,8 @@ def encode_input(series: PluginInput, arrays: list[np.ndarray]) -> dict[str, Any
         "volume": volume,
         "photometric_interpretation": series.photometric_interpretation,
         "prior": {name: encode_findings(f, arrays) for name, f in series.prior.items()},
+        "spacing_source": series.spacing_source.value,
+        "magnification": series.magnification,
     }
 
 
@@ -281,6 +284,8 @@ def decode_input(data: dict[str, Any], arrays: list[np.ndarray]) -> PluginInput:
         prior=MappingProxyType(
             {name: decode_findings(f, arrays) for name, f in data["prior"].items()}
         ),
+        spacing_source=SpacingSource(data["spacing_source"]),
+        magnification=data["magnification"],
     )
 
 

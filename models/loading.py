@@ -10,8 +10,10 @@
   ``highdicom.Volume`` whose slice ``i`` is ``pixels[i]`` and came from ``sources[i]``; the
   volume positions come from highdicom's own spacing checks, so uneven spacing or gantry
   tilt gives ``volume=None`` with pixels and sources still in instance order.
-* Projection radiographs are frames with ``PixelSpacing`` or, failing that,
-  ``ImagerPixelSpacing``; multi-frame instances name the frame number of each frame.
+* Projection radiographs are frames; multi-frame instances name the frame number of each.
+* The pixel spacing is ``models.spacing``'s verdict (PixelSpacing, else ImagerPixelSpacing
+  divided by the radiographic magnification); with none, ``spacing_source`` is NONE and
+  ``pixel_spacing`` is one pixel, never an assumed millimetre.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut, pixel_array
 
 from models.api import PluginInput, SourceFrame
+from models.spacing import spacing_of_dataset
 
 __all__ = ["PixelDecodeError", "SeriesLoadError", "load_plugin_input"]
 
 log = logging.getLogger(__name__)
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_DEFAULT_SPACING = (1.0, 1.0)
+_ONE_PIXEL = (1.0, 1.0)  # PluginInput.pixel_spacing without a spacing: pixels, not mm
 
 
 class SeriesLoadError(ValueError):
@@ -182,18 +185,6 @@ def _geometry(ds: Dataset, frames: int) -> tuple[list[list[float]] | None, list[
     return None, None
 
 
-def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    item = _functional(ds, 0, "PixelMeasuresSequence")
-    for source in (item, ds):
-        if source is None:
-            continue
-        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-            value = source.get(keyword)
-            if value and len(value) == 2 and all(float(v) > 0 for v in value):
-                return float(value[0]), float(value[1])
-    return None
-
-
 def _strip_pixels(ds: Dataset) -> Dataset:
     """``ds`` without its pixel data (and pydicom's decoded copy): the header plugins get.
 
@@ -297,7 +288,8 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
                 )
             )
     total = len(sources)
-    spacing = _pixel_spacing(first)
+    resolved = spacing_of_dataset(first)
+    spacing = resolved.spacing
     # slice order first, from the headers, so that every frame is written once, in place
     order: list[int] | None = None
     slice_spacing = None
@@ -338,20 +330,22 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
         )
     if spacing is None:
         log.warning(
-            "series %s has no PixelSpacing or ImagerPixelSpacing; assuming 1 mm",
+            "series %s: %s; lengths cannot be measured on it",
             first.SeriesInstanceUID,
+            resolved.detail,
         )
-        spacing = _DEFAULT_SPACING
     return PluginInput(
         study_instance_uid=str(first.StudyInstanceUID),
         series_instance_uid=str(first.SeriesInstanceUID),
         modality=str(first.get("Modality", "")),
         pixels=pixels,
         sources=tuple(sources),
-        pixel_spacing=spacing,
+        pixel_spacing=_ONE_PIXEL if spacing is None else spacing,
         headers=tuple(_strip_pixels(item.dataset) for item in instances),
         volume=volume,
         photometric_interpretation=str(first.get("PhotometricInterpretation", "MONOCHROME2")),
+        spacing_source=resolved.source,
+        magnification=resolved.magnification,
     )
 
 

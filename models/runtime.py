@@ -34,6 +34,7 @@ from models.discovery import Catalog, discover, manifest_signature
 from models.isolation import IsolatedPlugin
 from models.manifest import PluginManifest, model_file_problem
 from models.runners.python import instantiate
+from models.spacing import spacing_of_dataset
 
 if TYPE_CHECKING:
     from node.config import NodeConfig
@@ -417,13 +418,28 @@ def _refusal(manifest: PluginManifest, series: PluginInput) -> str | None:
         return f"it accepts modalities {list(accepted.modalities)}, the series is {series.modality}"
     if series.shape[0] < accepted.min_frames:
         return f"it needs at least {accepted.min_frames} frames, the series has {series.shape[0]}"
+    if accepted.needs_spacing and not series.has_spacing:
+        return (
+            f"it needs a calibrated pixel spacing (input.needs_spacing), and {_no_spacing(series)}"
+        )
     coarsest = max(series.pixel_spacing)
-    if accepted.max_pixel_spacing_mm is not None and coarsest > accepted.max_pixel_spacing_mm:
+    if (
+        accepted.max_pixel_spacing_mm is not None
+        and series.has_spacing
+        and coarsest > accepted.max_pixel_spacing_mm
+    ):
         return (
             f"its pixel spacing must be at most {accepted.max_pixel_spacing_mm:g} mm, "
             f"the series has {coarsest:g} mm"
         )
     return None
+
+
+def _no_spacing(series: PluginInput) -> str:
+    """Why the series has no spacing, in the header's own terms."""
+    if not series.headers:
+        return "the series has none"
+    return f"the series has {spacing_of_dataset(series.headers[0]).detail}"
 
 
 def catalog_of(manifests: Iterable[PluginManifest]) -> Catalog:

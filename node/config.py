@@ -8,8 +8,10 @@ the file's own folder, so ``ainode serve --config /etc/ainode/node.yaml`` works 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Literal
 
 import yaml
@@ -206,27 +208,116 @@ class OutputsConfig(_Section):
         return self
 
 
-class DicomDestination(_Section):
+class ViewerProfile(StrEnum):
+    """The viewer a destination's readers use; it picks the destination's default output kinds.
+
+    ``ohif``: OHIF 3.13 crashes on a SEG over a projection radiograph, so a radiograph's
+    segmentation reaches it burned into secondary captures instead.
+    """
+
+    GENERIC = "generic"
+    OHIF = "ohif"
+
+
+class SourceKind(StrEnum):
+    """What a job's series is, as far as viewers care: a projection X-ray (CR, DX, MG, ...),
+    whose SEG some viewers cannot show, or anything else (CT, MR, ...), as before profiles."""
+
+    RADIOGRAPH = "radiograph"
+    CROSS_SECTIONAL = "cross_sectional"
+
+
+_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
+
+# Default output kinds per (profile, source kind) where a destination lists no send_as.
+# generic: a radiograph also gets the burned-in SC (one image, shown by every viewer, while few
+# show a SEG over a radiograph); the SEG stays, it is the lossless record the SR points at.
+# A CT or MR gets no SC by default: one image per touched slice, duplicating the SEG.
+PROFILE_DEFAULTS: Mapping[tuple[ViewerProfile, SourceKind], tuple[OutputKind, ...]] = (
+    MappingProxyType(
+        {
+            (ViewerProfile.GENERIC, SourceKind.CROSS_SECTIONAL): _SEG_SR_TEXT,
+            (ViewerProfile.GENERIC, SourceKind.RADIOGRAPH): (
+                *_SEG_SR_TEXT,
+                OutputKind.BURNED_IN_SC,
+            ),
+            (ViewerProfile.OHIF, SourceKind.CROSS_SECTIONAL): _SEG_SR_TEXT,
+            (ViewerProfile.OHIF, SourceKind.RADIOGRAPH): (
+                OutputKind.SR,
+                OutputKind.TEXT_SR,
+                OutputKind.BURNED_IN_SC,
+            ),
+        }
+    )
+)
+
+
+class _Destination(_Section):
+    """What every destination kind shares: which jobs feed it and which result kinds it takes."""
+
+    shadow: bool = Field(False, description="receives results of shadow routes only")
+    viewer_profile: ViewerProfile = Field(
+        ViewerProfile.GENERIC,
+        description="the viewer its readers use; picks the default output kinds per source "
+        "(ohif: no SEG over radiographs, which crash OHIF 3.13, but burned-in secondary "
+        "captures; generic: SEG, SR and text SR, plus burned-in captures for radiographs); "
+        "send_as, when given, wins",
+    )
+    send_as: tuple[OutputKind, ...] | None = Field(
+        None,
+        description="output kinds it receives, for every source; null = viewer_profile's defaults",
+    )
+
+    @field_validator("viewer_profile", mode="before")
+    @classmethod
+    def _known_profile(cls, value: object) -> object:
+        known = [profile.value for profile in ViewerProfile]
+        if value not in known:
+            raise ValueError(
+                f"viewer_profile {value!r} is not known; use one of {', '.join(known)}, "
+                "or leave it out and list the output kinds in send_as"
+            )
+        return value
+
+    @field_validator("send_as")
+    @classmethod
+    def _useful_send_as(cls, value: tuple[OutputKind, ...] | None) -> tuple[OutputKind, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError(
+                "send_as is empty, so this destination would receive nothing; list output "
+                "kinds or leave send_as out to take the viewer_profile's defaults"
+            )
+        repeated = sorted({kind.value for kind in value if value.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"send_as lists {', '.join(repeated)} more than once; list each once")
+        return value
+
+    def kinds_for(self, source: SourceKind) -> tuple[OutputKind, ...]:
+        """The output kinds this destination takes for a job on a ``source`` series."""
+        if self.send_as is not None:
+            return self.send_as
+        return PROFILE_DEFAULTS[self.viewer_profile, source]
+
+
+class DicomDestination(_Destination):
     """A DICOM peer that receives results with C-STORE."""
 
     kind: Literal["dicom"] = "dicom"
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    shadow: bool = Field(False, description="receives results of shadow routes only")
-    send_as: tuple[OutputKind, ...] = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
     timeout_s: float = Field(30, gt=0)
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
 
-class FolderDestination(_Section):
+class FolderDestination(_Destination):
     """A folder that receives results as Part-10 files (tests, air-gapped sites)."""
 
     kind: Literal["folder"] = "folder"
     path: Path
-    shadow: bool = False
-    send_as: tuple[OutputKind, ...] = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
 
 
 Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="kind")]

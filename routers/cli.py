@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from models.discovery import discover
 from node.config import ConfigError, NodeConfig, load_node_config
 from routers.attributes import study_view_from_index, study_views_from_paths
 from routers.check import (
@@ -150,7 +151,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"{args.target}: no such file, folder or study in the index", file=sys.stderr)
             return 1
         studies = [study]
-    print("\n".join(explain_study(table, study) for study in studies), end="")
+    catalog = discover(config.plugin_dirs) if config else None
+    print("\n".join(explain_study(table, study, catalog) for study in studies), end="")
     return 0
 
 

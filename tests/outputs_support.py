@@ -15,6 +15,8 @@ from models.api import (
     AlgorithmIdentification,
     Finding,
     Findings,
+    GraphicKind,
+    ImageGraphic,
     Measurement,
     PluginInput,
     QualitativeEvaluation,
@@ -101,9 +103,17 @@ def sphere_mask(
 
 
 def full_findings(source: PluginInput, report: bool = True) -> Findings:
-    """Findings that exercise every output kind: two segments (one empty), measurements,
-    qualitative evaluations, study-level results and report text."""
+    """Findings that exercise every output kind: two segments (one empty), measurements (one
+    along a line), a finding outlined on a slice, qualitative evaluations, study-level results
+    and report text."""
     frames, rows, columns = source.shape
+    centre = frames // 2
+    diameter_line = ImageGraphic(
+        centre, GraphicKind.LINE, ((rows / 2, columns / 2 - 3), (rows / 2, columns / 2 + 3))
+    )
+    outline = ImageGraphic(
+        centre, GraphicKind.OUTLINE, ((1.0, 1.0), (1.0, columns / 4), (rows / 4, columns / 4))
+    )
     nodule = sphere_mask(source.shape, (frames / 2, rows / 2, columns / 2), max(1.5, rows / 8))
     empty = np.zeros(source.shape, np.bool_)
     volume = float(nodule.sum() * source.pixel_spacing[0] * source.pixel_spacing[1] * 2.5)
@@ -135,7 +145,7 @@ def full_findings(source: PluginInput, report: bool = True) -> Findings:
                 segment_key="nodule-1",
                 measurements=(
                     Measurement(codes.SCT.Volume, volume, MM3),
-                    Measurement(codes.SCT.Diameter, 12.5, MM),
+                    Measurement(codes.SCT.Diameter, 12.5, MM, graphic=diameter_line),
                 ),
                 evaluations=(
                     QualitativeEvaluation(
@@ -154,6 +164,7 @@ def full_findings(source: PluginInput, report: bool = True) -> Findings:
                 finding_type=Code("87433001", "SCT", "Pulmonary emphysema"),
                 finding_site=codes.SCT.Lung,
                 measurements=(Measurement(codes.SCT.Area, 3.5, MM2),),
+                region=outline,
             ),
         ),
         study_measurements=(Measurement(codes.SCT.NumberOfLesions, 1.0, LESIONS),),

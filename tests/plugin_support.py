@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pydicom
 
-from models.api import Device, Plugin, PluginInput
+from models.api import Device, Findings, Measurement, Plugin, PluginInput
 from models.manifest import load_manifest
 from models.runners.python import instantiate
 
@@ -26,3 +26,12 @@ def phantom_order(series: PluginInput, paths: list[Path]) -> list[int]:
         pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: i for i, p in enumerate(paths)
     }
     return [index[source.sop_instance_uid] for source in series.sources]
+
+
+def ratios(findings: Findings) -> list[Measurement]:
+    """The cardiothoracic ratios dx-chest reported (in the finding that draws the widths)."""
+    measured = [
+        *findings.study_measurements,
+        *(m for f in findings.findings for m in f.measurements),
+    ]
+    return [m for m in measured if m.concept.meaning == "Cardiothoracic ratio"]

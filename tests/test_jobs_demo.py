@@ -1,6 +1,6 @@
 """``ainode demo`` on a fresh data folder: a phantom study for each reference plugin goes in,
-its SEG and SRs come back to the results folder, the summary names what was found, and the
-validator passes every result."""
+its SEG and SRs (and, for the radiograph, a burned-in capture) come back to the results
+folder, the summary names what was found, and the validator passes every result."""
 
 from __future__ import annotations
 
@@ -33,5 +33,7 @@ def test_demo_round_trip_for_every_reference_plugin(tmp_path, capsys, validate_d
     assert "Cardiothoracic ratio" in out
     assert out.count("validator: PASS") == 3
     delivered = list((tmp_path / "results").rglob("*.dcm"))
-    assert len(delivered) == 9  # SEG, TID 1500 SR and text SR for each of the three studies
+    # SEG, TID 1500 SR and text SR for each of the three studies, and the radiograph's
+    # burned-in capture (a generic destination's default for radiographs)
+    assert len(delivered) == 10
     assert all(str(p) in out for p in delivered)

@@ -4,13 +4,19 @@ reads in ``ainode jobs``, and whether a retry could help."""
 from __future__ import annotations
 
 import pytest
-from pipeline_rows import secondary_capture
+import yaml
+from pipeline_rows import secondary_capture, seed_route_match
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from runtime_support import write_plugin
 
-from node.config import NodeConfig, OutputKind
+from node.cli import main
+from node.config import NodeConfig, OutputKind, load_node_config
+from node.db import connect
+from node.dispatch.outbox import RetryPolicy
+from node.jobs import table
+from node.jobs.table import JobState
 from node.jobs.work import WorkItem
 from node.jobs.worker import PipelineRunner, write_atomically
 from node.outputs import ResultInstance
@@ -54,12 +60,15 @@ def item_for(config, files, plugin="broken") -> WorkItem:
     )
 
 
-def write_series(folder, count=3, undecodable=False):
+def write_series(folder, count=3, undecodable=False, spacing=(0.5, 0.5)):
+    """``spacing`` None: no PixelSpacing, which a plugin that needs one refuses."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     paths = []
     for seed in range(count):
         ds = secondary_capture(study, series, seed)
+        if spacing is not None:
+            ds.PixelSpacing = list(spacing)
         if undecodable:
             ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
             ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
@@ -110,6 +119,40 @@ def test_model_file_that_changed_fails_for_good(tmp_path):
     )
     assert not result.ok and not result.retryable
     assert "sha256 mismatch" in result.error and "weights.onnx" in result.error
+
+
+def test_series_without_spacing_fails_for_good_with_the_reason_on_the_job(tmp_path, capsys):
+    """A plugin that needs a pixel spacing refuses a series without one at once (no 1 mm is
+    assumed), and ``ainode jobs`` shows why."""
+    plugins = tmp_path / "plugins"
+    write_plugin(plugins / "broken", name="broken", entry="plugin:Broken", code=BROKEN)
+    node_yaml = tmp_path / "node.yaml"
+    node_yaml.write_text(
+        yaml.safe_dump(
+            {"storage": {"data_dir": str(tmp_path / "data")}, "plugin_dirs": [str(plugins)]}
+        )
+    )
+    config = load_node_config(node_yaml)
+    conn = connect(config.storage.database_path)
+    seed_route_match(conn, "1.2.3", "1.2.3.4", plugin="broken")
+    table.create_jobs(conn)
+    job = table.claim_next(conn)
+    result = PipelineRunner(config).run(
+        item_for(config, write_series(tmp_path / "flat", spacing=None))
+    )
+    assert not result.ok and not result.retryable
+    assert "broken@1.0.0 does not accept this series: it needs a calibrated pixel spacing" in (
+        result.error
+    )
+    state = table.fail(
+        conn, job.id, result.error, retryable=result.retryable, policy=RetryPolicy(5, 0, 0)
+    )
+    conn.close()
+    assert state is JobState.FAILED
+    assert main(["jobs", "--config", str(node_yaml)]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert "no calibrated pixel spacing (no PixelSpacing; no ImagerPixelSpacing)" in out
 
 
 def _result(kind: OutputKind, seed: int) -> ResultInstance:

@@ -31,6 +31,7 @@ from node.outputs import (
     SegmentationGeometryError,
     build_outputs,
 )
+from node.outputs.procedure import CT_CHEST
 
 ALL_KINDS = tuple(OutputKind)
 
@@ -151,14 +152,19 @@ def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_p
     procedure = [
         i for i in sr.ContentSequence if key(i.ConceptNameCodeSequence[0]) == ("121058", "DCM")
     ]
-    assert key(procedure[0].ConceptCodeSequence[0]) == key(codes.LN.CTUnspecifiedBodyRegion)
+    assert key(procedure[0].ConceptCodeSequence[0]) == key(CT_CHEST)  # a chest CT's source
     report = hd.sr.MeasurementReport.from_sequence([sr])
     groups = {
         g.tracking_identifier: g
         for g in report.get_volumetric_roi_measurement_groups()
-        + report.get_image_measurement_groups()
+        + report.get_planar_roi_measurement_groups()
     }
-    assert set(groups) == {f.tracking_id for f in findings.findings} | {"Study-level results"}
+    # measurements along a line: a TID 1501 group of the same finding (tracking UID)
+    lines = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    groups |= {name: group for name, group in lines.items() if name not in groups}
+    assert set(groups) == {f.tracking_id for f in findings.findings}
+    assert set(lines) == {"Nodule 1"}  # the only finding with a line and a segment
+    assert lines["Nodule 1"].tracking_uid == groups["Nodule 1"].tracking_uid
     seg = pydicom.dcmread(by_kind[OutputKind.SEG][0].write(tmp_path))
     seg_tracking = {int(s.SegmentNumber): s.TrackingUID for s in seg.SegmentSequence}
     for finding in findings.findings:
@@ -166,7 +172,13 @@ def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_p
         assert key(group.finding_type) == key(finding.finding_type)
         sites = [key(site.value) for site in group.finding_sites]
         assert sites == ([key(finding.finding_site)] if finding.finding_site else [])
-        measured = {(key(m.name), round(m.value, 6), key(m.unit)) for m in group.get_measurements()}
+        line_group = lines.get(finding.tracking_id)
+        both = [group] if line_group in (None, group) else [group, line_group]
+        measured = {
+            (key(m.name), round(m.value, 6), key(m.unit))
+            for g in both
+            for m in g.get_measurements()
+        }
         assert measured == {
             (key(m.concept), round(m.value, 6), key(m.unit)) for m in finding.measurements
         }
@@ -190,8 +202,30 @@ def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_p
         for item in groups["Nodule 1"].referenced_segment.source_images_for_segmentation
     }
     assert cited == expected
-    study = groups["Study-level results"]
-    assert [round(m.value, 6) for m in study.get_measurements()] == [1.0]
+    # the study-level results are the document's qualitative evaluations, not a group
+    (evaluations,) = [
+        i for i in sr.ContentSequence if key(i.ConceptNameCodeSequence[0]) == ("C0034375", "UMLS")
+    ]
+    study = {key(i.ConceptNameCodeSequence[0]): i for i in evaluations.ContentSequence}
+    assert study[key(codes.SCT.NumberOfLesions)].TextValue == "1 lesions"
+    assert key(study[key(codes.SCT.Nodule)].ConceptCodeSequence[0]) == key(codes.SCT.Present)
+    # the diameter is drawn as a line on its slice, the emphysema as an outline
+    (diameter,) = lines["Nodule 1"].get_measurements()
+    assert diameter.name == codes.SCT.Diameter
+    (line,) = diameter.referenced_coordinates
+    centre = ct_input.sources[ct_input.shape[0] // 2]
+    assert line.ValueType == "SCOORD" and line.GraphicType == "POLYLINE"
+    assert line.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        centre.sop_instance_uid
+    )
+    rows, columns = ct_input.shape[1:]
+    assert line.value.tolist() == [
+        [columns / 2 - 2.5, rows / 2 + 0.5],
+        [columns / 2 + 3.5, rows / 2 + 0.5],
+    ]
+    region = groups["Emphysema"].roi
+    assert region.GraphicType == "POLYLINE"
+    assert region.value[0].tolist() == region.value[-1].tolist()  # an outline is closed
     evidence = {
         sop.ReferencedSOPInstanceUID
         for study_item in sr.CurrentRequestedProcedureEvidenceSequence

@@ -144,6 +144,54 @@ def test_a_chest_without_nodules_says_so(tmp_path, plugin) -> None:
     assert "No lung nodule" in result.report.impression
 
 
+def test_each_axis_is_drawn_where_it_was_measured(findings, series) -> None:
+    """The long and short axis lines lie on one slice the nodule covers, end on the nodule,
+    cross at right angles, and are as long as the values the report gives."""
+    row_mm, column_mm = series.pixel_spacing
+    assert findings.findings
+    for finding in findings.findings:
+        mask = findings.segment(finding.segment_key).mask
+        axes = {m.concept.meaning: m for m in finding.measurements if m.graphic is not None}
+        assert set(axes) == {"Long axis", "Short axis"}
+        long_line, short_line = axes["Long axis"].graphic, axes["Short axis"].graphic
+        assert long_line.frame == short_line.frame and mask[long_line.frame].any()
+        vectors = []
+        for axis in axes.values():
+            (r0, c0), (r1, c1) = axis.graphic.points
+            vector = np.array([(r1 - r0) * row_mm, (c1 - c0) * column_mm])
+            assert np.linalg.norm(vector) == pytest.approx(axis.value, abs=0.05)
+            vectors.append(vector / np.linalg.norm(vector))
+        assert abs(float(vectors[0] @ vectors[1])) < 1e-6
+        on = np.argwhere(mask[long_line.frame])
+        for point in long_line.points:
+            assert np.min(np.linalg.norm(on - np.asarray(point), axis=1)) <= 1.5
+
+
+def test_a_nodule_cut_by_the_end_of_the_scan_says_so(plugin, written) -> None:
+    """A series that ends inside a nodule: the nodule is flagged, its volume a lower bound."""
+    phantom, paths = written
+    series = load_plugin_input(paths)
+    order = phantom_order(series, paths)
+    truth = max(phantom.nodules, key=lambda n: n.long_axis_mm)
+    end = round(truth.centre_voxel[0]) + 2  # the series stops just past the nodule's centre
+    cut = [paths[order[i]] for i in range(len(paths)) if order[i] <= end]
+    result = plugin.run(load_plugin_input(cut))
+    edge = [
+        f
+        for f in result.findings
+        if any(e.concept.meaning.startswith("Extends to the edge") for e in f.evaluations)
+    ]
+    assert edge, result.report.findings
+    assert "may extend beyond the scanned range" in result.report.findings
+    assert "volume at least" in result.report.findings
+    whole = plugin.run(series)
+    assert not any(
+        e.concept.meaning.startswith("Extends to the edge")
+        for f in whole.findings
+        for e in f.evaluations
+    )
+
+
 def test_a_non_ct_series_is_refused(plugin, series) -> None:
     with pytest.raises(ValueError, match="CT"):
         plugin.run(replace(series, modality="MR"))

@@ -8,9 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from plugin_support import ratios
 
-from models.api import Device, Findings, PluginInput
+from models.api import Device, Findings, PluginInput, SpacingSource
 from models.loading import load_plugin_input
 from models.manifest import Severity, check_manifest, load_manifest
 from models.phantoms.chest_xray import (
@@ -22,6 +24,7 @@ from models.phantoms.chest_xray import (
 )
 from models.plugins.dx_chest.train import HELD_OUT_SEED_END, HELD_OUT_SEED_START, TrainingConfig
 from models.runners.python import instantiate
+from models.spacing import spacing_of_dataset
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "dx_chest"
 # seeds far above train.py's held-out ones: never trained on, never used to pick the model
@@ -48,8 +51,7 @@ def evaluation(findings: Findings):
 
 
 def ctr_of(findings: Findings) -> float:
-    (ratio,) = findings.study_measurements
-    assert ratio.concept.meaning == "Cardiothoracic ratio"
+    (ratio,) = ratios(findings)
     assert ratio.unit.value == "{ratio}"
     return ratio.value
 
@@ -141,7 +143,7 @@ def test_lateral_views_are_not_measured(tmp_path, plugin) -> None:
     header.ViewPosition = "LL"
     findings = plugin.run(replace(series, headers=(header,)))
     assert findings.segments == ()
-    assert findings.study_measurements == ()
+    assert ratios(findings) == []
     assert evaluation(findings).value.meaning == "Indeterminate"
 
 
@@ -162,7 +164,7 @@ def test_real_chest_radiographs_give_findings_or_a_clear_no_finding(corpus, plug
         verdict = evaluation(findings)
         assert verdict.value.meaning in ANATOMICAL
         if verdict.value.meaning == "Indeterminate":
-            assert findings.segments == () and findings.study_measurements == ()
+            assert findings.segments == () and ratios(findings) == []
             continue
         measured += 1
         assert 0.2 < ctr_of(findings) < 0.9, path.name
@@ -232,3 +234,119 @@ def test_training_reproduces_the_committed_accuracy(tmp_path) -> None:
     assert fresh["lung_dice_mean"] >= committed["lung_dice_mean"] - 0.01
     assert fresh["heart_dice_mean"] >= committed["heart_dice_mean"] - 0.01
     assert fresh["ctr_error_rms"] <= committed["ctr_error_rms"] + 0.005
+
+
+# --- pixel spacing: lengths only where the image says its spacing ---------------------------
+
+
+def _lengths(findings: Findings) -> list[float]:
+    return [m.value for f in findings.findings for m in f.measurements if m.unit.value == "mm"]
+
+
+def _no_number_reasons(findings: Findings) -> set[str]:
+    return {e.value.meaning for f in findings.findings for e in f.evaluations}
+
+
+def _rewritten(path: Path, **changes: object) -> Path:
+    """The phantom with header elements replaced (None: removed)."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def test_without_spacing_only_the_ratio_is_reported_and_why(tmp_path, plugin) -> None:
+    written = make_chest_xray(
+        tmp_path, anatomy=ChestXrayAnatomy(ctr=0.58, rows=384, columns=384, seed=TEST_SEED + 21)
+    )
+    path = _rewritten(written.path, PixelSpacing=None, ImagerPixelSpacing=None)
+    series = load_plugin_input([path])
+    assert series.spacing_source is SpacingSource.NONE
+    findings = plugin.run(series)
+    assert _lengths(findings) == []
+    assert _no_number_reasons(findings) == {"Measurement not attempted"}
+    assert abs(ctr_of(findings) - written.truth.ctr) <= 0.03  # the ratio needs no spacing
+    assert evaluation(findings).value.meaning == "Present"
+
+
+def test_imager_spacing_corrected_by_magnification_gives_true_lengths(tmp_path, plugin) -> None:
+    """The DX phantom's ImagerPixelSpacing is at the detector (1.09× the patient); divided by
+    its EstimatedRadiographicMagnificationFactor it measures the drawn heart."""
+    written = make_chest_xray(
+        tmp_path, anatomy=ChestXrayAnatomy(ctr=0.45, rows=384, columns=384, seed=TEST_SEED + 22)
+    )
+    series = load_plugin_input([_rewritten(written.path, PixelSpacing=None)])
+    assert series.spacing_source is SpacingSource.IMAGER_PIXEL_SPACING
+    assert series.magnification == pytest.approx(1800 / 1650, rel=1e-5)
+    heart_width = plugin.run(series).findings[0].measurements[0]
+    assert heart_width.value == pytest.approx(written.truth.heart_width_mm, rel=0.06)
+
+
+def test_an_impossible_length_is_not_assessed_and_no_verdict_rests_on_it(tmp_path, plugin) -> None:
+    """A spacing five times too coarse makes the heart wider than any chest: no length, no
+    ratio and no cardiomegaly verdict, but 'Value out of range'."""
+    written = make_chest_xray(
+        tmp_path, anatomy=ChestXrayAnatomy(ctr=0.6, rows=384, columns=384, seed=TEST_SEED + 23)
+    )
+    coarse = [5 * v for v in written.phantom.anatomy.pixel_spacing]
+    series = load_plugin_input([_rewritten(written.path, PixelSpacing=coarse)])
+    findings = plugin.run(series)
+    assert _lengths(findings) == []
+    assert "Value out of range" in _no_number_reasons(findings)
+    assert ratios(findings) == []
+    assert evaluation(findings).value.meaning == "Indeterminate"
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("RG1_J2KI.dcm", "PixelSpacing 0.000\\0.000 is not positive"),  # NEMA CR, PixelSpacing 0\0
+        ("gdcm-CR-MONO1-10-chest.dcm", "no PixelSpacing; no ImagerPixelSpacing"),  # Fuji CR
+    ],
+)
+def test_corpus_radiographs_without_spacing_report_no_length(corpus, plugin, name, reason) -> None:
+    """Both were once measured at an assumed 1 mm per pixel (a 671 mm heart; 227 mm)."""
+    series = load_plugin_input([corpus / "xr-chest" / name])
+    assert series.spacing_source is SpacingSource.NONE and not series.has_spacing
+    assert reason in spacing_of_dataset(series.headers[0]).detail
+    findings = plugin.run(series)
+    assert _lengths(findings) == []
+    assert _no_number_reasons(findings) == {"Measurement not attempted"}
+    assert 0.2 < ctr_of(findings) < 0.9
+
+
+def test_widths_and_outlines_are_drawn_where_they_were_measured(tmp_path, plugin) -> None:
+    """The two widths of the ratio are lines as long as their values, and the heart and each
+    lung field are outlined along their masks (the image's left is the patient's right)."""
+    from skimage.draw import polygon
+
+    written = make_chest_xray(
+        tmp_path, anatomy=ChestXrayAnatomy(ctr=0.55, rows=384, columns=384, seed=TEST_SEED + 31)
+    )
+    series = load_plugin_input([written.path])
+    findings = plugin.run(series)
+    by_id = {f.tracking_id: f for f in findings.findings}
+    assert set(by_id) == {"Cardiothoracic ratio", "Heart", "Right lung", "Left lung"}
+    column_mm = series.pixel_spacing[1]
+    widths = [m for m in by_id["Cardiothoracic ratio"].measurements if m.unit.value == "mm"]
+    assert len(widths) == 2
+    for width in widths:
+        (r0, c0), (r1, c1) = width.graphic.points
+        assert r0 == r1 and width.graphic.frame == 0
+        assert (c1 - c0) * column_mm == pytest.approx(width.value, abs=0.051)
+    masks = {"Heart": findings.segment("heart").mask[0], "Lungs": findings.segment("lungs").mask[0]}
+    for name in ("Heart", "Right lung", "Left lung"):
+        points = np.asarray(by_id[name].region.points)
+        drawn = np.zeros(masks["Heart"].shape, bool)
+        drawn[polygon(points[:, 0], points[:, 1], drawn.shape)] = True
+        mask = masks["Heart" if name == "Heart" else "Lungs"]
+        assert (drawn & mask).sum() / drawn.sum() >= 0.95, name
+    right, left = (
+        np.asarray(by_id[n].region.points)[:, 1].mean() for n in ("Right lung", "Left lung")
+    )
+    assert right < left

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plugin_support import ratios
+from pydicom import dcmread
 from pydicom.sr.coding import Code
 
 from models.api import (
@@ -95,7 +97,7 @@ def test_positive_phantom_reports_cardiomegaly_with_its_ratio(host, tmp_path) ->
     assert [s.key for s in final.segments] == [s.key for s in prior.segments]
     assert final.study_measurements == prior.study_measurements
     assert final.algorithm.name == "dx-chest-report"
-    (ratio,) = prior.study_measurements
+    (ratio,) = ratios(prior)
     (verdict,) = prior.study_evaluations
     assert verdict.value.meaning == "Present"
     assert report.impression.startswith("Cardiomegaly (cardiothoracic ratio")
@@ -228,3 +230,89 @@ def test_the_chain_job_yields_valid_seg_sr_and_text_sr(host, tmp_path, validate_
         result.write(out)
     outcome = validate_dicom(out, sources=(written.path,))
     assert outcome.returncode == 0, outcome.stdout + outcome.stderr
+
+
+# --- pixel spacing: the text says what lengths rest on, and prints none without spacing ------
+
+MILLIMETRES = re.compile(r"\d\s*mm\b")
+
+
+def _sr_units(final: Findings, series: PluginInput) -> list[str]:
+    """Units of every numeric content item of the TID 1500 SR built from ``final``."""
+    from node.outputs import OutputContext, build_outputs
+
+    context = OutputContext(
+        job_id="test-spacing", study_version=1, plugin_name="dx-chest-report", plugin_version="1"
+    )
+    (sr,) = [r.dataset for r in build_outputs(final, series, context) if r.kind.value == "sr"]
+
+    def walk(items) -> list[str]:
+        units = []
+        for item in items:
+            for value in item.get("MeasuredValueSequence", []):
+                units.append(str(value.MeasurementUnitsCodeSequence[0].CodeValue))
+            units += walk(item.get("ContentSequence", []))
+        return units
+
+    return walk(sr.ContentSequence)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["RG1_J2KI.dcm", "gdcm-CR-MONO1-10-chest.dcm"])
+def test_corpus_radiograph_without_spacing_reports_ratio_and_no_millimetre(
+    host, corpus, name
+) -> None:
+    """The NEMA CR (PixelSpacing 0\\0) and the Fuji CR (no spacing) were reported as
+    "Heart: width 671.0 mm" and "227.0 mm … Cardiomegaly" at an assumed 1 mm per pixel."""
+    series = load_plugin_input([corpus / "xr-chest" / name])
+    result = host.run_chain("dx-chest-report", None, series)
+    prior, final = result.findings["dx-chest"], result.final
+    text = final.report.findings + "\n" + final.report.impression
+    assert "Lengths not reported: the image has no calibrated pixel spacing" in text
+    assert not MILLIMETRES.search(text), text
+    (ratio,) = ratios(prior)
+    assert f"cardiothoracic ratio {ratio.value:g}" in final.report.impression
+    (heart,) = [line for line in final.report.findings.splitlines() if line.startswith("Heart:")]
+    assert "width not reported" in heart and "diameter not reported" in heart
+    assert "mm" not in _sr_units(final, series) and "{ratio}" in _sr_units(final, series)
+
+
+def test_report_names_the_magnification_its_lengths_were_corrected_by(host, tmp_path) -> None:
+    written = make_chest_xray(
+        tmp_path,
+        kind=RadiographKind.DX,
+        anatomy=ChestXrayAnatomy(ctr=0.5, rows=384, columns=384, seed=TEST_SEED + 3),
+    )
+    ds = dcmread(written.path)
+    del ds.PixelSpacing
+    ds.save_as(written.path)
+    final = host.run("dx-chest-report", None, load_plugin_input([written.path]))
+    assert "Lengths from ImagerPixelSpacing" in final.report.findings
+    assert "corrected by magnification 1.091 (EstimatedRadiographicMagnificationFactor)" in (
+        final.report.findings
+    )
+
+
+def test_an_out_of_range_length_gives_no_number_and_no_verdict(reporter) -> None:
+    width = Code("103355008", "SCT", "Width")
+    prior = Findings(
+        algorithm=AlgorithmIdentification("dx-chest", "1.0.0"),
+        findings=(
+            Finding(
+                tracking_id="heart",
+                finding_type=Code("80891009", "SCT", "Heart"),
+                evaluations=(
+                    QualitativeEvaluation(width, Code("114009", "DCM", "Value out of range")),
+                ),
+            ),
+        ),
+        study_evaluations=(
+            QualitativeEvaluation(CARDIOMEGALY, Code("82334004", "SCT", "Indeterminate")),
+        ),
+    )
+    report = reporter.run(_input({"dx-chest": prior})).report
+    assert "Heart: width not assessed (outside the range an adult chest can have)." in (
+        report.findings
+    )
+    assert report.impression.startswith("Heart size not assessed: a measured width is outside")
+    assert not MILLIMETRES.search(report.findings + report.impression)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from plugin_support import loaded_plugin, phantom_order
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from models.api import Findings, PluginInput
 from models.devices import GpuSlots
@@ -92,6 +93,35 @@ def test_masks_overlap_the_drawn_lumen_and_wall(findings, written, series) -> No
     for side in CarotidSide:
         assert dice(findings.segment(f"{side}-lumen").mask, phantom.lumen[side][order]) >= 0.9
         assert dice(findings.segment(f"{side}-wall").mask, phantom.wall[side][order]) >= 0.85
+
+
+def test_thickest_wall_and_lumen_are_drawn_on_the_key_slice(findings, series) -> None:
+    """Each carotid's maximum wall thickness is a line across its wall, as long as the value
+    within a pixel and a half, and its lumen is outlined on the same slice."""
+    pixel_mm = series.pixel_spacing[0]
+    walls = [f for f in findings.findings if f.tracking_id.endswith("wall")]
+    assert len(walls) == 2
+    for wall in walls:
+        lumen = next(
+            f for f in findings.findings if f.tracking_id == wall.tracking_id[:-4] + "lumen"
+        )
+        (thickness,) = [m for m in wall.measurements if m.graphic is not None]
+        line = thickness.graphic
+        assert thickness.concept == codes.DCM.WallThickness
+        (start, end) = np.asarray(line.points)
+        length_mm = float(np.linalg.norm(end - start)) * pixel_mm
+        assert abs(length_mm - thickness.value) <= 1.5 * pixel_mm
+        wall_mask = findings.segment(wall.segment_key).mask[line.frame]
+        lumen_mask = findings.segment(lumen.segment_key).mask[line.frame]
+        unit = (end - start) / np.linalg.norm(end - start)
+        # the line ends on the wall's outer edge and starts on the lumen's edge
+        assert wall_mask[tuple(np.round(end - 0.25 * unit).astype(int))]
+        assert lumen_mask[tuple(np.round(start - 0.25 * unit).astype(int))]
+        (area,) = lumen.measurements
+        assert area.graphic.frame == line.frame
+        inside = np.round(np.asarray(area.graphic.points)).astype(int)
+        near = ndimage.binary_dilation(lumen_mask, iterations=2)
+        assert near[inside[:, 0], inside[:, 1]].all()
 
 
 def test_plaque_reported_where_the_wall_is_thick(findings, written) -> None:

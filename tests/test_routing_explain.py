@@ -103,3 +103,29 @@ def test_explain_unknown_uid_fails_cleanly(tmp_path: Path, capsys) -> None:
     )
     assert run_cli(["routes", "explain", "1.2.3.404", "--config", str(node_yaml)]) == 1
     assert "no such file, folder or study in the index" in capsys.readouterr().err
+
+
+@pytest.mark.corpus
+def test_explain_says_which_plugin_will_refuse_a_radiograph_without_spacing(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """The NEMA CR states PixelSpacing 0\\0: a chest plugin that needs a spacing will refuse
+    it, and explain says so with the reason; the shipped chest plugins do without."""
+    from runtime_support import write_plugin
+
+    from models.discovery import Catalog, discover
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (study,) = study_views_from_paths([corpus / "xr-chest" / "RG1_J2KI.dcm"])
+    plugins = tmp_path / "plugins"
+    write_plugin(plugins / "strict", name="dx-chest-report", entry="plugin:X", code="")
+    text = explain_study(shipped_table(), study, discover([plugins]))
+    assert (
+        "dx-chest-report will refuse S1: dx-chest-report@1.0.0 needs a calibrated pixel spacing "
+        "(input.needs_spacing), and the series has no calibrated pixel spacing "
+        "(PixelSpacing 0.0\\0.0 is not positive; no ImagerPixelSpacing)"
+    ) in text
+    shipped = Path(__file__).resolve().parent.parent / "models" / "plugins"
+    assert "will refuse" not in explain_study(shipped_table(), study, discover([shipped]))
+    assert "will refuse" not in explain_study(shipped_table(), study, Catalog(()))

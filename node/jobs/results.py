@@ -3,7 +3,9 @@
 ``work_item_for`` gathers what a worker needs (the series' spool files, the output folder, the
 output kinds its destinations take) and refuses, before any model runs, a job whose route
 names a destination node.yaml does not define. ``store_results`` commits the result rows, one
-outbox row per (result, destination) and SUCCEEDED in a single transaction.
+outbox row per (result, destination that takes its kind) and SUCCEEDED in a single transaction.
+What a destination takes may depend on the source (``viewer_profile``), so both ends ask
+``kinds_by_destination``, which reads the series' kind from the index.
 """
 
 from __future__ import annotations
@@ -14,17 +16,65 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    BreastProjectionXRayImageStorageForPresentation,
+    BreastProjectionXRayImageStorageForProcessing,
+    ComputedRadiographyImageStorage,
+    DigitalIntraOralXRayImageStorageForPresentation,
+    DigitalIntraOralXRayImageStorageForProcessing,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedXAImageStorage,
+    EnhancedXRFImageStorage,
+    XRayAngiographicImageStorage,
+    XRayRadiofluoroscopicImageStorage,
+)
 
-from node.config import DicomDestination, FolderDestination, NodeConfig, OutputKind
+from node.config import (
+    PROFILE_DEFAULTS,
+    DicomDestination,
+    FolderDestination,
+    NodeConfig,
+    OutputKind,
+    SourceKind,
+    ViewerProfile,
+)
 from node.db import transaction
 from node.dispatch.outbox import enqueue
 from node.jobs import table
 from node.jobs.table import Job
 from node.jobs.work import WorkItem, WorkResult
 
-__all__ = ["eligible_destinations", "job_key", "store_results", "work_item_for"]
+__all__ = [
+    "eligible_destinations",
+    "job_key",
+    "kinds_by_destination",
+    "source_kind_of",
+    "store_results",
+    "work_item_for",
+]
 
-DEFAULT_KINDS = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
+# Projection X-ray, by Modality or by SOP class (a CR or DX header may name another modality).
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "IO", "PX", "RG", "XA", "RF"})
+PROJECTION_SOP_CLASSES = frozenset(
+    {
+        ComputedRadiographyImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        DigitalXRayImageStorageForProcessing,
+        DigitalMammographyXRayImageStorageForPresentation,
+        DigitalMammographyXRayImageStorageForProcessing,
+        DigitalIntraOralXRayImageStorageForPresentation,
+        DigitalIntraOralXRayImageStorageForProcessing,
+        BreastProjectionXRayImageStorageForPresentation,
+        BreastProjectionXRayImageStorageForProcessing,
+        XRayAngiographicImageStorage,
+        EnhancedXAImageStorage,
+        XRayRadiofluoroscopicImageStorage,
+        EnhancedXRFImageStorage,
+    }
+)
 
 
 def job_key(job: Job) -> str:
@@ -51,6 +101,35 @@ def eligible_destinations(
         for name in job.destinations
         if config.destinations[name].shadow == shadow
     }
+
+
+def source_kind_of(conn: sqlite3.Connection, job: Job) -> SourceKind:
+    """Whether the job's series is a projection radiograph, from its index rows (the series'
+    Modality and the SOP classes of the instances the job reads)."""
+    series = conn.execute(
+        "SELECT modality FROM series WHERE series_instance_uid = ?", (job.series_instance_uid,)
+    ).fetchone()
+    modality = (series["modality"] if series is not None else None) or ""
+    if modality.upper() in PROJECTION_MODALITIES:
+        return SourceKind.RADIOGRAPH
+    classes = conn.execute(
+        "SELECT DISTINCT sop_class_uid FROM instances WHERE series_instance_uid = ? "
+        "AND study_version <= ?",
+        (job.series_instance_uid, job.study_version),
+    ).fetchall()
+    if any(record["sop_class_uid"] in PROJECTION_SOP_CLASSES for record in classes):
+        return SourceKind.RADIOGRAPH
+    return SourceKind.CROSS_SECTIONAL
+
+
+def kinds_by_destination(
+    conn: sqlite3.Connection, job: Job, config: NodeConfig
+) -> tuple[SourceKind, dict[str, tuple[OutputKind, ...]]]:
+    """The series' kind and, for each destination that takes the job's results, the output
+    kinds it takes for that kind of series (its ``send_as``, else its profile's defaults)."""
+    source = source_kind_of(conn, job)
+    destinations = eligible_destinations(job, config)
+    return source, {name: dest.kinds_for(source) for name, dest in destinations.items()}
 
 
 def _series_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> tuple[Path, ...]:
@@ -95,10 +174,10 @@ def _predecessor_sr(
 
 def work_item_for(conn: sqlite3.Connection, job: Job, config: NodeConfig) -> WorkItem:
     """Everything one attempt needs; ValueError when the job cannot run at all."""
-    destinations = eligible_destinations(job, config)
+    source, by_destination = kinds_by_destination(conn, job, config)
     kinds: list[OutputKind] = []
-    for destination in destinations.values():
-        kinds += [kind for kind in destination.send_as if kind not in kinds]
+    for taken in by_destination.values():
+        kinds += [kind for kind in taken if kind not in kinds]
     files = _series_files(conn, job, config.storage.spool_dir)
     if not files:
         raise ValueError(
@@ -118,7 +197,8 @@ def work_item_for(conn: sqlite3.Connection, job: Job, config: NodeConfig) -> Wor
         files=files,
         output_dir=outputs_root / f"job-{job.id}",
         outputs_root=outputs_root,
-        output_kinds=tuple(kinds) or DEFAULT_KINDS,
+        # no destination (a shadow route kept for review): what a generic viewer would get
+        output_kinds=tuple(kinds) or PROFILE_DEFAULTS[ViewerProfile.GENERIC, source],
         predecessor_sr=_predecessor_sr(conn, job, outputs_root),
     )
 
@@ -129,7 +209,7 @@ def store_results(
     """Results + outbox rows + SUCCEEDED, all or nothing. False (nothing stored) if the job
     was cancelled while it ran."""
     now = time.time()
-    destinations = eligible_destinations(job, config)
+    _, by_destination = kinds_by_destination(conn, job, config)
     with transaction(conn):
         if not table.mark_succeeded(conn, job.id, result.timings, now):
             return False
@@ -152,7 +232,7 @@ def store_results(
                     now,
                 ),
             )
-            for name, destination in destinations.items():
-                if item.kind in destination.send_as:
+            for name, taken in by_destination.items():
+                if item.kind in taken:
                     enqueue(conn, item.sop_instance_uid, name, now)
     return True

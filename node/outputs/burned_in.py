@@ -44,17 +44,6 @@ def _letters(direction: np.ndarray) -> str:
     return names[axis][0 if direction[axis] > 0 else 1]
 
 
-def _states_spacing(header: Dataset) -> bool:
-    """Whether the source says its pixel spacing (the loader assumes 1 mm where it does not)."""
-    if header.get("PixelSpacing") or header.get("ImagerPixelSpacing"):
-        return True
-    groups = [
-        *header.get("SharedFunctionalGroupsSequence", []),
-        *header.get("PerFrameFunctionalGroupsSequence", [])[:1],
-    ]
-    return any("PixelMeasuresSequence" in group for group in groups)
-
-
 def _first(value: object) -> float:
     return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)  # type: ignore[index,arg-type]
 
@@ -111,7 +100,7 @@ def build_burned_in(
             sop_instance_uid=uids.instance(OutputKind.BURNED_IN_SC, int(index)),
             instance_number=number,
             manufacturer=MANUFACTURER,
-            pixel_spacing=source.pixel_spacing if _states_spacing(header) else None,
+            pixel_spacing=source.pixel_spacing if source.has_spacing else None,
             patient_orientation=orientation or ("L", "F"),
             series_description=context.series_description(OutputKind.BURNED_IN_SC),
             manufacturer_model_name=context.plugin_name[:64],

@@ -1,18 +1,22 @@
-"""Findings as a TID 1500 Measurement Report (highdicom Comprehensive SR).
+"""Findings as a TID 1500 Measurement Report (highdicom Comprehensive SR) that viewers draw.
 
 One measurement group per Finding (tracking id and UID, finding type and site, measurements in
 UCUM units, qualitative evaluations). A finding with a segment is a volumetric ROI group
 (TID 1411) that references the SEG segment and the source images it lies on, also on
 single-frame sources: TID 1410's segmentation-frame reference names both a frame and a
-segment, which the Image Reference Macro forbids (dciodvfy rejects it). A finding without a
-segment, or whose SEG is not made, is a TID 1501 group listing the source images (those the
-segment lies on); the study-level results are a TID 1501 group of their own (about the whole
-series, whose images are the evidence). The SEG and the sources are the evidence. A re-run
-of a newer study version names the report it supersedes in the Predecessor Documents
-Sequence.
+segment, which the Image Reference Macro forbids (dciodvfy rejects it). A finding with an
+outline (``Finding.region``) is a planar ROI group (TID 1410) with that image region; any
+other finding is a TID 1501 group listing the source images it was measured on.
 
-Comprehensive SR, not Comprehensive 3D SR: ROIs are SEG references, never 3D coordinates,
-and Comprehensive SR is the class more PACS and viewers accept.
+Every measurement made along a line carries that line as image coordinates (SCOORD, INFERRED
+FROM, on its source image; ``sr_graphics``): a viewer such as OHIF places a group only by its
+coordinates, and lists its values beside what it draws. Study-level results (a nodule count,
+"no nodule") go in the document's Qualitative Evaluations container (TID 1500 row 12), not in
+a measurement group that no viewer can place. A re-run of a newer study version names the
+report it supersedes in the Predecessor Documents Sequence.
+
+Comprehensive SR, not Comprehensive 3D SR: 2D coordinates on source images and SEG
+references, and Comprehensive SR is the class more PACS and viewers accept.
 """
 
 from __future__ import annotations
@@ -28,26 +32,13 @@ from models.api import Finding, Findings, Measurement, PluginInput, QualitativeE
 from node.config import OutputKind
 from node.outputs.context import OutputContext, PredecessorDocument
 from node.outputs.identity import copy_identity, prepared_header
+from node.outputs.procedure import procedure_reported
 from node.outputs.seg import MANUFACTURER, segment_numbers
+from node.outputs.sr_graphics import check_placement, image_region, measurement_coordinates
 from node.outputs.uids import ResultUids, device_observer_uid
 
-# Procedure reported when the context names none: the modality's "unspecified body region".
-PROCEDURE_BY_MODALITY: dict[str, Code] = {
-    "CT": codes.LN.CTUnspecifiedBodyRegion,
-    "MR": codes.LN.MRIUnspecifiedBodyRegion,
-    "PT": codes.LN.PETUnspecifiedBodyRegion,
-    "NM": codes.LN.NMUnspecifiedBodyRegion,
-    "CR": codes.LN.XRUnspecifiedBodyRegion,
-    "DX": codes.LN.XRUnspecifiedBodyRegion,
-}
-IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging")
-STUDY_TRACKING_ID = "Study-level results"
-
-
-def procedure_reported(source: PluginInput, context: OutputContext) -> Code:
-    if context.procedure_reported is not None:
-        return context.procedure_reported
-    return PROCEDURE_BY_MODALITY.get(source.modality.upper(), IMAGING_PROCEDURE)
+# TID 1500 row 12: the document's qualitative evaluations (study-level results)
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 def observation_context(context: OutputContext) -> hd.sr.ObservationContext:
@@ -83,8 +74,19 @@ def _evaluations(items: Sequence[QualitativeEvaluation]) -> list[hd.sr.Qualitati
     return evaluations
 
 
-def _measurements(items: Sequence[Measurement]) -> list[hd.sr.Measurement]:
-    return [hd.sr.Measurement(name=m.concept, value=m.value, unit=m.unit) for m in items]
+def _measurements(items: Sequence[Measurement], source: PluginInput) -> list[hd.sr.Measurement]:
+    """TID 300 measurements; one measured along a line is INFERRED FROM that line."""
+    return [
+        hd.sr.Measurement(
+            name=m.concept,
+            value=m.value,
+            unit=m.unit,
+            referenced_coordinates=(
+                [measurement_coordinates(m.graphic, source)] if m.graphic is not None else None
+            ),
+        )
+        for m in items
+    ]
 
 
 def _by_instance(source: PluginInput, indices: Sequence[int]) -> dict[tuple[str, str], list[int]]:
@@ -147,14 +149,26 @@ def _referenced_segment(
     )
 
 
-def _finding_group(
+def _finding_groups(
     finding: Finding,
     findings: Findings,
     source: PluginInput,
     segmentation: Dataset | None,
     uids: ResultUids,
     algorithm: hd.sr.AlgorithmIdentification,
-) -> Dataset:
+) -> list[Dataset]:
+    """The finding's measurement group, and a second one for its lines where needed.
+
+    TID 1410/1411 groups (a region or a segment) may not hold measurements with their own
+    coordinates, so the measurements made along a line go in a TID 1501 group of the same
+    tracking identifier and UID: one finding, two groups, as TID 1500 intends tracking UIDs
+    (OHIF merges groups by it and draws the lines with every value listed).
+    """
+    roi = finding.region is not None or (
+        finding.segment_key is not None and segmentation is not None
+    )
+    drawn = [m for m in finding.measurements if m.graphic is not None] if roi else []
+    plain = [m for m in finding.measurements if not (roi and m.graphic is not None)]
     common = {
         "tracking_identifier": hd.sr.TrackingIdentifier(
             uid=uids.tracking(finding.tracking_id), identifier=finding.tracking_id[:64]
@@ -164,27 +178,48 @@ def _finding_group(
             [hd.sr.FindingSite(finding.finding_site)] if finding.finding_site else None
         ),
         "algorithm_id": algorithm,
-        "measurements": _measurements(finding.measurements) or None,
-        "qualitative_evaluations": _evaluations(finding.evaluations) or None,
     }
-    if finding.segment_key is None:
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=_source_images(source), **common
+    lines = (
+        [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                source_images=_source_images(source, [m.graphic.frame for m in drawn if m.graphic]),
+                measurements=_measurements(drawn, source),
+                **common,
+            )
+        ]
+        if drawn
+        else []
+    )
+    common["measurements"] = _measurements(plain, source) or None
+    common["qualitative_evaluations"] = _evaluations(finding.evaluations) or None
+    if finding.region is not None:
+        planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=image_region(finding.region, source), **common
         )
+        return [planar, *lines]
+    if finding.segment_key is None:
+        return [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                source_images=_source_images(source), **common
+            )
+        ]
     segment = findings.segment(finding.segment_key)
     if segmentation is None:  # no SEG is made (not asked for): name the images it lies on
         touched = segment.frames_present
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=_source_images(source, touched if len(touched) else None),
-            finding_category=segment.category,
-            **common,
-        )
+        return [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                source_images=_source_images(source, touched if len(touched) else None),
+                finding_category=segment.category,
+                **common,
+            )
+        ]
     number = segment_numbers(findings)[finding.segment_key]
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         referenced_segment=_referenced_segment(segmentation, number, segment, source),
         finding_category=segment.category,
         **common,
     )
+    return [volumetric, *lines]
 
 
 def _predecessor_dataset(predecessor: PredecessorDocument) -> Dataset:
@@ -194,6 +229,76 @@ def _predecessor_dataset(predecessor: PredecessorDocument) -> Dataset:
     reference.SOPInstanceUID = predecessor.sop_instance_uid
     reference.SOPClassUID = predecessor.sop_class_uid
     return reference
+
+
+def _study_evaluations(findings: Findings) -> hd.sr.ContainerContentItem | None:
+    """The document's Qualitative Evaluations: each study-level evaluation as CODE, each
+    study-level measurement as TEXT ("5", "0.52 ratio"): TID 1500 row 12 holds only CODE
+    and TEXT items."""
+    if not (findings.study_evaluations or findings.study_measurements):
+        return None
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    items: list[Dataset] = []
+    for evaluation in _evaluations(findings.study_evaluations):
+        items.extend(evaluation)
+    for measurement in findings.study_measurements:
+        unit = "" if measurement.unit.value == "1" else f" {measurement.unit.meaning}"
+        items.append(
+            hd.sr.TextContentItem(
+                name=measurement.concept,
+                value=f"{measurement.value:g}{unit}",
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    container.ContentSequence = items
+    return container
+
+
+def _report(
+    findings: Findings,
+    source: PluginInput,
+    context: OutputContext,
+    groups: list[Dataset],
+    algorithm: hd.sr.AlgorithmIdentification,
+    uids: ResultUids,
+) -> hd.sr.MeasurementReport:
+    """TID 1500 with the finding groups (row 8) and the study-level results (row 12).
+
+    highdicom 0.28 requires at least one measurement group, while TID 1500 needs only one of
+    rows 8 and 12: a report of study-level results alone (no nodule found) is built around a
+    placeholder group whose Imaging Measurements container is then taken out again.
+    """
+    evaluations = _study_evaluations(findings)
+    placeholder = (
+        []
+        if groups
+        else [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uids.tracking("placeholder"), identifier="placeholder"
+                ),
+                algorithm_id=algorithm,
+            )
+        ]
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(context),
+        procedure_reported=procedure_reported(source, context),
+        imaging_measurements=groups or placeholder,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    root = report[0]
+    if placeholder:
+        root.ContentSequence = [
+            item
+            for item in root.ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue != codes.DCM.ImagingMeasurements.value
+        ]
+    if evaluations is not None:
+        root.ContentSequence.append(evaluations)
+    return report
 
 
 def build_measurement_report(
@@ -206,31 +311,17 @@ def build_measurement_report(
     None where no SEG is made: segment findings then name the source images they lie on."""
     if not source.headers:
         raise ValueError("PluginInput.headers is empty: the report needs the source headers")
+    check_placement(findings, source)
     uids = ResultUids(context.job_id, context.study_version)
     algorithm = hd.sr.AlgorithmIdentification(
         name=findings.algorithm.name, version=findings.algorithm.version
     )
     groups = [
-        _finding_group(finding, findings, source, segmentation, uids, algorithm)
+        group
         for finding in findings.findings
+        for group in _finding_groups(finding, findings, source, segmentation, uids, algorithm)
     ]
-    if findings.study_measurements or findings.study_evaluations:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uids.tracking(STUDY_TRACKING_ID), identifier=STUDY_TRACKING_ID
-                ),
-                algorithm_id=algorithm,
-                measurements=_measurements(findings.study_measurements) or None,
-                qualitative_evaluations=_evaluations(findings.study_evaluations) or None,
-            )
-        )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(context),
-        procedure_reported=procedure_reported(source, context),
-        imaging_measurements=groups or None,
-        title=codes.DCM.ImagingMeasurementReport,
-    )
+    report = _report(findings, source, context, groups, algorithm, uids)
     headers = [prepared_header(header) for header in source.headers]
     evidence = ([segmentation] if segmentation is not None else []) + headers
     previous = [_predecessor_dataset(context.predecessor)] if context.predecessor else None

@@ -122,8 +122,16 @@ class DetectionSettings:
                 raise ValueError(f"{name} is a fraction in [0, 1]")
 
 
+Line = tuple[tuple[float, float], tuple[float, float]]  # two (row, column) pixel positions
+
+
 @dataclass(frozen=True)
 class MeasuredNodule:
+    """One nodule and its measurements. The axes were measured on ``key_slice``; the lines
+    are where (in that slice's pixels), so a viewer can draw what was measured.
+    ``at_scan_edge``: the nodule reaches the first or last slice of the series, so it may
+    extend beyond the scanned range and its volume is a lower bound."""
+
     mask: np.ndarray  # bool, full volume
     centre_voxel: tuple[float, float, float]
     long_axis_mm: float
@@ -133,6 +141,10 @@ class MeasuredNodule:
     kind: NoduleKind
     side: LungSide
     zone: LungZone
+    key_slice: int
+    long_axis_line: Line
+    short_axis_line: Line
+    at_scan_edge: bool
 
     @property
     def mean_diameter_mm(self) -> float:
@@ -378,18 +390,36 @@ def _isolation(
     return float(local.sum() / max(int(connected.sum()), 1))
 
 
-def _feret_axes(points_mm: np.ndarray) -> tuple[float, float]:
-    """Longest diameter, and the extent perpendicular to it, of a closed contour."""
+@dataclass(frozen=True)
+class _Axes:
+    """Feret axes of a contour in mm, with their end points (row, column in mm)."""
+
+    long_mm: float
+    short_mm: float
+    long_ends: np.ndarray  # (2, 2)
+    short_ends: np.ndarray  # (2, 2)
+
+
+def _feret_axes(points_mm: np.ndarray) -> _Axes:
+    """Longest diameter, and the extent perpendicular to it, of a closed contour.
+
+    The short axis is drawn across the middle of the long one, as long as the extent it
+    reports, so the drawn line measures what the report says.
+    """
     differences = points_mm[:, None, :] - points_mm[None, :, :]
     distances = np.sqrt((differences**2).sum(-1))
     i, j = np.unravel_index(int(distances.argmax()), distances.shape)
     long_axis = float(distances[i, j])
+    long_ends = points_mm[[i, j]]
     if long_axis == 0:
-        return 0.0, 0.0
+        return _Axes(0.0, 0.0, long_ends, long_ends.copy())
     direction = (points_mm[j] - points_mm[i]) / long_axis
     normal = np.array([-direction[1], direction[0]])
     projection = points_mm @ normal
-    return long_axis, float(projection.max() - projection.min())
+    middle = long_ends.mean(axis=0)
+    offsets = np.array([projection.min(), projection.max()]) - middle @ normal
+    short_ends = middle + offsets[:, None] * normal
+    return _Axes(long_axis, float(projection.max() - projection.min()), long_ends, short_ends)
 
 
 def _zone(lung: np.ndarray, centre_slice: float, frame: VolumeFrame) -> LungZone:
@@ -491,8 +521,14 @@ def _measure(
     if not contours:
         return None
     contour = max(contours, key=len) - 1.0
-    points_mm = contour * np.array([spacing[1], spacing[2]])
-    long_axis, short_axis = _feret_axes(points_mm)
+    in_plane = np.array([spacing[1], spacing[2]])
+    axes = _feret_axes(contour * in_plane)
+    origin = np.array([box[1].start, box[2].start], dtype=float)
+
+    def line(ends_mm: np.ndarray) -> Line:
+        first, second = (tuple(float(v) for v in end / in_plane + origin) for end in ends_mm)
+        return (first, second)  # type: ignore[return-value]
+
     coords = np.argwhere(region)
     centre = coords.mean(axis=0) + np.array([s.start for s in box])
     full = np.zeros(hu.shape, dtype=bool)
@@ -511,13 +547,17 @@ def _measure(
     return MeasuredNodule(
         mask=full,
         centre_voxel=tuple(float(c) for c in centre),  # type: ignore[arg-type]
-        long_axis_mm=long_axis,
-        short_axis_mm=min(short_axis, long_axis),
+        long_axis_mm=axes.long_mm,
+        short_axis_mm=min(axes.short_mm, axes.long_mm),
         volume_mm3=volume,
         mean_hu=float(local_hu[interior].mean()),
         kind=kind,
         side=side,
         zone=_zone(lungs[side], float(centre[0]), frame),
+        key_slice=k + box[0].start,
+        long_axis_line=line(axes.long_ends),
+        short_axis_line=line(axes.short_ends),
+        at_scan_edge=bool(full[0].any() or full[-1].any()),
     )
 
 

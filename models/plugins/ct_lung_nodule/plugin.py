@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from models.api import (
     AlgorithmIdentification,
     Device,
     Finding,
     Findings,
+    GraphicKind,
+    ImageGraphic,
     Measurement,
     PluginInput,
     QualitativeEvaluation,
@@ -17,7 +20,15 @@ from models.api import (
     Segment,
 )
 
-from .nodules import LungAnalysis, LungSide, LungZone, MeasuredNodule, NoduleKind, VolumeFrame
+from .nodules import (
+    Line,
+    LungAnalysis,
+    LungSide,
+    LungZone,
+    MeasuredNodule,
+    NoduleKind,
+    VolumeFrame,
+)
 from .nodules import analyse_chest_ct as analyse
 
 __all__ = ["CtLungNodulePlugin", "volume_frame"]
@@ -28,7 +39,13 @@ HOUNSFIELD = codes.UCUM.HounsfieldUnit
 NO_UNITS = codes.UCUM.NoUnits
 MEAN_ATTENUATION = codes.DCM.MeanAttenuationCoefficient
 LATERALITY = codes.SCT.Laterality
+LONG_AXIS = codes.SCT.LongAxis
+SHORT_AXIS = codes.SCT.ShortAxis
 GROUND_GLASS = codes.DCM.GroundGlassOpacity
+# No standard code says "this finding may continue outside the images": a local code, named
+# in the SR's Coding Scheme Identification, rather than a borrowed one.
+AT_SCAN_EDGE = Code("SCAN-EDGE", "99AINODE", "Extends to the edge of the scanned range")
+EDGE_NOTE = "may extend beyond the scanned range; the volume is a lower bound"
 
 _SIDE_CODES = {LungSide.RIGHT: codes.SCT.Right, LungSide.LEFT: codes.SCT.Left}
 _ZONE_CODES = {
@@ -68,11 +85,30 @@ def volume_frame(series: PluginInput) -> VolumeFrame:
 
 def _describe(number: int, nodule: MeasuredNodule) -> str:
     kind = "part-solid" if nodule.kind is NoduleKind.PART_SOLID else "solid"
+    volume = f"{'at least ' if nodule.at_scan_edge else ''}{nodule.volume_mm3:.0f} mm³"
+    edge = f" It reaches the edge of the scanned range: it {EDGE_NOTE}." * nodule.at_scan_edge
     return (
         f"Nodule {number}: {kind}, {nodule.side} lung, {nodule.zone} zone, "
         f"{nodule.long_axis_mm:.1f} × {nodule.short_axis_mm:.1f} mm, "
-        f"volume {nodule.volume_mm3:.0f} mm³, mean {nodule.mean_hu:.0f} HU."
+        f"volume {volume}, mean {nodule.mean_hu:.0f} HU.{edge}"
     )
+
+
+def _axis(nodule: MeasuredNodule, concept: Code, value: float, line: Line) -> Measurement:
+    """A diameter with the line it was measured along, on the nodule's key slice."""
+    graphic = ImageGraphic(nodule.key_slice, GraphicKind.LINE, line)
+    return Measurement(concept, round(value, 2), MILLIMETRE, graphic=graphic)
+
+
+def _evaluations(nodule: MeasuredNodule) -> tuple[QualitativeEvaluation, ...]:
+    ground_glass = codes.SCT.Present if nodule.kind is NoduleKind.PART_SOLID else codes.SCT.Absent
+    evaluations = (
+        QualitativeEvaluation(LATERALITY, _SIDE_CODES[nodule.side]),
+        QualitativeEvaluation(GROUND_GLASS, ground_glass),
+    )
+    if nodule.at_scan_edge:
+        evaluations += (QualitativeEvaluation(AT_SCAN_EDGE, codes.SCT.Present),)
+    return evaluations
 
 
 def _report(analysis: LungAnalysis) -> Report:
@@ -146,24 +182,14 @@ class CtLungNodulePlugin:
                     finding_site=_ZONE_CODES[nodule.zone],
                     segment_key=key,
                     measurements=(
-                        Measurement(codes.SCT.LongAxis, round(nodule.long_axis_mm, 2), MILLIMETRE),
-                        Measurement(
-                            codes.SCT.ShortAxis, round(nodule.short_axis_mm, 2), MILLIMETRE
-                        ),
+                        _axis(nodule, LONG_AXIS, nodule.long_axis_mm, nodule.long_axis_line),
+                        _axis(nodule, SHORT_AXIS, nodule.short_axis_mm, nodule.short_axis_line),
                         Measurement(
                             codes.SCT.Volume, round(nodule.volume_mm3, 1), CUBIC_MILLIMETRE
                         ),
                         Measurement(MEAN_ATTENUATION, round(nodule.mean_hu, 1), HOUNSFIELD),
                     ),
-                    evaluations=(
-                        QualitativeEvaluation(LATERALITY, _SIDE_CODES[nodule.side]),
-                        QualitativeEvaluation(
-                            GROUND_GLASS,
-                            codes.SCT.Present
-                            if nodule.kind is NoduleKind.PART_SOLID
-                            else codes.SCT.Absent,
-                        ),
-                    ),
+                    evaluations=_evaluations(nodule),
                 )
             )
         present = codes.SCT.Present if analysis.nodules else codes.SCT.Absent

@@ -21,6 +21,8 @@ __all__ = [
     "LUNGS",
     "MODEL_SIZE",
     "PLAUSIBLE_CTR",
+    "PLAUSIBLE_HEART_WIDTH_MM",
+    "PLAUSIBLE_THORACIC_WIDTH_MM",
     "ChestMasks",
     "CtrMeasurement",
     "cardiomegaly_probability",
@@ -35,6 +37,14 @@ BACKGROUND, LUNGS, HEART = 0, 1, 2
 CARDIOMEGALY_THRESHOLD = 0.5
 # a ratio outside this range is a failed segmentation, not a heart: report no measurement
 PLAUSIBLE_CTR = (0.25, 0.8)
+# Lengths an adult PA chest can have (mm); outside them the spacing or the segmentation is
+# wrong, and the length is "not assessed". Textbook adult figures: transverse cardiac
+# diameter about 10-16 cm, past 20 cm only in gross cardiomegaly or pericardial effusion;
+# internal thoracic diameter about 24-36 cm. Widened for large patients and for the up to
+# 1.25x magnification an uncorrected ImagerPixelSpacing carries (AP bedside at 100 cm).
+# Children are out of scope: a small chest is "not assessed", never a wrong size.
+PLAUSIBLE_HEART_WIDTH_MM = (60.0, 300.0)
+PLAUSIBLE_THORACIC_WIDTH_MM = (180.0, 480.0)
 # The RMS CTR error on held-out phantoms is about 0.007 (see metrics.json); the
 # confidence uses a wider 0.015 so that it stays honest on images unlike the phantoms.
 CTR_SIGMA = 0.015

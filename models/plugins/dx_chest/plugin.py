@@ -6,28 +6,40 @@ of each frame; class probabilities are interpolated back to the frame's own size
 have the input's full resolution. The CTR is measured on the first frame laid out as a frontal
 chest (``ChestMasks.measurable``); when there is none, the result says the ratio could not be
 measured (Cardiomegaly: Indeterminate) instead of guessing.
+
+Lengths need a calibrated spacing: without one (``PluginInput.has_spacing`` false; the
+manifest says ``needs_spacing: false`` so such series still get their ratio) each length is
+"Measurement not attempted". A length outside what an adult chest can have is "Value out of
+range", and then neither the ratio nor a cardiomegaly verdict is built on it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from pydicom.sr.coding import Code
+from scipy import ndimage
 
 from models.api import (
     AlgorithmIdentification,
     Device,
     Finding,
     Findings,
+    ImageGraphic,
     Measurement,
     PluginInput,
     QualitativeEvaluation,
     Segment,
 )
+from models.graphics import horizontal_extent, outline
 from models.manifest import PluginManifest
 from models.runners.onnx import OnnxRunner
 
 from .chest import (
     CARDIOMEGALY_THRESHOLD,
+    PLAUSIBLE_HEART_WIDTH_MM,
+    PLAUSIBLE_THORACIC_WIDTH_MM,
     ChestMasks,
     cardiomegaly_probability,
     masks_from_logits,
@@ -44,8 +56,10 @@ __all__ = [
     "HEART_WIDTH",
     "INDETERMINATE",
     "LUNG",
+    "MEASUREMENT_NOT_ATTEMPTED",
     "PRESENT",
     "THORACIC_WIDTH",
+    "VALUE_OUT_OF_RANGE",
     "DxChestPlugin",
 ]
 
@@ -63,6 +77,9 @@ THORACIC_WIDTH = Code("11864-6", "LN", "Transverse Thoracic Diameter")
 CARDIOTHORACIC_RATIO = Code("CTR", "99AINODE", "Cardiothoracic ratio")
 MILLIMETRE = Code("mm", "UCUM", "millimeter")
 RATIO = Code("{ratio}", "UCUM", "ratio")
+# why a length has no number (PS3.16 CID 42 Numeric Value Qualifier), as its evaluation
+MEASUREMENT_NOT_ATTEMPTED = Code("114007", "DCM", "Measurement not attempted")  # no spacing
+VALUE_OUT_OF_RANGE = Code("114009", "DCM", "Value out of range")  # not anatomically possible
 
 _LATERAL_VIEWS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL"})
 
@@ -94,13 +111,14 @@ class DxChestPlugin:
         lungs = np.zeros(series.shape, dtype=bool)
         heart = np.zeros(series.shape, dtype=bool)
         measured: ChestMasks | None = None
+        measured_frame = 0
         for index in range(frames):
             if self._is_lateral(series, index):
                 continue
             masks = self.segment(series.pixels[index])
             lungs[index], heart[index] = masks.lungs, masks.heart
             if measured is None and masks.measurable:
-                measured = masks
+                measured, measured_frame = masks, index
         algorithm = AlgorithmIdentification(self.name, self.version)
         if measured is None:
             # nothing plausible to measure: say so rather than report a meaningless ratio
@@ -108,35 +126,59 @@ class DxChestPlugin:
                 algorithm=algorithm,
                 study_evaluations=(QualitativeEvaluation(CARDIOMEGALY, INDETERMINATE),),
             )
-        ctr = measure_ctr(measured.lungs, measured.heart, series.pixel_spacing[1])
-        ratio = round(ctr.ratio, 3)  # the value reported is the value the decision uses
-        probability = cardiomegaly_probability(ratio)
-        present = ratio > CARDIOMEGALY_THRESHOLD
         segments = (
             Segment("lungs", "Lungs", ANATOMICAL_STRUCTURE, LUNG, lungs, color_rgb=(80, 140, 255)),
             Segment("heart", "Heart", ANATOMICAL_STRUCTURE, HEART, heart, color_rgb=(255, 80, 80)),
         )
-        findings = (
-            Finding(
-                tracking_id="heart",
-                finding_type=HEART,
-                segment_key="heart",
-                measurements=(Measurement(HEART_WIDTH, round(ctr.heart_width_mm, 1), MILLIMETRE),),
-            ),
-            Finding(
-                tracking_id="lungs",
-                finding_type=LUNG,
-                segment_key="lungs",
-                measurements=(
-                    Measurement(THORACIC_WIDTH, round(ctr.thoracic_width_mm, 1), MILLIMETRE),
-                ),
-            ),
+        ctr = measure_ctr(measured.lungs, measured.heart, series.pixel_spacing[1])
+        ratio = round(ctr.ratio, 3)  # the value reported is the value the decision uses
+        heart_line = horizontal_extent(measured.heart, measured_frame)
+        thorax_line = horizontal_extent(measured.lungs | measured.heart, measured_frame)
+        heart_width = _length(
+            HEART_WIDTH,
+            ctr.heart_width_mm,
+            series.has_spacing,
+            PLAUSIBLE_HEART_WIDTH_MM,
+            heart_line,
+        )
+        thoracic_width = _length(
+            THORACIC_WIDTH,
+            ctr.thoracic_width_mm,
+            series.has_spacing,
+            PLAUSIBLE_THORACIC_WIDTH_MM,
+            thorax_line,
+        )
+        outlines = _outlines(measured, measured_frame)
+        implausible = any(
+            e.value == VALUE_OUT_OF_RANGE for e in (*heart_width[1], *thoracic_width[1])
+        )
+        if implausible:  # the ratio and the verdict would rest on an impossible length
+            heart_outline = outlines[0]
+            outlines = (
+                replace(heart_outline, evaluations=(*heart_width[1], *thoracic_width[1])),
+                *outlines[1:],
+            )
+            return Findings(
+                algorithm=algorithm,
+                segments=segments,
+                findings=outlines,
+                study_evaluations=(QualitativeEvaluation(CARDIOMEGALY, INDETERMINATE),),
+            )
+        lengths = (*heart_width[0], *thoracic_width[0])
+        # the ratio is drawn along the heart's width where no length carries the lines
+        ratio_line = None if lengths else heart_line
+        probability = cardiomegaly_probability(ratio)
+        present = ratio > CARDIOMEGALY_THRESHOLD
+        cardiothoracic = Finding(
+            tracking_id="Cardiothoracic ratio",
+            finding_type=HEART,
+            measurements=(*lengths, Measurement(CARDIOTHORACIC_RATIO, ratio, RATIO, ratio_line)),
+            evaluations=(*heart_width[1], *thoracic_width[1]),
         )
         return Findings(
             algorithm=algorithm,
             segments=segments,
-            findings=findings,
-            study_measurements=(Measurement(CARDIOTHORACIC_RATIO, ratio, RATIO),),
+            findings=(cardiothoracic, *outlines),
             study_evaluations=(
                 QualitativeEvaluation(
                     CARDIOMEGALY,
@@ -152,3 +194,36 @@ class DxChestPlugin:
             return False
         view = str(series.headers[index].get("ViewPosition", "") or "").upper()
         return view in _LATERAL_VIEWS
+
+
+def _length(
+    concept: Code,
+    value_mm: float,
+    has_spacing: bool,
+    plausible: tuple[float, float],
+    line: ImageGraphic,
+) -> tuple[tuple[Measurement, ...], tuple[QualitativeEvaluation, ...]]:
+    """A length with the line it spans, or, without a number, the evaluation saying why not."""
+    if not has_spacing:
+        return (), (QualitativeEvaluation(concept, MEASUREMENT_NOT_ATTEMPTED),)
+    if not plausible[0] <= value_mm <= plausible[1]:
+        return (), (QualitativeEvaluation(concept, VALUE_OUT_OF_RANGE),)
+    return (Measurement(concept, round(value_mm, 1), MILLIMETRE, line),), ()
+
+
+def _outlines(masks: ChestMasks, frame: int) -> tuple[Finding, ...]:
+    """The heart and each lung field outlined on the measured frame (the image's left is the
+    patient's right on a PA view), so a viewer draws what the ratio was measured on."""
+    heart = outline(masks.heart, frame)
+    found = [Finding("Heart", HEART, region=heart)] if heart is not None else []
+    labelled, count = ndimage.label(masks.lungs)
+    fields = sorted(
+        (labelled == number for number in range(1, count + 1)),
+        key=lambda field: float(np.flatnonzero(field.any(axis=0)).mean()),
+    )
+    names = ("Right lung", "Left lung") if len(fields) == 2 else ("Lungs",) * len(fields)
+    for name, field in zip(names, fields, strict=True):
+        region = outline(field, frame)
+        if region is not None and name not in {f.tracking_id for f in found}:
+            found.append(Finding(name, LUNG, region=region))
+    return tuple(found)

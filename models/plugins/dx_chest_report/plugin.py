@@ -4,7 +4,10 @@ The runtime runs dx-chest first (``needs: [dx-chest]``) and hands its Findings o
 ``PluginInput.prior["dx-chest"]``. The draft states each measurement group, study
 measurement and qualitative evaluation dx-chest produced, once, and nothing else: it never
 mentions a finding the model did not make, and it says plainly when the heart could not be
-assessed. A demonstrator; the text says the draft needs a radiologist's review.
+assessed. It says what the lengths rest on (which pixel spacing, which magnification), and
+where dx-chest reported a length without a number (no calibrated spacing, or a value no adult
+chest can have) it says so instead of printing one. A demonstrator; the text says the draft
+needs a radiologist's review.
 
 The job's results are those of the last plugin of its chain, so the returned Findings carry
 dx-chest's segments and measurements forward with the report added: one job gives the SEG,
@@ -28,6 +31,7 @@ from models.api import (
     Report,
 )
 from models.manifest import PluginManifest
+from models.spacing import spacing_in_words
 
 __all__ = ["SOURCE_PLUGIN", "DxChestReportPlugin", "draft_report"]
 
@@ -38,6 +42,13 @@ _ABSENT = {("272519000", "SCT"), ("121054", "DCM")}
 _INDETERMINATE = ("82334004", "SCT")
 _RATIO = ("CTR", "99AINODE")
 _UNITLESS = {"{ratio}", "1"}
+# a length dx-chest did not give a number for, and why (PS3.16 CID 42)
+_NOT_ATTEMPTED = ("114007", "DCM")  # the image has no calibrated pixel spacing
+_OUT_OF_RANGE = ("114009", "DCM")  # outside what an adult chest can have
+_NO_NUMBER = {
+    _NOT_ATTEMPTED: "not reported",
+    _OUT_OF_RANGE: "not assessed (outside the range an adult chest can have)",
+}
 
 
 def _key(code: Code) -> tuple[str, str]:
@@ -55,6 +66,8 @@ def _measurement(measurement: Measurement) -> str:
 
 
 def _evaluation(evaluation: QualitativeEvaluation) -> str:
+    if _key(evaluation.value) in _NO_NUMBER:
+        return f"{evaluation.concept.meaning.lower()} {_NO_NUMBER[_key(evaluation.value)]}"
     text = f"{evaluation.concept.meaning}: {evaluation.value.meaning.lower()}"
     if evaluation.confidence is not None:
         text += f" (confidence {evaluation.confidence:.2f})"
@@ -67,11 +80,19 @@ def _finding(finding: Finding) -> str:
     subject = finding.finding_type.meaning
     if finding.finding_site is not None:
         subject += f" ({finding.finding_site.meaning.lower()})"
-    return f"{subject}: {', '.join(parts)}." if parts else f"{subject} delineated."
+    return f"{subject}: {', '.join(parts)}." if parts else f"{finding.tracking_id} outlined."
+
+
+def _no_number(findings: Findings, reason: tuple[str, str]) -> bool:
+    return any(_key(e.value) == reason for f in findings.findings for e in f.evaluations)
 
 
 def _impression(findings: Findings) -> list[str]:
-    ratio = next((m for m in findings.study_measurements if _key(m.concept) == _RATIO), None)
+    measured = [
+        *findings.study_measurements,
+        *(m for f in findings.findings for m in f.measurements),
+    ]
+    ratio = next((m for m in measured if _key(m.concept) == _RATIO), None)
     ratio_text = f" (cardiothoracic ratio {_number(ratio.value)})" if ratio else ""
     lines = []
     for evaluation in findings.study_evaluations:
@@ -79,6 +100,12 @@ def _impression(findings: Findings) -> list[str]:
             lines.append(f"Cardiomegaly{ratio_text}.")
         elif _key(evaluation.concept) == _CARDIOMEGALY and _key(evaluation.value) in _ABSENT:
             lines.append(f"No cardiomegaly{ratio_text}.")
+        elif _key(evaluation.concept) == _CARDIOMEGALY and _no_number(findings, _OUT_OF_RANGE):
+            lines.append(
+                "Heart size not assessed: a measured width is outside the range an adult chest "
+                "can have (check the image's pixel spacing), so no cardiothoracic ratio is "
+                "reported."
+            )
         elif _key(evaluation.concept) == _CARDIOMEGALY and _key(evaluation.value) == _INDETERMINATE:
             lines.append(
                 "Heart size not assessed: the lungs and heart could not both be delineated, "
@@ -91,14 +118,23 @@ def _impression(findings: Findings) -> list[str]:
     return lines
 
 
-def draft_report(findings: Findings) -> Report:
-    """Findings and Impression text stating exactly what ``findings`` holds."""
+def _spacing_line(findings: Findings, series: PluginInput) -> list[str]:
+    """What the lengths rest on, or why there are none; nothing when no length was made."""
+    if not series.has_spacing and findings.findings:
+        return [f"Lengths not reported: the image has {spacing_in_words(series)}."]
+    lengths = any(m.unit.value not in _UNITLESS for f in findings.findings for m in f.measurements)
+    return [f"Lengths from {spacing_in_words(series)}."] if lengths else []
+
+
+def draft_report(findings: Findings, series: PluginInput) -> Report:
+    """Findings and Impression text stating exactly what ``findings`` (on ``series``) holds."""
     source = f"{findings.algorithm.name} {findings.algorithm.version}"
     body = [f"Automated analysis of the frontal chest radiograph by {source}."]
     if findings.segments:
         labels = ", ".join(segment.label.lower() for segment in findings.segments)
         body.append(f"Segmented: {labels}.")
     body += [_finding(finding) for finding in findings.findings]
+    body += _spacing_line(findings, series)
     body += [
         f"{m.concept.meaning}: {_number(m.value)}"
         + ("" if m.unit.value in _UNITLESS else f" {m.unit.value}")
@@ -139,5 +175,5 @@ class DxChestReportPlugin:
         return replace(
             prior,
             algorithm=AlgorithmIdentification(self.name, self.version),
-            report=draft_report(prior),
+            report=draft_report(prior, series),
         )

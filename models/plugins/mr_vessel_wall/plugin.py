@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from models.api import (
     AlgorithmIdentification,
@@ -13,12 +14,15 @@ from models.api import (
     Device,
     Finding,
     Findings,
+    GraphicKind,
+    ImageGraphic,
     Measurement,
     PluginInput,
     QualitativeEvaluation,
     Report,
     Segment,
 )
+from models.graphics import outline
 from models.runners.torchscript import TorchScriptRunner
 
 from .carotids import CarotidSide, LumenDetection, find_lumens
@@ -66,9 +70,31 @@ class CarotidMeasurements:
         return float(np.max(self.max_thickness_mm))
 
     @property
+    def key_slice(self) -> int:
+        """The frame where the wall is thickest: where its lines and outlines are drawn."""
+        return self.slices[int(np.argmax(self.max_thickness_mm))]
+
+    @property
     def normalised_wall_index(self) -> float:
         wall = float(np.sum(self.wall_area_mm2))
         return wall / (wall + float(np.sum(self.lumen_area_mm2)))
+
+
+def thickest_wall_line(lumen: np.ndarray, wall: np.ndarray, frame: int) -> ImageGraphic | None:
+    """The line across the wall where it is thickest on one slice: from the lumen's edge to
+    the wall pixel farthest from the lumen, edge to edge (None without lumen or wall)."""
+    if not lumen.any() or not wall.any():
+        return None
+    distance, nearest = ndimage.distance_transform_edt(~lumen, return_indices=True)
+    outer = np.unravel_index(int(np.argmax(np.where(wall, distance, -1.0))), wall.shape)
+    inner = np.array([nearest[0][outer], nearest[1][outer]], dtype=float)
+    direction = np.asarray(outer, dtype=float) - inner
+    length = float(np.linalg.norm(direction))
+    if length == 0:
+        return None
+    shift = 0.5 * direction / length  # pixel centres to the lumen's and the wall's edges
+    start, end = inner + shift, np.asarray(outer, dtype=float) + shift
+    return ImageGraphic(frame, GraphicKind.LINE, (tuple(start), tuple(end)))
 
 
 def _patient_left(series: PluginInput) -> int:
@@ -199,12 +225,18 @@ class MrVesselWallPlugin:
                 ),
             ]
             plaque = carotid.max_wall_thickness_mm >= PLAQUE_THICKNESS_MM
+            key = carotid.key_slice
+            lumen_outline = outline(carotid.lumen_mask[key], key)
+            thickest = thickest_wall_line(carotid.lumen_mask[key], carotid.wall_mask[key], key)
             wall_measurements = [
                 Measurement(
                     codes.SCT.Area, round(carotid.mean_wall_area_mm2, 2), SQUARE_MILLIMETRE
                 ),
                 Measurement(
-                    codes.DCM.WallThickness, round(carotid.max_wall_thickness_mm, 2), MILLIMETRE
+                    codes.DCM.WallThickness,
+                    round(carotid.max_wall_thickness_mm, 2),
+                    MILLIMETRE,
+                    thickest,
                 ),
                 Measurement(NORMALISED_WALL_INDEX, round(carotid.normalised_wall_index, 4), RATIO),
             ]
@@ -227,6 +259,7 @@ class MrVesselWallPlugin:
                             codes.SCT.VesselLumenCrossSectionalArea,
                             round(carotid.mean_lumen_area_mm2, 2),
                             SQUARE_MILLIMETRE,
+                            lumen_outline,
                         ),
                     ),
                 ),
