@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from models.api import Findings, PluginInput, Segment
+from models.api import Findings, PluginInput
 from models.devices import GpuSlots
 from models.loading import load_plugin_input
 from models.manifest import load_manifest
@@ -32,10 +32,6 @@ class Product:
     findings: Findings
     results: dict[OutputKind, Dataset] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
-
-    def segment_frames(self, segment: Segment) -> dict[int, str]:
-        """Frame index → source SOPInstanceUID, for every frame the segment's mask touches."""
-        return {i: self.source.sources[i].sop_instance_uid for i in segment.frames_present}
 
 
 @dataclass(frozen=True)
@@ -86,3 +82,73 @@ def make_product(phantom: Phantom, folder: Path) -> Product:
     return Product(
         manifests[-1].name, study_uid, tuple(paths), source, findings, results, tuple(files)
     )
+
+
+@dataclass(frozen=True)
+class Scoord:
+    """An SCOORD in a measurement group: image pixel coordinates on one referenced image."""
+
+    graphic_type: str
+    points: tuple[tuple[float, float], ...]  # (column, row), DICOM's top-left-corner origin
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class MeasurementGroup:
+    """One TID 1500 measurement group as the SR file states it."""
+
+    tracking_id: str
+    values: tuple[tuple[str, float, str], ...]  # (concept meaning, value, UCUM unit)
+    scoords: tuple[Scoord, ...]
+    references_image: bool  # any IMAGE or SCOORD item: OHIF can place it on an image
+
+
+def _meaning(item: Dataset) -> str:
+    return (
+        str(item.ConceptNameCodeSequence[0].CodeMeaning)
+        if "ConceptNameCodeSequence" in item
+        else ""
+    )
+
+
+def _walk(items) -> list[Dataset]:
+    out = []
+    for item in items:
+        out.append(item)
+        out.extend(_walk(item.get("ContentSequence", [])))
+    return out
+
+
+def measurement_groups(sr: Dataset) -> list[MeasurementGroup]:
+    """The measurement groups of a TID 1500 SR, read from the dataset (not from Findings), so
+    the test compares OHIF with the file it was given."""
+    groups = [
+        item
+        for item in _walk(sr.ContentSequence)
+        if item.ValueType == "CONTAINER" and _meaning(item) == "Measurement Group"
+    ]
+    out = []
+    for group in groups:
+        items = _walk(group.ContentSequence)
+        tracking = [str(i.TextValue) for i in items if _meaning(i) == "Tracking Identifier"]
+        values = tuple(
+            (
+                _meaning(i),
+                float(i.MeasuredValueSequence[0].NumericValue),
+                str(i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue),
+            )
+            for i in items
+            if i.ValueType == "NUM" and "MeasuredValueSequence" in i
+        )
+        scoords = tuple(
+            Scoord(
+                str(i.GraphicType),
+                tuple(zip(i.GraphicData[0::2], i.GraphicData[1::2], strict=True)),
+                str(i.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+            )
+            for i in items
+            if i.ValueType == "SCOORD"
+        )
+        references = any(i.ValueType in ("IMAGE", "SCOORD", "SCOORD3D") for i in items)
+        out.append(MeasurementGroup(tracking[0] if tracking else "", values, scoords, references))
+    return out

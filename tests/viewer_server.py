@@ -208,6 +208,13 @@ class ViewerServer(ThreadingHTTPServer):
         super().server_bind()
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A tab closing mid-keep-alive resets its connections: not an error of ours."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def get_request(self) -> tuple[socket.socket, object]:
         connection, address = super().get_request()
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
