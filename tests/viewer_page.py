@@ -33,8 +33,8 @@ VIEWPORT_SIZE = {"width": 1400, "height": 900}
 # OHIF's onboarding tour covers the viewport on a first visit: mark it as seen
 INIT_SCRIPT = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 BOUNDARY = re.compile(r"Error Boundary")
-# OHIF's log lines when a loaded display set has nothing it can show
-GAVE_UP = ("No measurements found which were rehydratable",)
+# OHIF's log line when an SR has no measurement it can put in the measurement service
+SR_GAVE_UP = ("No measurements found which were rehydratable",)
 
 _VIEWPORT_JS = """() => {
   const {viewportGridService, cornerstoneViewportService} = window.services;
@@ -170,11 +170,17 @@ class OhifPage:
         (uid,) = [d["uid"] for d in self.display_sets() if d["series"] == series_instance_uid]
         return uid
 
-    def load(self, display_set_uid: str, settled: str, timeout: float = 60) -> bool:
+    def load(
+        self,
+        display_set_uid: str,
+        settled: str,
+        timeout: float = 60,
+        gave_up: tuple[str, ...] = (),
+    ) -> bool:
         """Double-click the display set's thumbnail as a user does, answer OHIF's "open this
         segmentation / track these measurements?" prompt with Yes, and poll until the JS
         expression ``settled`` holds (True) or OHIF gives up: an error, an error boundary or a
-        log line saying it has nothing to show (False); the deadline also gives False."""
+        ``gave_up`` log line (False); the deadline also gives False."""
         mark = len(self.log), len(self.problems.all())
         self.page.locator(f"#thumbnail-{display_set_uid}").dblclick()
         yes = self.page.get_by_role("button", name="Yes", exact=True)
@@ -182,11 +188,13 @@ class OhifPage:
         while time.monotonic() < deadline:
             if yes.count():
                 yes.first.click()
-            elif self.page.evaluate(f"() => Boolean({settled})"):
+            elif self.page.evaluate(
+                f"() => {{ try {{ return Boolean({settled}); }} catch {{ }} }}"
+            ):
                 return True
             if len(self.problems.all()) > mark[1]:
                 return False
-            if any(note in line for line in self.log[mark[0] :] for note in GAVE_UP):
+            if any(note in line for line in self.log[mark[0] :] for note in gave_up):
                 return False
             self.page.wait_for_timeout(100)  # the poll interval; the deadline bounds it
         return False
