@@ -20,6 +20,7 @@ run: install
 
 install-test: $(PY)
 	bash scripts/install-test-peers.sh
+	bash scripts/fetch-ohif.sh
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,scale]'
 

@@ -55,8 +55,18 @@ class OrthancError(RuntimeError):
 class OrthancServer:
     """One Orthanc process with its own storage, HTTP port and DICOM port."""
 
-    def __init__(self, workdir: Path, modalities: tuple[Modality, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        modalities: tuple[Modality, ...] = (),
+        plugins: tuple[Path, ...] = (),
+        extra_config: dict | None = None,
+    ) -> None:
+        """``plugins`` are shared libraries Orthanc loads (its ``Plugins`` list);
+        ``extra_config`` adds top-level sections (e.g. ``DicomWeb``)."""
         self.workdir = Path(workdir)
+        self.plugins = plugins
+        self.extra_config = extra_config or {}
         self.http_port = _free_port()
         self.dicom_port = _free_port()
         self.ae_title = ORTHANC_AE
@@ -73,7 +83,7 @@ class OrthancServer:
             "Name": "ainode-test",
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
-            "Plugins": [],
+            "Plugins": [str(plugin) for plugin in self.plugins],
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
@@ -95,6 +105,7 @@ class OrthancServer:
             "DicomModalities": {
                 m.name: {"AET": m.ae_title, "Host": m.host, "Port": m.port} for m in self.modalities
             },
+            **self.extra_config,
         }
         self.config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
