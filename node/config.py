@@ -145,8 +145,12 @@ class SegType(StrEnum):
 
 
 class SegTransferSyntax(StrEnum):
-    """Transfer syntaxes highdicom 0.28 writes a SEG in (BINARY: the first two only)."""
+    """Transfer syntaxes a SEG is written in. highdicom 0.28 encodes BINARY pixels only
+    uncompressed or as JPEG 2000; deflate compresses the whole dataset once it is encoded
+    (explicit VR little endian, then zlib), so every reader that inflates reads it as an
+    uncompressed SEG."""
 
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "deflated_explicit_vr_little_endian"
     EXPLICIT_VR_LITTLE_ENDIAN = "explicit_vr_little_endian"
     JPEG2000_LOSSLESS = "jpeg2000_lossless"
     JPEG_LS_LOSSLESS = "jpeg_ls_lossless"
@@ -155,6 +159,7 @@ class SegTransferSyntax(StrEnum):
     @property
     def uid(self) -> str:
         return {
+            SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: "1.2.840.10008.1.2.1.99",
             SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN: "1.2.840.10008.1.2.1",
             SegTransferSyntax.JPEG2000_LOSSLESS: "1.2.840.10008.1.2.4.90",
             SegTransferSyntax.JPEG_LS_LOSSLESS: "1.2.840.10008.1.2.4.80",
@@ -163,7 +168,11 @@ class SegTransferSyntax(StrEnum):
 
 
 BINARY_SEG_TRANSFER_SYNTAXES = frozenset(
-    {SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN, SegTransferSyntax.JPEG2000_LOSSLESS}
+    {
+        SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN,
+        SegTransferSyntax.JPEG2000_LOSSLESS,
+    }
 )
 
 
@@ -174,7 +183,8 @@ def check_seg_encoding(
     if seg_type is SegType.BINARY and transfer_syntax not in BINARY_SEG_TRANSFER_SYNTAXES:
         raise ValueError(
             f"seg_transfer_syntax {transfer_syntax.value} cannot carry a BINARY SEG (its pixels "
-            "are bit-packed); use explicit_vr_little_endian or jpeg2000_lossless, or "
+            "are bit-packed); use deflated_explicit_vr_little_endian, explicit_vr_little_endian "
+            "or jpeg2000_lossless, or "
             "seg_type: labelmap"
         )
     if seg_type is SegType.LABELMAP and overlapping is OverlappingSegments.NESTED:
@@ -197,7 +207,7 @@ class OutputsConfig(_Section):
     institution_name: str | None = None
     overlapping_segments: OverlappingSegments = OverlappingSegments.EXCLUSIVE
     seg_type: SegType = SegType.BINARY
-    seg_transfer_syntax: SegTransferSyntax = SegTransferSyntax.JPEG2000_LOSSLESS
+    seg_transfer_syntax: SegTransferSyntax = SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     seg_omit_empty_frames: bool = Field(
         True, description="leave out frames where a segment has no pixel"
     )

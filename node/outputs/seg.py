@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 from models.api import Findings, PluginInput
 from node.config import OutputKind, OverlappingSegments, SegTransferSyntax, SegType
@@ -106,9 +106,12 @@ def segmentation_pixels(
 
 
 def _transfer_syntax(options: SegTransferSyntax, shape: tuple[int, ...]) -> str:
-    """The configured transfer syntax, or explicit VR little endian where its codec cannot
-    take frames of this size (JPEG 2000 under 32 pixels a side)."""
+    """The syntax highdicom encodes in: the configured one, or explicit VR little endian
+    where its codec cannot take frames of this size (JPEG 2000 under 32 pixels a side) and
+    for deflate (applied to the encoded dataset as it is written)."""
     if options is SegTransferSyntax.JPEG2000_LOSSLESS and min(shape[1:]) < _J2K_MIN_SIDE:
+        return SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN.uid
+    if options is SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         return SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN.uid
     return options.uid
 
@@ -207,6 +210,8 @@ def build_segmentation(
         raise SegmentationGeometryError(
             f"highdicom cannot build a SEG over this source ({type(exc).__name__}: {exc})"
         ) from exc
+    if options.transfer_syntax is SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     copy_identity(seg, layout.images[0])
     if "FrameOfReferenceUID" not in seg:
         projection_geometry(seg, layout.images[0])
