@@ -235,12 +235,21 @@ EVERY_FRAME_NESTED = SegOptions(
 )
 NATIVE = SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
 J2K = SegTransferSyntax.JPEG2000_LOSSLESS
+DEFLATED = SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 ENCODINGS: tuple[tuple[str, SegOptions], ...] = (
     ("(a) before: nested, every frame, native", EVERY_FRAME_NESTED),
     ("exclusive, every frame, native", SegOptions(transfer_syntax=NATIVE, omit_empty_frames=False)),
     ("(b) exclusive, empty frames omitted, native", SegOptions(transfer_syntax=NATIVE)),
-    ("(c) exclusive, every frame, JPEG 2000 Lossless", SegOptions(omit_empty_frames=False)),
-    ("(b+c) exclusive, omitted, JPEG 2000 Lossless [default]", SegOptions()),
+    (
+        "(c) exclusive, every frame, JPEG 2000 Lossless",
+        SegOptions(transfer_syntax=J2K, omit_empty_frames=False),
+    ),
+    ("(b+c) exclusive, omitted, JPEG 2000 Lossless", SegOptions(transfer_syntax=J2K)),
+    (
+        "(e) exclusive, every frame, deflated",
+        SegOptions(transfer_syntax=DEFLATED, omit_empty_frames=False),
+    ),
+    ("(b+e) exclusive, omitted, deflated [default]", SegOptions()),
     (
         "(d) LABELMAP, omitted, native",
         SegOptions(seg_type=SegType.LABELMAP, transfer_syntax=NATIVE),

@@ -28,7 +28,7 @@ from node.config import (
     SegTransferSyntax,
     SegType,
 )
-from node.outputs import OutputContext, build_outputs
+from node.outputs import OutputContext, ResultInstance, build_outputs
 from node.outputs.context import SegOptions
 from node.outputs.encoding import decompress, preencode_frame_groups
 from node.outputs.seg import build_segmentation, source_layout
@@ -38,9 +38,10 @@ DEFAULT = SegOptions()
 NESTED = SegOptions(overlapping=OverlappingSegments.NESTED)
 NATIVE = SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
 J2K = SegTransferSyntax.JPEG2000_LOSSLESS
+DEFLATED = SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 BINARY_VARIANTS = [
     SegOptions(transfer_syntax=syntax, omit_empty_frames=omit)
-    for syntax in (NATIVE, J2K)
+    for syntax in (DEFLATED, NATIVE, J2K)
     for omit in (True, False)
 ]
 
@@ -139,8 +140,9 @@ def test_equal_sizes_go_to_the_earlier_segment():
 def test_frames_reference_their_sources_and_read_back(source, options):
     findings = lungs_and_nodules(source)
     seg = build_segmentation(findings, source, context(options))
+    small_j2k = options.transfer_syntax is J2K and source.shape[1] < 32
     assert seg.file_meta.TransferSyntaxUID == (
-        options.transfer_syntax.uid if source.shape[1] >= 32 else NATIVE.uid
+        NATIVE.uid if small_j2k else options.transfer_syntax.uid
     )
     expected = exclusive_masks([segment.mask for segment in findings.segments])
     uids = [frame.sop_instance_uid for frame in source.sources]
@@ -190,7 +192,10 @@ def test_pixels_equal_highdicoms_own_encoding(source, options):
         software_versions="1",
         device_serial_number="1",
         omit_empty_frames=options.omit_empty_frames,
-        transfer_syntax_uid=seg.file_meta.TransferSyntaxUID,
+        # deflate is applied to the whole dataset as it is written, not by highdicom
+        transfer_syntax_uid=NATIVE.uid
+        if options.transfer_syntax is DEFLATED
+        else seg.file_meta.TransferSyntaxUID,
     )
     assert seg.NumberOfFrames == reference.NumberOfFrames
     assert seg.PixelData == reference.PixelData
@@ -219,7 +224,9 @@ def test_labelmap_holds_every_segment_in_one_frame_per_slice(source):
 
 def test_small_frames_fall_back_to_native_for_jpeg_2000(tmp_path):
     source = load_plugin_input(write_synthetic_ct(tmp_path, slices=4, size=24))
-    seg = build_segmentation(lungs_and_nodules(source), source, context())
+    seg = build_segmentation(
+        lungs_and_nodules(source), source, context(SegOptions(transfer_syntax=J2K))
+    )
     assert seg.file_meta.TransferSyntaxUID == NATIVE.uid
 
 
@@ -269,15 +276,18 @@ def test_decompressing_a_jpeg_2000_seg_gives_the_native_seg(source, tmp_path):
     the one written uncompressed (pydicom alone leaves one byte per pixel at 1 bit)."""
     findings = lungs_and_nodules(source)
     native = build_segmentation(findings, source, context(SegOptions(transfer_syntax=NATIVE)))
-    (compressed,) = build_outputs(findings, source, context())
+    (compressed,) = build_outputs(findings, source, context(SegOptions(transfer_syntax=J2K)))
     dataset = pydicom.dcmread(compressed.write(tmp_path))
     decompress(dataset)
     assert dataset.file_meta.TransferSyntaxUID == NATIVE.uid
     assert dataset.PixelData == native.PixelData
 
 
-def test_compressed_seg_frame_groups_are_pre_encoded_as_pydicom_writes_them(source):
-    seg = build_segmentation(lungs_and_nodules(source), source, context())
+@pytest.mark.parametrize("syntax", [J2K, DEFLATED])
+def test_compressed_seg_frame_groups_are_pre_encoded_as_pydicom_writes_them(source, syntax):
+    seg = build_segmentation(
+        lungs_and_nodules(source), source, context(SegOptions(transfer_syntax=syntax))
+    )
     plain = io.BytesIO()
     seg.save_as(plain, enforce_file_format=True)
     assert preencode_frame_groups(seg)
@@ -285,3 +295,28 @@ def test_compressed_seg_frame_groups_are_pre_encoded_as_pydicom_writes_them(sour
     ours = io.BytesIO()
     seg.save_as(ours, enforce_file_format=True)
     assert ours.getvalue() == plain.getvalue()
+
+
+def test_a_deflated_seg_sent_uncompressed_is_the_native_seg(source, tmp_path):
+    """The sender's fallback for a peer that refuses deflate reads the file and lets
+    pynetdicom encode it uncompressed: the same dataset as the SEG written natively."""
+    findings = lungs_and_nodules(source)
+    native = build_segmentation(findings, source, context(SegOptions(transfer_syntax=NATIVE)))
+    (deflated,) = build_outputs(findings, source, context())
+    path = deflated.write(tmp_path / "deflated.dcm")
+    native_path = ResultInstance.of(OutputKind.SEG, native).write(tmp_path / "native.dcm")
+    assert path.stat().st_size < native_path.stat().st_size
+    dataset, plain = pydicom.dcmread(path), pydicom.dcmread(native_path)
+    assert dataset.file_meta.TransferSyntaxUID == DEFLATED.uid
+    assert dataset.PixelData == plain.PixelData
+
+    def frames(seg: pydicom.Dataset) -> list[tuple[str, list[float]]]:
+        return [
+            (
+                item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID,
+                list(item.PlanePositionSequence[0].ImagePositionPatient),
+            )
+            for item in seg.PerFrameFunctionalGroupsSequence
+        ]
+
+    assert frames(dataset) == frames(plain)

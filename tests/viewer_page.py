@@ -33,8 +33,6 @@ VIEWPORT_SIZE = {"width": 1400, "height": 900}
 # OHIF's onboarding tour covers the viewport on a first visit: mark it as seen
 INIT_SCRIPT = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 BOUNDARY = re.compile(r"Error Boundary")
-# OHIF's log line when an SR has no measurement it can put in the measurement service
-SR_GAVE_UP = ("No measurements found which were rehydratable",)
 
 _VIEWPORT_JS = """() => {
   const {viewportGridService, cornerstoneViewportService} = window.services;
@@ -76,11 +74,14 @@ _SEGMENTATIONS_JS = """() => {
     })),
   }));
 }"""
-_MEASUREMENTS_JS = """() => window.services.measurementService.getMeasurements().map(m => ({
-  uid: m.uid, label: m.label, toolName: m.toolName, sop: m.referenceSOPInstanceUID,
-  text: [...(m.displayText?.primary || []), ...(m.displayText?.secondary || [])].join(' | '),
-  points: m.points || [],
-}))"""
+# what the SR viewport draws: OHIF's DICOMSRDisplay annotations, one per finding (its UID is
+# the finding's Tracking UID), with the label lines OHIF shows beside the drawing
+_SR_ANNOTATIONS_JS = """() => window.cornerstoneTools.annotation.state.getAllAnnotations()
+  .filter(a => a.metadata?.toolName === 'DICOMSRDisplay').map(a => ({
+    uid: a.annotationUID, imageId: a.metadata.referencedImageId || '',
+    labels: (a.data.labels || []).map(l => `${l.label}: ${l.value}`),
+    graphics: Object.values(a.data.renderableData || {}).reduce((n, list) => n + list.length, 0),
+  }))"""
 
 
 @dataclass
@@ -175,13 +176,12 @@ class OhifPage:
         display_set_uid: str,
         settled: str,
         timeout: float = 60,
-        gave_up: tuple[str, ...] = (),
     ) -> bool:
         """Double-click the display set's thumbnail as a user does, answer OHIF's "open this
         segmentation / track these measurements?" prompt with Yes, and poll until the JS
-        expression ``settled`` holds (True) or OHIF gives up: an error, an error boundary or a
-        ``gave_up`` log line (False); the deadline also gives False."""
-        mark = len(self.log), len(self.problems.all())
+        expression ``settled`` holds (True) or OHIF reports an error or an error boundary
+        (False); the deadline also gives False."""
+        mark = len(self.problems.all())
         self.page.locator(f"#thumbnail-{display_set_uid}").dblclick()
         yes = self.page.get_by_role("button", name="Yes", exact=True)
         deadline = time.monotonic() + timeout
@@ -192,9 +192,7 @@ class OhifPage:
                 f"() => {{ try {{ return Boolean({settled}); }} catch {{ }} }}"
             ):
                 return True
-            if len(self.problems.all()) > mark[1]:
-                return False
-            if any(note in line for line in self.log[mark[0] :] for note in gave_up):
+            if len(self.problems.all()) > mark:
                 return False
             self.page.wait_for_timeout(100)  # the poll interval; the deadline bounds it
         return False
@@ -217,9 +215,18 @@ class OhifPage:
         (index, label, RGBA display colour)."""
         return self.page.evaluate(_SEGMENTATIONS_JS)
 
-    def measurements(self) -> list[dict]:
-        """measurementService: uid (= annotation UID), label, toolName, sop, text, points."""
-        return self.page.evaluate(_MEASUREMENTS_JS)
+    def sr_annotations(self) -> dict[str, dict]:
+        """The SR viewport's drawings by annotation UID (= Tracking UID): imageId, labels
+        ("Long Axis: 11.00 mm"), number of graphics."""
+        return {a["uid"]: a for a in self.page.evaluate(_SR_ANNOTATIONS_JS)}
+
+    def annotation_text(self, uid: str) -> str:
+        """The text OHIF draws for one annotation on the current image."""
+        return self.page.evaluate(
+            """(uid) => [...document.querySelectorAll(`[data-annotation-uid="${uid}"]`)]
+                 .map(e => e.textContent).join(' | ')""",
+            uid,
+        )
 
     def geometry(self) -> CanvasGeometry:
         g = self.page.evaluate(_GEOMETRY_JS)
@@ -230,21 +237,6 @@ class OhifPage:
             origin,
             np.asarray(g["colStep"], float) - origin,
             np.asarray(g["rowStep"], float) - origin,
-        )
-
-    def annotation_boxes(self) -> dict[str, tuple[float, float, float, float]]:
-        """Annotation UID → its SVG drawing's box on the canvas, for what is drawn now."""
-        return self.page.evaluate(
-            """() => { const out = {}; const [id, vp] = ("""
-            + _VIEWPORT_JS
-            + """)();
-              const c = vp.canvas.getBoundingClientRect();
-              for (const e of vp.element.querySelectorAll('[data-annotation-uid]')) {
-                const r = e.getBoundingClientRect();
-                if (r.width + r.height > 0) out[e.getAttribute('data-annotation-uid')] =
-                  [r.x - c.x, r.y - c.y, r.width, r.height];
-              }
-              return out; }"""
         )
 
     def text(self) -> str:
@@ -278,6 +270,27 @@ class OhifPage:
         finally:
             self._segment_visible(segmentation_id, segment_index, True)
         return shown, hidden
+
+    def with_and_without_annotation(self, uid: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The canvas with an annotation shown and hidden (cornerstone's visibility state):
+        the pixels that differ are the lines, outlines and label this annotation draws."""
+        shown = self.canvas_rgb(name)
+        self._annotation_visible(uid, False)
+        try:
+            hidden = self.canvas_rgb(f"{name}-hidden")
+        finally:
+            self._annotation_visible(uid, True)
+        return shown, hidden
+
+    def _annotation_visible(self, uid: str, visible: bool) -> None:
+        self.page.evaluate(
+            f"""([uid, visible]) => {{
+                 const {{visibility}} = window.cornerstoneTools.annotation;
+                 visibility.setAnnotationVisibility(uid, visible);
+                 const [id, vp] = ({_VIEWPORT_JS})(); vp.render(); }}""",
+            [uid, visible],
+        )
+        self._rendered()
 
     def _segment_visible(self, segmentation_id: str, segment_index: int, visible: bool) -> None:
         self.page.evaluate(

@@ -15,7 +15,7 @@ from models.devices import GpuSlots
 from models.loading import load_plugin_input
 from models.manifest import load_manifest
 from models.runtime import PluginHost, catalog_of
-from node.config import OutputKind
+from node.config import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 from node.outputs import OutputContext, build_outputs
 
 PLUGINS = Path(__file__).resolve().parent.parent / "models" / "plugins"
@@ -36,18 +36,25 @@ class Product:
 
 @dataclass(frozen=True)
 class Phantom:
-    """A phantom study on disk and the plugin chain (the last name is the job's plugin)."""
+    """A phantom study on disk and the plugin chain (the last name is the job's plugin).
+
+    ``outputs`` are what a destination with ``viewer_profile: ohif`` receives for it: the
+    node's own choice for OHIF is what is tested in OHIF.
+    """
 
     key: str
     chain: tuple[str, ...]
-    outputs: tuple[OutputKind, ...]
+    source_kind: SourceKind
+
+    @property
+    def outputs(self) -> tuple[OutputKind, ...]:
+        return PROFILE_DEFAULTS[ViewerProfile.OHIF, self.source_kind]
 
 
-REPORTS = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
 PHANTOMS = (
-    Phantom("ct", ("ct_lung_nodule",), REPORTS),
-    Phantom("xray", ("dx_chest", "dx_chest_report"), (*REPORTS, OutputKind.BURNED_IN_SC)),
-    Phantom("mr", ("mr_vessel_wall",), REPORTS),
+    Phantom("ct", ("ct_lung_nodule",), SourceKind.CROSS_SECTIONAL),
+    Phantom("xray", ("dx_chest", "dx_chest_report"), SourceKind.RADIOGRAPH),
+    Phantom("mr", ("mr_vessel_wall",), SourceKind.CROSS_SECTIONAL),
 )
 
 
@@ -95,9 +102,11 @@ class Scoord:
 
 @dataclass(frozen=True)
 class MeasurementGroup:
-    """One TID 1500 measurement group as the SR file states it."""
+    """One finding of a TID 1500 SR as the file states it: its measurement groups merged by
+    Tracking UID, as OHIF merges them (a segment's group and the group of its lines)."""
 
     tracking_id: str
+    tracking_uid: str
     values: tuple[tuple[str, float, str], ...]  # (concept meaning, value, UCUM unit)
     scoords: tuple[Scoord, ...]
     references_image: bool  # any IMAGE or SCOORD item: OHIF can place it on an image
@@ -120,16 +129,21 @@ def _walk(items) -> list[Dataset]:
 
 
 def measurement_groups(sr: Dataset) -> list[MeasurementGroup]:
-    """The measurement groups of a TID 1500 SR, read from the dataset (not from Findings), so
-    the test compares OHIF with the file it was given."""
+    """The findings of a TID 1500 SR, read from the dataset (not from Findings), so the test
+    compares OHIF with the file it was given."""
     groups = [
         item
         for item in _walk(sr.ContentSequence)
         if item.ValueType == "CONTAINER" and _meaning(item) == "Measurement Group"
     ]
-    out = []
+    merged: dict[str, list[Dataset]] = {}
     for group in groups:
-        items = _walk(group.ContentSequence)
+        (uid,) = [
+            str(i.UID) for i in group.ContentSequence if _meaning(i) == "Tracking Unique Identifier"
+        ]
+        merged.setdefault(uid, []).extend(_walk(group.ContentSequence))
+    out = []
+    for uid, items in merged.items():
         tracking = [str(i.TextValue) for i in items if _meaning(i) == "Tracking Identifier"]
         values = tuple(
             (
@@ -150,5 +164,7 @@ def measurement_groups(sr: Dataset) -> list[MeasurementGroup]:
             if i.ValueType == "SCOORD"
         )
         references = any(i.ValueType in ("IMAGE", "SCOORD", "SCOORD3D") for i in items)
-        out.append(MeasurementGroup(tracking[0] if tracking else "", values, scoords, references))
+        out.append(
+            MeasurementGroup(tracking[0] if tracking else "", uid, values, scoords, references)
+        )
     return out

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 __all__ = ["decompress", "preencode_frame_groups"]
 
@@ -93,11 +93,11 @@ class _Encoder:
 
 def _explicit_little_endian(uid: object) -> bool:
     """Whether data sets of this transfer syntax are written as explicit VR little endian:
-    the native one and the compressed ones (deflate compresses the encoded stream: no)."""
+    the native one, deflate (which compresses that encoded stream) and the compressed ones."""
     if not uid:
         return False
     syntax = UID(str(uid))
-    return syntax == ExplicitVRLittleEndian or (
+    return syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian) or (
         syntax.is_transfer_syntax and syntax.is_encapsulated and not syntax.is_implicit_VR
     )
 
