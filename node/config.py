@@ -197,9 +197,9 @@ def check_seg_encoding(
 class OutputsConfig(_Section):
     """How result series are labelled and how the SEG is encoded.
 
-    The SEG defaults are the smallest encoding the validator passes for viewers that read
-    compressed SEGs (bench/README.md, "SEG size and encodings"); for a viewer that reads only
-    uncompressed SEGs set ``seg_transfer_syntax: explicit_vr_little_endian``.
+    The SEG defaults are the smallest encoding the validator passes and OHIF draws through
+    Orthanc (bench/README.md, "SEG size and encodings"); for a PACS that takes no deflate set
+    ``seg_transfer_syntax: explicit_vr_little_endian``.
     """
 
     series_number_base: int = Field(9000, ge=1, le=2**31 - 1)
