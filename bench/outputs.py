@@ -239,7 +239,7 @@ DEFLATED = SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 ENCODINGS: tuple[tuple[str, SegOptions], ...] = (
     ("(a) before: nested, every frame, native", EVERY_FRAME_NESTED),
     ("exclusive, every frame, native", SegOptions(transfer_syntax=NATIVE, omit_empty_frames=False)),
-    ("(b) exclusive, empty frames omitted, native", SegOptions(transfer_syntax=NATIVE)),
+    ("(b) exclusive, empty frames omitted, native [default]", SegOptions()),
     (
         "(c) exclusive, every frame, JPEG 2000 Lossless",
         SegOptions(transfer_syntax=J2K, omit_empty_frames=False),
@@ -249,7 +249,7 @@ ENCODINGS: tuple[tuple[str, SegOptions], ...] = (
         "(e) exclusive, every frame, deflated",
         SegOptions(transfer_syntax=DEFLATED, omit_empty_frames=False),
     ),
-    ("(b+e) exclusive, omitted, deflated [default]", SegOptions()),
+    ("(b+e) exclusive, omitted, deflated", SegOptions(transfer_syntax=DEFLATED)),
     (
         "(d) LABELMAP, omitted, native",
         SegOptions(seg_type=SegType.LABELMAP, transfer_syntax=NATIVE),

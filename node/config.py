@@ -197,9 +197,10 @@ def check_seg_encoding(
 class OutputsConfig(_Section):
     """How result series are labelled and how the SEG is encoded.
 
-    The SEG defaults are the smallest encoding the validator passes and OHIF draws through
-    Orthanc (bench/README.md, "SEG size and encodings"); for a PACS that takes no deflate set
-    ``seg_transfer_syntax: explicit_vr_little_endian``.
+    The SEG defaults are the smallest encoding that both the validator passes and OHIF draws
+    through Orthanc (bench/README.md, "SEG size and encodings"): sparse and uncompressed.
+    Deflate is a tenth of that and OHIF draws it, but dicom3tools 2022 cannot read it;
+    JPEG 2000 validates, but Orthanc cannot hand it to OHIF uncompressed.
     """
 
     series_number_base: int = Field(9000, ge=1, le=2**31 - 1)
@@ -207,7 +208,7 @@ class OutputsConfig(_Section):
     institution_name: str | None = None
     overlapping_segments: OverlappingSegments = OverlappingSegments.EXCLUSIVE
     seg_type: SegType = SegType.BINARY
-    seg_transfer_syntax: SegTransferSyntax = SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    seg_transfer_syntax: SegTransferSyntax = SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
     seg_omit_empty_frames: bool = Field(
         True, description="leave out frames where a segment has no pixel"
     )

@@ -59,7 +59,7 @@ class SegOptions:
 
     overlapping: OverlappingSegments = OverlappingSegments.EXCLUSIVE
     seg_type: SegType = SegType.BINARY
-    transfer_syntax: SegTransferSyntax = SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    transfer_syntax: SegTransferSyntax = SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN
     omit_empty_frames: bool = True
 
     def __post_init__(self) -> None:
