@@ -165,7 +165,13 @@ def test_seg_every_segment_listed_and_drawn(key: str, products, ohif: OhifPage) 
             )
         elif (cosine := colour_cosine(with_it, without, drawn & region, colour)) < 0.8:
             failures.append(f"{where}: drawn in another hue (cosine {cosine:.2f} to its colour)")
-    ohif.screenshot("seg-checked")
+    keys = [f.segment_key for f in product.findings.findings if f.segment_key]
+    overview = product.findings.segment(keys[0]) if keys else product.findings.segments[0]
+    frames = [int(i) for i in overview.frames_present]
+    if frames:  # the README's picture: the slice where it is largest, whole window
+        frame = max(frames, key=lambda i: int(overview.binary[i].sum()))
+        ohif.show_image(product.source.sources[frame].sop_instance_uid)
+    ohif.screenshot("overview")
     assert_no_problems(ohif, f"{key} SEG after scrolling")
     assert not failures, f"{key} SEG: segments not drawn where their masks are:\n" + "\n".join(
         failures
@@ -251,6 +257,8 @@ def test_sr_every_measurement_listed_with_value_and_place(key: str, products, oh
                 f"{annotation['graphics']}"
             )
         check_drawing(ohif, group, annotation, failures)
+    ohif.show_image(groups[0].scoords[0].sop_instance_uid)
+    ohif.screenshot("overview")  # the README's picture: the first finding, whole window
     assert_no_problems(ohif, f"{key} SR after scrolling")
     assert not failures, f"{key} SR: findings not shown as the file states:\n" + "\n".join(failures)
 
