@@ -3,9 +3,11 @@ output kind. PluginInputs come from ``models.loading.load_plugin_input``, as in 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -23,7 +25,9 @@ from models.api import (
     Report,
     Segment,
 )
-from node.config import OverlappingSegments, SegTransferSyntax
+from models.loading import load_plugin_input
+from node.config import OutputKind, OverlappingSegments, SegTransferSyntax
+from node.outputs import OutputContext, ResultInstance, build_outputs
 from node.outputs.context import SegOptions
 
 # the SEG as it was before sparse, compressed, exclusive SEGs became the default: every
@@ -176,3 +180,40 @@ def full_findings(source: PluginInput, report: bool = True) -> Findings:
         if report
         else None,
     )
+
+
+ALL_KINDS = tuple(OutputKind)
+
+
+def key(code: object) -> tuple[str, str]:
+    """(value, scheme) of a pydicom Code, a highdicom CodedConcept or a code item."""
+    if isinstance(code, pydicom.Dataset) and "CodeValue" in code:
+        return (str(code.CodeValue), str(code.CodingSchemeDesignator))
+    return (str(code.value), str(code.scheme_designator))  # type: ignore[attr-defined]
+
+
+def context(**changes: object) -> OutputContext:
+    base = OutputContext(
+        job_id="job-42",
+        study_version=1,
+        plugin_name="test-plugin",
+        plugin_version="1.2.0",
+        series_number=7000,
+        outputs=ALL_KINDS,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def synthetic_ct(folder: Path) -> tuple[list[Path], PluginInput]:
+    """The small CT the outputs tests build on (10 slices of 48x48), and its input."""
+    files = write_synthetic_ct(folder, slices=10, size=48)
+    return files, load_plugin_input(files)
+
+
+def built_by_kind(source: PluginInput) -> tuple[Findings, dict[OutputKind, list[ResultInstance]]]:
+    """``full_findings`` of ``source`` built into every kind, grouped by kind."""
+    findings = full_findings(source)
+    by_kind: dict[OutputKind, list[ResultInstance]] = {}
+    for result in build_outputs(findings, source, context()):
+        by_kind.setdefault(result.kind, []).append(result)
+    return findings, by_kind
