@@ -115,3 +115,19 @@ def validate_dicom() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+# -- outputs: the small synthetic CT and every output kind built on it (test_outputs_*) -------
+@pytest.fixture(scope="module")
+def ct_input(tmp_path_factory: pytest.TempPathFactory):
+    from outputs_support import synthetic_ct
+
+    return synthetic_ct(tmp_path_factory.mktemp("ct"))[1]
+
+
+@pytest.fixture(scope="module")
+def built(ct_input):
+    """(Findings, {OutputKind: [ResultInstance]}) of ``full_findings`` on ``ct_input``."""
+    from outputs_support import built_by_kind
+
+    return built_by_kind(ct_input)

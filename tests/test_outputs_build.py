@@ -13,12 +13,10 @@ import pytest
 from outputs_support import (
     ALL_KINDS,
     EVERY_FRAME_NESTED,
-    built_by_kind,
     context,
     full_findings,
     key,
     sphere_mask,
-    synthetic_ct,
     write_synthetic_ct,
 )
 from pydicom.sr.codedict import codes
@@ -26,7 +24,6 @@ from pydicom.sr.codedict import codes
 from models.api import (
     AlgorithmIdentification,
     Findings,
-    PluginInput,
     Segment,
     SourceFrame,
 )
@@ -39,16 +36,6 @@ from node.outputs import (
     SegmentationGeometryError,
     build_outputs,
 )
-
-
-@pytest.fixture(scope="module")
-def ct_input(tmp_path_factory: pytest.TempPathFactory) -> PluginInput:
-    return synthetic_ct(tmp_path_factory.mktemp("ct"))[1]
-
-
-@pytest.fixture(scope="module")
-def built(ct_input: PluginInput) -> tuple[Findings, dict[OutputKind, list[ResultInstance]]]:
-    return built_by_kind(ct_input)
 
 
 def written(result: ResultInstance, folder: Path) -> pydicom.Dataset:

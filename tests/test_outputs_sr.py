@@ -7,7 +7,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from outputs_support import built_by_kind, context, key, synthetic_ct
+from outputs_support import context, key
 from pydicom.sr.codedict import codes
 
 from models.api import (
@@ -15,22 +15,11 @@ from models.api import (
     Code,
     Findings,
     Measurement,
-    PluginInput,
     QualitativeEvaluation,
 )
 from node.config import OutputKind
-from node.outputs import ResultInstance, build_outputs
+from node.outputs import build_outputs
 from node.outputs.procedure import CT_CHEST
-
-
-@pytest.fixture(scope="module")
-def ct_input(tmp_path_factory: pytest.TempPathFactory) -> PluginInput:
-    return synthetic_ct(tmp_path_factory.mktemp("ct"))[1]
-
-
-@pytest.fixture(scope="module")
-def built(ct_input: PluginInput) -> tuple[Findings, dict[OutputKind, list[ResultInstance]]]:
-    return built_by_kind(ct_input)
 
 
 def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_path):
