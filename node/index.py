@@ -36,6 +36,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from node.dataset_end import HeaderError, check_dataset_end
 from node.db import connect, transaction
 from node.spool import Spool
 
@@ -50,10 +51,6 @@ _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
 #: Largest inflated header we accept from a deflated transfer syntax (zip-bomb guard).
 MAX_INFLATED_BYTES = 1 << 30
 _PIXEL_DATA_GROUP = 0x7FE0
-
-
-class HeaderError(ValueError):
-    """The dataset cannot be indexed: unreadable, or missing a UID the index keys on."""
 
 
 @dataclass(frozen=True)
@@ -145,14 +142,18 @@ def parse_header(
     """
     implicit, little, deflated = _transfer_syntax_encoding(transfer_syntax_uid)
     try:
+        whole = True
         if deflated:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             dataset = inflater.decompress(dataset, MAX_INFLATED_BYTES)
+            whole = not inflater.unconsumed_tail  # beyond the cap: the end cannot be seen
         reader = _TruncationCheckingReader(dataset)
         ds = read_dataset(reader, implicit, little, stop_when=_stop_at_pixels)
         if reader.short_read:
             raise HeaderError("dataset is truncated: it ends inside a data element")
         _check_structure(ds)
+        if whole:
+            check_dataset_end(dataset, reader.tell(), implicit, little)
     except HeaderError:
         raise
     except (Exception, RecursionError) as exc:

@@ -203,6 +203,9 @@ def test_every_malformed_file_gets_an_answer_and_nothing_half_written(
     nested = next(name for name in by_name if "Deeply-Nested" in name)
     assert by_name[nested] >> 12 == 0xC, f"deeply nested sequence got 0x{by_name[nested]:04X}"
     assert by_name["zipMR.gz"] >> 12 == 0xC
+    # Cut inside the pixel data (the header before it is whole): refused, not stored short.
+    assert by_name["MR_truncated.dcm"] == 0xC000
+    assert by_name["emri_small_jpeg_2k_lossless_too_short.dcm"] == 0xC000
 
     conn = sqlite3.connect(node.database)
     rows = conn.execute("SELECT sop_instance_uid, path FROM instances")

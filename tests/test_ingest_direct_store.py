@@ -9,13 +9,15 @@ import sqlite3
 import struct
 import threading
 from contextlib import closing
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
@@ -36,7 +38,7 @@ from node.index import Index
 from node.scp import StorageSCP
 from node.spool import Spool
 from tests.conftest import free_port, wait_until
-from tests.ingest_support import make_instances, write_config
+from tests.ingest_support import RawInstance, make_instances, raw_instance, raw_store, write_config
 
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.1"
 
@@ -239,6 +241,44 @@ def test_either_path_stores_every_instance(
         return {ds.SOPInstanceUID: ds.PixelData for ds in map(dcmread, files)}
 
     assert pixels_by_instance(spool.rglob("*.dcm")) == pixels_by_instance(paths)
+
+
+def _encapsulated_instance(tmp_path: Path) -> RawInstance:
+    """A JPEG Baseline instance whose pixel data is two fragments and a delimiter."""
+    ds = dcmread(make_instances(tmp_path / "native", 1)[0])
+    ds.PixelData = encapsulate([b"\xff\xd8" + bytes(200) + b"\xff\xd9"] * 2)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "encapsulated.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return raw_instance(path)
+
+
+@pytest.mark.parametrize(("node_max_pdu", "through_pynetdicom"), [(0, 0), (64, 5)])
+def test_a_dataset_cut_short_in_its_pixel_data_is_refused_and_not_stored(
+    tmp_path: Path, node_max_pdu: int, through_pynetdicom: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    native = raw_instance(make_instances(tmp_path / "in", 1, size=16)[0])
+    encapsulated = _encapsulated_instance(tmp_path)
+    cut = [
+        replace(native, dataset=native.dataset[:-300]),  # 212 of 512 pixel bytes
+        replace(encapsulated, dataset=encapsulated.dataset[:-8]),  # no sequence delimiter
+        replace(encapsulated, dataset=encapsulated.dataset[:-20]),  # inside a fragment
+    ]
+    scp, index = _scp(tmp_path, max_pdu=node_max_pdu)
+    try:
+        statuses = raw_store(scp.address[1], [*cut, native, encapsulated], tmp_path / "wire")
+    finally:
+        scp.stop()
+        index.close()
+    assert statuses == [0xC000, 0xC000, 0xC000, 0x0000, 0x0000]
+    assert scp.through_pynetdicom == through_pynetdicom
+    assert len(_index_rows(tmp_path)) == 2
+    spool = load_node_config(tmp_path / "node.yaml").storage.spool_dir
+    assert len(list(spool.rglob("*.dcm"))) == 2
+    refusals = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(refusals) == 3 and all("from RAWSENDER" in m for m in refusals)
+    assert "Synthetic" not in caplog.text and "SYNTH-001" not in caplog.text
 
 
 def _start_a_store_never_finished(assoc: Association, *, promised_bytes: int = 0) -> None:
