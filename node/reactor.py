@@ -54,6 +54,16 @@ _P_DATA_TF = 0x04
 
 #: Longest a loop sleeps with nothing to do; only timers (ARTIM, idle) rely on it.
 TIMER_RESOLUTION_S = 0.05
+#: Largest PDU read before an association is established. An A-ASSOCIATE-RQ proposing a few
+#: hundred presentation contexts is under 40 KiB; a longer one is hostile (with ``max_pdu: 0``
+#: the declared length was otherwise taken at its word), so the connection is aborted.
+MAX_PRE_ASSOCIATION_PDU = 64 * 1024
+#: A PDU's buffer starts at most this large and doubles as bytes arrive: memory follows what
+#: was received, not what a PDU header declares (up to 4 GiB).
+FIRST_READ_BYTES = 1 << 20
+#: States of an acceptor before its association is established (PS3.8 9.2; Sta1 until the
+#: DUL has taken its connection event, which a PDU already waiting can overtake).
+_BEFORE_ASSOCIATION = frozenset({"Sta1", "Sta2", "Sta3"})
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -69,23 +79,23 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
 
 
 class _FastSocket(AssociationSocket):
-    """Reads a whole PDU with ``recv_into`` instead of a loop of 4 KiB ``recv`` calls."""
+    """Reads a whole PDU with ``recv_into`` instead of a loop of 4 KiB ``recv`` calls, into a
+    buffer that grows with what arrives (``FIRST_READ_BYTES``)."""
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         if sock is None:
             return bytearray()
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        buffer = bytearray(min(nr_bytes, FIRST_READ_BYTES))
         received = 0
         while received < nr_bytes:
-            count = sock.recv_into(view[received:], nr_bytes - received)
+            if received == len(buffer):
+                buffer.extend(bytes(min(received, nr_bytes - received)))
+            count = sock.recv_into(memoryview(buffer)[received:], len(buffer) - received)
             if not count:  # the peer closed the connection
-                view.release()
                 del buffer[received:]
                 return buffer
             received += count
-        view.release()
         if _QUICKACK is not None:
             # Linux clears quick-ACK mode as it pleases; set it again after each read so a
             # sender with Nagle on (DCMTK's default) never waits ~40 ms for our delayed ACK
@@ -174,6 +184,21 @@ class _EventDUL(DULServiceProvider):
                 LOGGER.error("unknown PDU type 0x%02X received", pdu_type)
                 self.event_queue.put("Evt19")  # unrecognised PDU
                 return
+            if (
+                length > MAX_PRE_ASSOCIATION_PDU
+                and self.state_machine.current_state in _BEFORE_ASSOCIATION
+            ):
+                LOGGER.warning(
+                    "aborted a connection from %s: a %d-byte PDU (type 0x%02X) before "
+                    "association, over %d",
+                    self.assoc.requestor.address,
+                    length,
+                    pdu_type,
+                    MAX_PRE_ASSOCIATION_PDU,
+                )
+                self._abort(reason=0x06)  # invalid PDU parameter value
+                socket_.close()
+                return
             body = socket_.recv(length)
         except (OSError, TimeoutError):
             LOGGER.error("connection closed before the entire PDU was received")
@@ -229,9 +254,13 @@ class _EventDUL(DULServiceProvider):
     def _abort_on(self, exc: Exception) -> None:
         """What pynetdicom's reactor does on an unexpected error: A-ABORT and stop."""
         LOGGER.error("exception in the DUL reactor, aborting the association: %s", exc)
+        self._abort(reason=0x00)
+
+    def _abort(self, reason: int) -> None:
+        """Send an A-ABORT (service provider, ``reason``) and stop."""
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
-        abort_pdu.reason_diagnostic = 0x00
+        abort_pdu.reason_diagnostic = reason
         if self.socket is not None:
             self.socket.send(abort_pdu.encode())
         self.assoc.is_aborted = True

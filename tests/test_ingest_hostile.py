@@ -1,0 +1,66 @@
+"""Hostile peers against a running node: what a connection may cost before it associates."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from tests.ingest_support import DCMTK_ENV, RunningNode, running_node
+
+#: A PDU header claiming a 2 GiB A-ASSOCIATE-RQ, and a little of its body.
+HUGE_ASSOCIATE_RQ = struct.pack(">BBL", 1, 0, 0x7FFFFFFF) + bytes(100)
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _closed_by_peer(sock: socket.socket, deadline: float) -> bool:
+    """Read until the node closes the connection; False if it has not by ``deadline``."""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            if not sock.recv(4096):
+                return True
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _echo(dcmtk, node: RunningNode, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk("echoscu"), "-aec", "AINODE", "-aet", "ECHOER", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_a_huge_declared_pdu_before_association_costs_no_memory_and_is_aborted(
+    tmp_path: Path, dcmtk
+) -> None:
+    with running_node(tmp_path / "node", listener={"max_pdu": 0}) as node:
+        baseline = _rss_bytes(node.process.pid)
+        peak = baseline
+        closed = []
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+                sock.sendall(HUGE_ASSOCIATE_RQ)
+                closed.append(_closed_by_peer(sock, time.monotonic() + 5))
+                peak = max(peak, _rss_bytes(node.process.pid))
+        echo = _echo(dcmtk, node)
+        log = node.log()
+    assert peak - baseline < 100 * 1024 * 1024, f"RSS {baseline} -> {peak}"
+    assert all(closed), "the node kept a connection that declared a 2 GiB A-ASSOCIATE-RQ"
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert log.count("before association, over 65536") == 3
