@@ -41,6 +41,11 @@ class ListenerConfig(_Section):
     max_associations: int = Field(16, ge=1, le=1024)
     max_pdu: int = Field(0, ge=0, description="maximum PDU length we receive; 0 = unlimited")
     acse_timeout_s: float = Field(30, gt=0)
+    association_request_timeout_s: float = Field(
+        5,
+        gt=0,
+        description="how long a new connection may take to send its whole A-ASSOCIATE-RQ",
+    )
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(120, gt=0)
 

@@ -28,6 +28,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime
@@ -43,6 +44,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from node.direct_store import DirectStoreReceiver, StoreHandler
 from node.responses import FastResponseDIMSE
+from node.sockets import set_kernel_timeouts
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _PDU_HEADER = struct.Struct(">BBL")
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 _P_DATA_TF = 0x04
+_A_ASSOCIATE_RQ = 0x01
 
 #: Longest a loop sleeps with nothing to do; only timers (ARTIM, idle) rely on it.
 TIMER_RESOLUTION_S = 0.05
@@ -82,6 +85,9 @@ class _FastSocket(AssociationSocket):
     """Reads a whole PDU with ``recv_into`` instead of a loop of 4 KiB ``recv`` calls, into a
     buffer that grows with what arrives (``FIRST_READ_BYTES``)."""
 
+    #: Until the A-ASSOCIATE-RQ is read: a peer trickling bytes is cut off at this time.
+    deadline: float | None = None
+
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         if sock is None:
@@ -89,6 +95,8 @@ class _FastSocket(AssociationSocket):
         buffer = bytearray(min(nr_bytes, FIRST_READ_BYTES))
         received = 0
         while received < nr_bytes:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise TimeoutError("no whole A-ASSOCIATE-RQ within the request timeout")
             if received == len(buffer):
                 buffer.extend(bytes(min(received, nr_bytes - received)))
             count = sock.recv_into(memoryview(buffer)[received:], len(buffer) - received)
@@ -208,6 +216,8 @@ class _EventDUL(DULServiceProvider):
             LOGGER.error("connection closed after %d of a PDU's %d bytes", len(body), length)
             self.event_queue.put("Evt17")
             return
+        if pdu_type == _A_ASSOCIATE_RQ:
+            self.assoc.association_requested()
         if (
             pdu_type == _P_DATA_TF
             and self._direct_store is not None
@@ -298,13 +308,25 @@ class _InlineMessages(_WakingQueue):
 class EventAssociation(Association):
     """An acceptor association whose reactor sleeps only until there is something to do."""
 
-    def __init__(self, ae: Any, mode: str, store_handler: StoreHandler | None = None) -> None:
+    def __init__(
+        self,
+        ae: Any,
+        mode: str,
+        store_handler: StoreHandler | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
         super().__init__(ae, mode)
         self._wake_event = threading.Event()
         self.dul = _EventDUL(self, store_handler)
+        #: Whether the A-ASSOCIATE-RQ has arrived; until then the connection does not count
+        #: against the AE's association limit (``ConnectionCountingAE``).
+        self.requested = False
+        self._full_acse_timeout = self.acse_timeout
         # pynetdicom applied the AE's timeouts to the DUL it made itself; give them to ours
         # (the ARTIM timer runs on the ACSE timeout, the idle timer on the network timeout).
-        self.acse_timeout = self.acse_timeout
+        # Until the A-ASSOCIATE-RQ arrives both the ARTIM timer and pynetdicom's wait for it
+        # run on the shorter request timeout: a bare connect must not hold a thread for long.
+        self.acse_timeout = request_timeout or self.acse_timeout
         self.network_timeout = self.network_timeout
         self.dul.to_user_queue = _WakingQueue(self.wake)
         self.dimse = FastResponseDIMSE(self)
@@ -324,6 +346,17 @@ class EventAssociation(Association):
             and not self._sent_release
             and not self._kill
         )
+
+    def association_requested(self) -> None:
+        """The A-ASSOCIATE-RQ has been read: the connection counts as an association from
+        now on, with the full ACSE and network timeouts."""
+        self.requested = True
+        self.acse_timeout = self._full_acse_timeout
+        sock = self.dul.socket
+        if isinstance(sock, _FastSocket):
+            sock.deadline = None
+            if sock.socket is not None:
+                set_kernel_timeouts(sock.socket, self.network_timeout)
 
     def wake(self) -> None:
         self._wake_event.set()
@@ -389,12 +422,18 @@ class EventRequestHandler(RequestHandler):
     """pynetdicom's request handler building an ``EventAssociation`` and a fast socket."""
 
     def _create_association(self) -> Association:
+        request_timeout = getattr(self.server, "association_request_timeout", None)
         assoc = EventAssociation(
-            self.ae, MODE_ACCEPTOR, getattr(self.server, "store_handler", None)
+            self.ae,
+            MODE_ACCEPTOR,
+            getattr(self.server, "store_handler", None),
+            request_timeout,
         )
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         sock = _FastSocket(assoc, client_socket=self.request)
+        if request_timeout is not None:
+            sock.deadline = time.monotonic() + request_timeout
         assoc.set_socket(sock)
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title

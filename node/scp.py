@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from node.config import NodeConfig
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
 from node.index import HeaderError, Index, StoredInstance, parse_header
 from node.reactor import EventRequestHandler
+from node.sockets import set_kernel_timeouts
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
 
 LOGGER = logging.getLogger(__name__)
@@ -51,6 +51,17 @@ class StoreStatus(IntEnum):
     STORAGE_FAILED = 0xC002
 
 
+class ConnectionCountingAE(AE):
+    """pynetdicom's AE, whose association limit (``maximum_associations``, checked as an
+    A-ASSOCIATE-RQ is negotiated) counts only connections that have sent one: idle or
+    trickling connections cannot make an allowed caller's association *local limit
+    exceeded*; the request timeout bounds them instead."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [a for a in super().active_associations if getattr(a, "requested", True)]
+
+
 class _NoDelayServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
     connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
@@ -65,20 +76,17 @@ class _NoDelayServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         #: Serves plain C-STOREs straight off their PDUs (``node.direct_store``).
         self.store_handler: StoreHandler | None = None
+        #: How long a new connection may take to send its whole A-ASSOCIATE-RQ.
+        self.association_request_timeout: float | None = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        timeout = self.ae.network_timeout
-        if timeout is not None:
-            # A peer that stops in the middle of a PDU must not hold the receiving thread in
-            # ``recv`` for ever (the association's idle timeout cannot reach it there). Set in
-            # the kernel: a Python socket timeout would make every read non-blocking plus a
-            # poll, measurably slower for CT-sized PDUs.
-            seconds = int(timeout)
-            limit = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        # A peer that stops in the middle of a PDU must not hold the receiving thread in
+        # ``recv`` for ever (the association's idle timeout cannot reach it there); until its
+        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``node.reactor``).
+        timeouts = [self.ae.network_timeout, self.association_request_timeout]
+        set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
         return client, address
 
 
@@ -112,7 +120,7 @@ class StorageSCP:
     def start(self) -> None:
         """Bind and serve in a background thread; OSError if the port cannot be bound."""
         listener = self._config.listener
-        ae = AE(ae_title=listener.ae_title)
+        ae = ConnectionCountingAE(ae_title=listener.ae_title)
         ae.maximum_associations = listener.max_associations
         ae.maximum_pdu_size = listener.max_pdu
         ae.acse_timeout = listener.acse_timeout_s
@@ -132,6 +140,7 @@ class StorageSCP:
             (listener.host, listener.port), evt_handlers=handlers, server_class=_NoDelayServer
         )
         self._server.store_handler = self.store
+        self._server.association_request_timeout = listener.association_request_timeout_s
         ae._servers.append(self._server)  # so AE/ server shutdown find it, as start_server does
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="scp-accept", daemon=True

@@ -64,3 +64,42 @@ def test_a_huge_declared_pdu_before_association_costs_no_memory_and_is_aborted(
     assert all(closed), "the node kept a connection that declared a 2 GiB A-ASSOCIATE-RQ"
     assert echo.returncode == 0, echo.stdout + echo.stderr
     assert log.count("before association, over 65536") == 3
+
+
+def test_idle_connections_neither_take_association_slots_nor_stay_long(
+    tmp_path: Path, dcmtk
+) -> None:
+    sections = {"listener": {"max_associations": 4, "association_request_timeout_s": 1}}
+    with running_node(tmp_path / "node", **sections) as node:
+        idle = [socket.create_connection(("127.0.0.1", node.port), timeout=5) for _ in range(20)]
+        try:
+            started = time.monotonic()
+            echo = _echo(dcmtk, node)
+            echo_s = time.monotonic() - started
+        finally:
+            for sock in idle:
+                sock.close()
+        # Connections that trickle their A-ASSOCIATE-RQ a byte at a time are cut off too.
+        trickling = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(5)]
+        header = struct.pack(">BBL", 1, 0, 1000)
+        deadline = time.monotonic() + 6
+        open_ = set(range(5))
+        sent = 0
+        while open_ and time.monotonic() < deadline:
+            for number in list(open_):
+                try:
+                    trickling[number].sendall(header[sent % 6 : sent % 6 + 1])
+                    trickling[number].settimeout(0.05)
+                    if trickling[number].recv(64) == b"":
+                        open_.discard(number)
+                except TimeoutError:
+                    pass
+                except OSError:  # reset by the node
+                    open_.discard(number)
+            sent += 1
+        for sock in trickling:
+            sock.close()
+        assert _echo(dcmtk, node).returncode == 0
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    assert echo_s < 3, f"C-ECHO took {echo_s:.1f} s beside 20 idle connections"
+    assert not open_, f"{len(open_)} trickling connections still open after 6 s"
