@@ -66,6 +66,10 @@ class AccessConfig(_Section):
 
     accept_any: bool = False
     callers: tuple[AllowedCaller, ...] = ()
+    #: Refuse an association addressed to a called AE title other than the listener's own
+    #: or one of ``called_ae_aliases`` (a misaddressed sender must not be stored silently).
+    check_called_ae: bool = True
+    called_ae_aliases: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _need_callers(self) -> AccessConfig:

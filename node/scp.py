@@ -109,6 +109,7 @@ class StorageSCP:
         self._delivered: dict[int, set[str]] = {}
         self._open_deliveries: Counter[str] = Counter()
         self._allowed = {(caller.ae_title, caller.host) for caller in config.access.callers}
+        self._called_titles = {config.listener.ae_title, *config.access.called_ae_aliases}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -172,7 +173,20 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called_ae = str(assoc.requestor.primitive.called_ae_title).strip()
         host = str(assoc.requestor.address)
+        if self._config.access.check_called_ae and called_ae not in self._called_titles:
+            LOGGER.warning(
+                "refused association from calling AE %r at %s:%s: called AE %r is not ours",
+                calling_ae,
+                host,
+                assoc.requestor.port,
+                called_ae,
+            )
+            # Rejected permanent, by the service user, called AE title not recognised.
+            assoc.acse.send_reject(0x01, 0x01, 0x07)
+            assoc.kill()
+            return
         if self._is_allowed(calling_ae, host):
             return
         LOGGER.warning(

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.ingest_support import DCMTK_ENV, RunningNode, running_node
+from tests.ingest_support import DCMTK_ENV, RunningNode, make_instances, running_node
 
 #: A PDU header claiming a 2 GiB A-ASSOCIATE-RQ, and a little of its body.
 HUGE_ASSOCIATE_RQ = struct.pack(">BBL", 1, 0, 0x7FFFFFFF) + bytes(100)
@@ -103,3 +103,29 @@ def test_idle_connections_neither_take_association_slots_nor_stay_long(
     assert echo.returncode == 0, echo.stdout + echo.stderr
     assert echo_s < 3, f"C-ECHO took {echo_s:.1f} s beside 20 idle connections"
     assert not open_, f"{len(open_)} trickling connections still open after 6 s"
+
+
+def _store_to(dcmtk, node: RunningNode, called_ae: str, files: list[Path]) -> str:
+    result = subprocess.run(
+        [dcmtk("storescu"), "-v", "-aec", called_ae, "127.0.0.1", str(node.port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=30,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+def test_an_association_to_another_called_ae_title_is_refused(tmp_path: Path, dcmtk) -> None:
+    files = make_instances(tmp_path / "in", 2)
+    access = {"accept_any": True, "called_ae_aliases": ["AI-ALIAS"]}
+    with running_node(tmp_path / "node", access=access) as node:
+        wrong = _store_to(dcmtk, node, "NOTAINODE", files[:1])
+        alias = _store_to(dcmtk, node, "AI-ALIAS", files[1:])
+        log = node.log()
+        spooled = list(node.spool.rglob("*.dcm"))
+    assert "Called AE Title Not Recognized" in wrong, wrong
+    assert "Success" in alias, alias
+    assert len(spooled) == 1
+    assert "called AE 'NOTAINODE' is not ours" in log
