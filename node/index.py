@@ -9,6 +9,7 @@ was stable and gets a new or replaced instance is re-opened as a new version for
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import struct
 import threading
@@ -39,6 +40,8 @@ from pydicom.uid import UID
 from node.dataset_end import HeaderError, check_dataset_end
 from node.db import connect, transaction
 from node.spool import Spool
+
+LOGGER = logging.getLogger(__name__)
 
 #: Elements larger than this (raw bytes) stay out of the ``attributes`` JSON column.
 MAX_ATTRIBUTE_BYTES = 1024
@@ -549,6 +552,11 @@ class _PendingStore:
     done: bool = False
 
 
+def _closed(conn: sqlite3.Connection, *, flushed: bool) -> bool:
+    conn.close()
+    return flushed
+
+
 class Index:
     """Writes instance, series and study rows; one connection shared under a lock.
 
@@ -572,12 +580,17 @@ class Index:
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingStore] = []
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """Close the connection after a checkpoint, which flushes the WAL (rows committed
-        without a flush included) and the database file."""
+        without a flush included) and the database file. False when the checkpoint failed (a
+        full disk): the rows stay in the WAL, which the next start replays."""
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(FULL)")
-            self._conn.close()
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+            except sqlite3.OperationalError as exc:
+                LOGGER.error("index checkpoint at stop failed (%s); the WAL is kept", exc)
+                return _closed(self._conn, flushed=False)
+            return _closed(self._conn, flushed=True)
 
     def store(self, instance: StoredInstance) -> StoreOutcome:
         """Record a stored instance; a duplicate SOP Instance UID replaces the old row.

@@ -111,6 +111,17 @@ class Node:
         """Ask ``wait`` to return (safe from a signal handler)."""
         self._stop_requested.set()
 
+    def _mark_clean_stop(self) -> None:
+        """Every spool file has its row, flushed to disk by the close: say so, durably. A
+        full disk may refuse even this; the next start then walks the spool, as after a
+        crash."""
+        data_dir = self.config.storage.data_dir
+        try:
+            (data_dir / CLEAN_STOP_FILE).touch()
+            fsync_dir(data_dir)
+        except OSError as exc:
+            LOGGER.warning("cannot write the clean-stop marker: %s", exc.strerror)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``request_stop``; True if it was requested."""
         return self._stop_requested.wait(timeout)
@@ -127,10 +138,10 @@ class Node:
             except Exception:
                 LOGGER.exception("stage %s did not stop cleanly", stage.name)
         if self._index is not None:
-            self._index.close()
+            flushed = self._index.close()
             self._index = None
-            # every spool file has its row, flushed to disk by the close: say so, durably
-            data_dir = self.config.storage.data_dir
-            (data_dir / CLEAN_STOP_FILE).touch()
-            fsync_dir(data_dir)
+            if flushed:
+                self._mark_clean_stop()
+            else:
+                LOGGER.warning("stopped without the clean-stop marker: the next start re-indexes")
         self._stop_requested.set()

@@ -190,3 +190,30 @@ def test_defined_length_per_frame_groups_read_only_as_far_as_needed(tmp_path: Pa
 
     assert series.orientation == (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
     assert series.slice_thickness == 3.5
+
+
+class _FullDiskConnection:
+    """A connection whose WAL checkpoint fails as on a full disk; the rest is the real one."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args: object) -> object:
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def test_a_checkpoint_refused_by_a_full_disk_still_closes_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = Index(tmp_path / "index.sqlite3")
+    real = index._conn
+    index._conn = _FullDiskConnection(real)  # type: ignore[assignment]
+    assert index.close() is False
+    assert "database or disk is full" in caplog.text
+    with pytest.raises(sqlite3.ProgrammingError):
+        real.execute("SELECT 1")  # closed all the same
