@@ -26,6 +26,7 @@ install-test: $(PY)
 
 test: install-test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint:
