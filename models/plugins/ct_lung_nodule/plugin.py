@@ -54,6 +54,15 @@ _ZONE_CODES = {
     LungZone.LOWER: codes.SCT.LowerZoneOfLung,
 }
 _LUNG_COLOURS = {LungSide.RIGHT: (128, 174, 128), LungSide.LEFT: (111, 184, 210)}
+# warm hues, none near the lungs' green and blue, so a reader tells nodules apart on a slice
+_NODULE_COLOURS = (
+    (230, 80, 60),
+    (255, 165, 0),
+    (220, 60, 200),
+    (255, 225, 40),
+    (160, 90, 255),
+    (255, 120, 160),
+)
 
 
 def volume_frame(series: PluginInput) -> VolumeFrame:
@@ -172,7 +181,7 @@ class CtLungNodulePlugin:
                     type=codes.SCT.Nodule,
                     mask=nodule.mask,
                     anatomic_site=codes.SCT.Lung,
-                    color_rgb=(230, 80, 60),
+                    color_rgb=_NODULE_COLOURS[(number - 1) % len(_NODULE_COLOURS)],
                 )
             )
             findings.append(
