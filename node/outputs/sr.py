@@ -182,7 +182,9 @@ def _finding_groups(
     lines = (
         [
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                source_images=_source_images(source, [m.graphic.frame for m in drawn if m.graphic]),
+                source_images=_source_images(
+                    source, sorted({m.graphic.frame for m in drawn if m.graphic})
+                ),
                 measurements=_measurements(drawn, source),
                 **common,
             )
