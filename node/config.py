@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from node.access import host_networks
+
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 
 
@@ -53,12 +55,22 @@ class ListenerConfig(_Section):
 
 
 class AllowedCaller(_Section):
-    """One calling AE title allowed to associate, optionally pinned to a source host."""
+    """One calling AE title allowed to associate, optionally pinned to where it calls from:
+    an IP address, a network (CIDR) or a host name, resolved when the node starts."""
 
     ae_title: str
-    host: str | None = None
+    host: str | None = Field(
+        None, description="IP address, network such as 10.1.0.0/16, or resolvable host name"
+    )
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _resolvable(cls, host: str | None) -> str | None:
+        if host is not None:
+            host_networks(host)  # raises, saying what to write
+        return host
 
 
 class AccessConfig(_Section):

@@ -22,6 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.access import CallerAllowList
 from node.config import NodeConfig
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
 from node.index import HeaderError, Index, StoredInstance, parse_header
@@ -108,7 +109,7 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._delivered: dict[int, set[str]] = {}
         self._open_deliveries: Counter[str] = Counter()
-        self._allowed = {(caller.ae_title, caller.host) for caller in config.access.callers}
+        self._allowed = CallerAllowList((c.ae_title, c.host) for c in config.access.callers)
         self._called_titles = {config.listener.ae_title, *config.access.called_ae_aliases}
 
     @property
@@ -168,7 +169,7 @@ class StorageSCP:
         access = self._config.access
         if access.accept_any:
             return True
-        return (calling_ae, None) in self._allowed or (calling_ae, host) in self._allowed
+        return self._allowed.allows(calling_ae, host)
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc

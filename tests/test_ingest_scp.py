@@ -6,6 +6,7 @@ and the durability rules of the issue that do not need the corpus.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -21,7 +23,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.association import Association
 
-from node.config import load_node_config
+from node.access import CallerAllowList, peer_address
+from node.config import AllowedCaller, load_node_config
 from node.direct_store import StoreRequest
 from node.index import Index, derived_uid
 from node.scp import StorageSCP
@@ -68,6 +71,37 @@ def test_echoscu_succeeds_and_unknown_callers_are_refused_with_the_reason(
         assert "Calling AE Title Not Recognized" in output, output
     assert "'STRANGER' at 127.0.0.1" in log and "'PINNED' at 127.0.0.1" in log
     assert "'KNOWN'" not in log
+
+
+@pytest.mark.dcmtk
+def test_host_pins_are_resolved_names_or_networks(tmp_path: Path, dcmtk) -> None:
+    """``localhost`` matches a caller at 127.0.0.1 (compared as text it never did), a CIDR
+    network matches its members, and a network the caller is outside refuses it."""
+    access = {
+        "accept_any": False,
+        "callers": [
+            {"ae_title": "BYNAME", "host": "localhost"},
+            {"ae_title": "BYNET", "host": "127.0.0.0/8"},
+            {"ae_title": "ELSEWHERE", "host": "192.0.2.0/24"},
+        ],
+    }
+    with running_node(tmp_path, access=access) as node:
+        by_name = _echo(dcmtk, node.port, "BYNAME")
+        by_net = _echo(dcmtk, node.port, "BYNET")
+        elsewhere = _echo(dcmtk, node.port, "ELSEWHERE")
+    assert by_name.returncode == 0, by_name.stdout + by_name.stderr
+    assert by_net.returncode == 0, by_net.stdout + by_net.stderr
+    assert elsewhere.returncode != 0
+    assert "Calling AE Title Not Recognized" in elsewhere.stdout + elsewhere.stderr
+
+
+def test_a_host_pin_that_is_no_address_network_or_name_is_refused_at_load() -> None:
+    with pytest.raises(ValidationError, match="neither an IP address, a network"):
+        AllowedCaller(ae_title="PACS", host="no-such-host.invalid")
+    assert peer_address("::ffff:10.1.2.3") == ipaddress.ip_address("10.1.2.3")
+    allow = CallerAllowList([("PACS", "10.1.0.0/16")])
+    assert allow.allows("PACS", "::ffff:10.1.2.3") and not allow.allows("PACS", "10.2.0.1")
+    assert not allow.allows("OTHER", "10.1.2.3")
 
 
 def test_association_limit_refuses_the_extra_association(tmp_path: Path) -> None:
