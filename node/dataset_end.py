@@ -26,6 +26,10 @@ class HeaderError(ValueError):
     on."""
 
 
+class MissingUidError(HeaderError):
+    """The dataset lacks its SOP Class or SOP Instance UID (DIMSE status 0xC001, not 0xC000)."""
+
+
 class _Layout:
     """The element header encoding of one dataset."""
 

@@ -37,7 +37,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from node.dataset_end import HeaderError, check_dataset_end
+from node.dataset_end import HeaderError, MissingUidError, check_dataset_end
 from node.db import connect, transaction
 from node.spool import Spool
 
@@ -241,7 +241,7 @@ def _header_from_dataset(
         derived.append("SOPInstanceUID")
     for keyword, value in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)):
         if not value:
-            raise HeaderError(f"dataset has no {keyword}")
+            raise MissingUidError(f"dataset has no {keyword}")
         uids[keyword] = value
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         value = _text(elements, keyword)

@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.access import CallerAllowList
 from node.config import NodeConfig
+from node.dataset_end import MissingUidError
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
 from node.index import HeaderError, Index, StoredInstance, parse_header
 from node.reactor import EventRequestHandler
@@ -299,9 +300,8 @@ class StorageSCP:
             LOGGER.warning(
                 "refused %s (SOP class %s) from %s: %s", sop_instance, sop_class, calling_ae, exc
             )
-            code = (
-                StoreStatus.MISSING_UID if "has no" in str(exc) else StoreStatus.CANNOT_UNDERSTAND
-            )
+            missing = isinstance(exc, MissingUidError)
+            code = StoreStatus.MISSING_UID if missing else StoreStatus.CANNOT_UNDERSTAND
             return _failure(code, str(exc))
 
         own_instance_uid = "SOPInstanceUID" not in header.derived_uids

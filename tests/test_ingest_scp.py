@@ -291,7 +291,9 @@ def test_cli_echo_send_and_studies(tmp_path: Path) -> None:
     assert "Synthetic" not in studies.stdout and "SYNTH-001" not in studies.stdout
 
 
-def _stored_directly(tmp_path: Path, dataset: bytes, sop_instance: str):
+def _stored_directly(
+    tmp_path: Path, dataset: bytes, sop_instance: str, sop_class: str = CTImageStorage
+):
     """``StorageSCP.store`` called as the receive path calls it, without a network."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = load_node_config(write_config(tmp_path, free_port()))
@@ -302,7 +304,7 @@ def _stored_directly(tmp_path: Path, dataset: bytes, sop_instance: str):
         requestor=SimpleNamespace(ae_title="MODALITY", address="127.0.0.1"),
         acceptor=SimpleNamespace(ae_title="AINODE"),
     )
-    request = StoreRequest(1, ExplicitVRLittleEndian, 1, CTImageStorage, sop_instance, dataset)
+    request = StoreRequest(1, ExplicitVRLittleEndian, 1, sop_class, sop_instance, dataset)
     try:
         return scp.store(assoc, request), spool, index.indexed_paths()  # type: ignore[arg-type]
     finally:
@@ -341,3 +343,15 @@ def test_a_refused_dataset_leaves_no_temp_file(tmp_path: Path) -> None:
     assert junk.status == 0xC000
     assert not paths and not list(spool.files())
     assert not list((spool.root / TEMP_DIR_NAME).iterdir())
+
+
+def test_a_dataset_without_a_sop_class_uid_anywhere_gets_0xc001(tmp_path: Path) -> None:
+    """Neither the dataset nor the request names the SOP class: 0xC001 (missing UID), chosen
+    by the exception's type (MissingUidError), not by its text."""
+    ds = dcmread(make_instances(tmp_path / "in", 1)[0])
+    del ds.SOPClassUID
+    uid = str(ds.SOPInstanceUID)
+    reply, spool, paths = _stored_directly(tmp_path, _dataset_bytes(ds), uid, sop_class="")
+    assert reply.status == 0xC001
+    assert "SOPClassUID" in reply.error_comment
+    assert not paths and not list(spool.files())
