@@ -9,12 +9,12 @@ region without a code here fall back to the modality's "unspecified body region"
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from models.api import PluginInput
 from node.outputs.context import OutputContext
+from routers.attributes import dataset_attributes
 from routers.bodypart import BodyPartTable, Region
 
 RADIOGRAPHY = frozenset({"CR", "DX"})
@@ -33,39 +33,17 @@ CT_CHEST = Code("24627-2", "LN", "CT Chest")
 XR_CHEST_SINGLE_VIEW = Code("36554-4", "LN", "XR Chest Single view")
 XR_CHEST_TWO_VIEWS = Code("36643-5", "LN", "XR Chest 2 Views")
 
-# headers read for the region, as routing reads them (routers.bodypart)
-_REGION_KEYWORDS = (
-    "BodyPartExamined",
-    "AnatomicRegionSequence",
-    "SeriesDescription",
-    "ProtocolName",
-    "StudyDescription",
-)
-
-
-def _region(header: Dataset) -> Region:
-    attributes: dict[str, object] = {}
-    for keyword in _REGION_KEYWORDS:
-        value = header.get(keyword)
-        if keyword == "AnatomicRegionSequence" and value:
-            attributes[keyword] = [
-                {
-                    "CodingSchemeDesignator": item.get("CodingSchemeDesignator"),
-                    "CodeValue": item.get("CodeValue"),
-                }
-                for item in value
-            ]
-        elif value is not None:
-            attributes[keyword] = str(value)
-    return BodyPartTable.default().decide(attributes).region
-
 
 def procedure_reported(source: PluginInput, context: OutputContext) -> Code:
     """The context's procedure if it names one, else the modality and body region's."""
     if context.procedure_reported is not None:
         return context.procedure_reported
     modality = source.modality.upper()
-    region = _region(source.headers[0]) if source.headers else Region.UNKNOWN
+    region = (
+        BodyPartTable.default().decide(dataset_attributes(source.headers[0])).region
+        if source.headers
+        else Region.UNKNOWN
+    )
     if region is Region.CHEST and modality == "CT":
         return CT_CHEST
     if region is Region.CHEST and modality in RADIOGRAPHY:
