@@ -369,14 +369,7 @@ class Findings:
         tracking = [f.tracking_id for f in self.findings]
         if len(tracking) != len(set(tracking)):
             raise ValueError(f"finding tracking ids must be unique, got {tracking}")
-        frames = next(iter(shapes))[0] if shapes else None
         for finding in self.findings:
-            for graphic in finding.graphics:
-                if frames is not None and graphic.frame >= frames:
-                    raise ValueError(
-                        f"finding {finding.tracking_id!r} draws on frame {graphic.frame}, but "
-                        f"the masks have {frames} frames"
-                    )
             if finding.segment_key is not None and finding.segment_key not in keys:
                 raise ValueError(
                     f"finding {finding.tracking_id!r} names segment {finding.segment_key!r}, "

@@ -13,13 +13,17 @@ from pydicom.sr.codedict import codes
 from models.api import (
     AlgorithmIdentification,
     Code,
+    Finding,
     Findings,
+    GraphicKind,
+    ImageGraphic,
     Measurement,
     QualitativeEvaluation,
 )
 from node.config import OutputKind
 from node.outputs import build_outputs
 from node.outputs.procedure import CT_CHEST
+from node.outputs.sr_graphics import GraphicPlacementError
 
 
 def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_path):
@@ -173,3 +177,25 @@ def test_a_report_of_study_level_results_only_validates(ct_input, tmp_path, vali
     assert key(texts[key(codes.SCT.Nodule)].ConceptCodeSequence[0]) == key(codes.SCT.Absent)
     run = validate_dicom(out)
     assert run.returncode == 0, run.stdout[-4000:]
+
+
+def test_a_graphic_off_the_source_fails_the_report_saying_where(ct_input):
+    """A line on a frame the input does not have, or outside the frame, is the plugin's
+    error: the report is refused with the finding and the frame named."""
+    frames, rows = ct_input.shape[:2]
+    for frame, point in ((frames, (1.0, 1.0)), (0, (rows + 5.0, 1.0))):
+        line = ImageGraphic(frame, GraphicKind.LINE, ((0.0, 0.0), point))
+        findings = Findings(
+            algorithm=AlgorithmIdentification("test-plugin", "1.2.0"),
+            findings=(
+                Finding(
+                    "Nodule 1",
+                    codes.SCT.Nodule,
+                    measurements=(
+                        Measurement(codes.SCT.Diameter, 5.0, codes.UCUM.Millimeter, line),
+                    ),
+                ),
+            ),
+        )
+        with pytest.raises(GraphicPlacementError, match=f"'Nodule 1'.* on frame {frame}"):
+            build_outputs(findings, ct_input, context(outputs=(OutputKind.SR,)))
