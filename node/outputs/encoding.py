@@ -19,8 +19,9 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element
+from pydicom.pixels import pack_bits
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID
 
 __all__ = ["decompress", "preencode_frame_groups"]
 
@@ -97,9 +98,7 @@ def _explicit_little_endian(uid: object) -> bool:
     if not uid:
         return False
     syntax = UID(str(uid))
-    return syntax in (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian) or (
-        syntax.is_transfer_syntax and syntax.is_encapsulated and not syntax.is_implicit_VR
-    )
+    return syntax.is_transfer_syntax and syntax.is_little_endian and not syntax.is_implicit_VR
 
 
 def preencode_frame_groups(dataset: Dataset) -> bool:
@@ -148,5 +147,4 @@ def decompress(dataset: Dataset) -> None:
     pixels = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
     unpacked = np.frombuffer(dataset.PixelData, np.uint8)
     if unpacked.size >= pixels * int(dataset.get("NumberOfFrames", 1)):
-        packed = np.packbits(unpacked, bitorder="little").tobytes()
-        dataset.PixelData = packed + b"\0" * (len(packed) % 2)
+        dataset.PixelData = pack_bits(unpacked)
