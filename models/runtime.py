@@ -34,7 +34,7 @@ from models.discovery import Catalog, discover, manifest_signature
 from models.isolation import IsolatedPlugin
 from models.manifest import PluginManifest, model_file_problem
 from models.runners.python import instantiate
-from models.spacing import spacing_of_dataset
+from models.spacing import spacing_in_words
 
 if TYPE_CHECKING:
     from node.config import NodeConfig
@@ -437,9 +437,7 @@ def _refusal(manifest: PluginManifest, series: PluginInput) -> str | None:
 
 def _no_spacing(series: PluginInput) -> str:
     """Why the series has no spacing, in the header's own terms."""
-    if not series.headers:
-        return "the series has none"
-    return f"the series has {spacing_of_dataset(series.headers[0]).detail}"
+    return f"the series has {spacing_in_words(series)}"
 
 
 def catalog_of(manifests: Iterable[PluginManifest]) -> Catalog:
