@@ -16,6 +16,13 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from node.access import host_networks
 
@@ -179,13 +186,18 @@ class SegTransferSyntax(StrEnum):
 
     @property
     def uid(self) -> str:
-        return {
-            SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: "1.2.840.10008.1.2.1.99",
-            SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN: "1.2.840.10008.1.2.1",
-            SegTransferSyntax.JPEG2000_LOSSLESS: "1.2.840.10008.1.2.4.90",
-            SegTransferSyntax.JPEG_LS_LOSSLESS: "1.2.840.10008.1.2.4.80",
-            SegTransferSyntax.RLE_LOSSLESS: "1.2.840.10008.1.2.5",
-        }[self]
+        return _SEG_TRANSFER_SYNTAX_UIDS[self]
+
+
+_SEG_TRANSFER_SYNTAX_UIDS: Mapping[SegTransferSyntax, str] = MappingProxyType(
+    {
+        SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: DeflatedExplicitVRLittleEndian,
+        SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN: ExplicitVRLittleEndian,
+        SegTransferSyntax.JPEG2000_LOSSLESS: JPEG2000Lossless,
+        SegTransferSyntax.JPEG_LS_LOSSLESS: JPEGLSLossless,
+        SegTransferSyntax.RLE_LOSSLESS: RLELossless,
+    }
+)
 
 
 BINARY_SEG_TRANSFER_SYNTAXES = frozenset(
