@@ -96,6 +96,25 @@ def _failure(code: StoreStatus, comment: str) -> StoreReply:
     return StoreReply(int(code), comment[:64])  # Error Comment is LO: at most 64 characters
 
 
+# A-ASSOCIATE-RJ reasons (rejected permanent, by the service user), PS3.8 9.3.4
+CALLING_AE_NOT_RECOGNISED = 0x03
+CALLED_AE_NOT_RECOGNISED = 0x07
+
+
+def _refuse(assoc: Association, calling_ae: str, reason: int, why: str) -> None:
+    """Reject the association permanently (service user, ``reason``), saying why in the log."""
+    requestor = assoc.requestor
+    LOGGER.warning(
+        "refused association from calling AE %r at %s:%s: %s",
+        calling_ae,
+        requestor.address,
+        requestor.port,
+        why,
+    )
+    assoc.acse.send_reject(0x01, 0x01, reason)
+    assoc.kill()
+
+
 class StorageSCP:
     """The listening AE: who may associate, and what happens to each received instance."""
 
@@ -178,28 +197,10 @@ class StorageSCP:
         called_ae = str(assoc.requestor.primitive.called_ae_title).strip()
         host = str(assoc.requestor.address)
         if self._config.access.check_called_ae and called_ae not in self._called_titles:
-            LOGGER.warning(
-                "refused association from calling AE %r at %s:%s: called AE %r is not ours",
-                calling_ae,
-                host,
-                assoc.requestor.port,
-                called_ae,
-            )
-            # Rejected permanent, by the service user, called AE title not recognised.
-            assoc.acse.send_reject(0x01, 0x01, 0x07)
-            assoc.kill()
-            return
-        if self._is_allowed(calling_ae, host):
-            return
-        LOGGER.warning(
-            "refused association from calling AE %r at %s:%s: not in access.callers",
-            calling_ae,
-            host,
-            assoc.requestor.port,
-        )
-        # Rejected permanent, by the service user, calling AE title not recognised.
-        assoc.acse.send_reject(0x01, 0x01, 0x03)
-        assoc.kill()
+            why = f"called AE {called_ae!r} is not ours"
+            _refuse(assoc, calling_ae, CALLED_AE_NOT_RECOGNISED, why)
+        elif not self._is_allowed(calling_ae, host):
+            _refuse(assoc, calling_ae, CALLING_AE_NOT_RECOGNISED, "not in access.callers")
 
     @staticmethod
     def _on_rejected(event: evt.Event) -> None:
