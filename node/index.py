@@ -140,7 +140,8 @@ def parse_header(
 
     ``sop_class_uid``/``sop_instance_uid`` (from the C-STORE request) stand in when the
     dataset itself lacks them, as some media-directory objects do. Raises ``HeaderError`` for
-    anything that cannot be indexed, including pydicom's own failures on hostile input (a
+    anything that cannot be indexed (``MissingUidError`` when no SOP Class or Instance UID is
+    known), including pydicom's own failures on hostile input (a
     RecursionError from a deeply nested sequence, say).
     """
     implicit, little, deflated = _transfer_syntax_encoding(transfer_syntax_uid)

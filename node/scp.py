@@ -24,9 +24,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.access import CallerAllowList
 from node.config import NodeConfig
-from node.dataset_end import MissingUidError
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
-from node.index import HeaderError, Index, StoredInstance, parse_header
+from node.index import HeaderError, Index, MissingUidError, StoredInstance, parse_header
 from node.reactor import EventRequestHandler
 from node.sockets import set_kernel_timeouts
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
