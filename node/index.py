@@ -553,11 +553,6 @@ class _PendingStore:
     done: bool = False
 
 
-def _closed(conn: sqlite3.Connection, *, flushed: bool) -> bool:
-    conn.close()
-    return flushed
-
-
 class Index:
     """Writes instance, series and study rows; one connection shared under a lock.
 
@@ -584,14 +579,19 @@ class Index:
     def close(self) -> bool:
         """Close the connection after a checkpoint, which flushes the WAL (rows committed
         without a flush included) and the database file. False when the checkpoint failed (a
-        full disk): the rows stay in the WAL, which the next start replays."""
+        full disk) or another connection blocked it: the rows stay in the WAL, which the next
+        start replays."""
         with self._lock:
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+                busy = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()[0]
             except sqlite3.OperationalError as exc:
                 LOGGER.error("index checkpoint at stop failed (%s); the WAL is kept", exc)
-                return _closed(self._conn, flushed=False)
-            return _closed(self._conn, flushed=True)
+                return False
+            finally:
+                self._conn.close()
+            if busy:  # another connection (a CLI reader) held it back: not everything moved
+                LOGGER.warning("index checkpoint at stop was blocked; the WAL is kept")
+            return not busy
 
     def store(self, instance: StoredInstance) -> StoreOutcome:
         """Record a stored instance; a duplicate SOP Instance UID replaces the old row.

@@ -217,3 +217,18 @@ def test_a_checkpoint_refused_by_a_full_disk_still_closes_cleanly(
     assert "database or disk is full" in caplog.text
     with pytest.raises(sqlite3.ProgrammingError):
         real.execute("SELECT 1")  # closed all the same
+
+
+def test_a_checkpoint_held_back_by_a_reader_is_not_taken_for_a_flush(tmp_path: Path) -> None:
+    """SQLite answers a blocked checkpoint with busy=1 instead of an error: close must say the
+    WAL was not flushed, so no clean-stop marker is written."""
+    index = Index(tmp_path / "index.sqlite3")
+    reader = sqlite3.connect(tmp_path / "index.sqlite3", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM instances").fetchone()  # holds this snapshot
+    index._conn.execute("PRAGMA busy_timeout=0")  # the test does not wait the real 30 s
+    index._conn.execute("CREATE TABLE written_after_the_reader(x)")
+    try:
+        assert index.close() is False
+    finally:
+        reader.close()
