@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -37,6 +38,7 @@ __all__ = [
     "Measurement",
     "Plugin",
     "PluginInput",
+    "ProductInstance",
     "QualitativeEvaluation",
     "Report",
     "Segment",
@@ -120,8 +122,13 @@ class PluginInput:
     prior: Mapping[str, Findings] = field(default_factory=lambda: MappingProxyType({}))
     spacing_source: SpacingSource = SpacingSource.PIXEL_SPACING
     magnification: float | None = None
+    files: tuple[Path, ...] = ()  # the Part-10 files, one per header: a container gets these
 
     def __post_init__(self) -> None:
+        if self.files and len(self.files) != len(self.headers):
+            raise ValueError(
+                f"PluginInput has {len(self.headers)} headers but {len(self.files)} files"
+            )
         if self.pixels.ndim != 3:
             raise ValueError(
                 f"PluginInput.pixels must be (frames, rows, columns); got shape {self.pixels.shape}"
@@ -334,6 +341,27 @@ class Report:
 
 
 @dataclass(frozen=True)
+class ProductInstance:
+    """A DICOM object a product wrote itself (a container's SEG, SR, SC or PDF).
+
+    The node checks it (same patient and study as the source, UIDs of its own) and relays it
+    as a result of the job; ``file_name`` is what the product called it, for messages.
+    """
+
+    dataset: Dataset
+    file_name: str
+
+    def __post_init__(self) -> None:
+        missing = [
+            keyword
+            for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+            if not self.dataset.get(keyword)
+        ]
+        if missing:
+            raise ValueError(f"{self.file_name}: the product's DICOM has no {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
 class AlgorithmIdentification:
     name: str
     version: str
@@ -358,6 +386,7 @@ class Findings:
     study_measurements: tuple[Measurement, ...] = ()
     study_evaluations: tuple[QualitativeEvaluation, ...] = ()
     report: Report | None = None
+    instances: tuple[ProductInstance, ...] = ()
 
     def __post_init__(self) -> None:
         keys = [s.key for s in self.segments]

@@ -1,9 +1,11 @@
 """``ainode plugins list|check`` and ``ainode shadow report``.
 
-``plugins list`` shows every installed plugin version with its runner, the device it would
-run on with this node's GPU configuration, and whether it is ready or broken. ``plugins
-check`` validates every manifest (schema, model file and sha256, entry module, codes,
-isolated interpreter) and exits 1 when any has an error, so it can gate a deployment.
+``plugins list`` shows every installed plugin version with its runner (and a container's
+image), the device it would run on with this node's GPU configuration, and whether it is
+ready or broken. ``plugins check`` validates every manifest (schema, model file and sha256,
+entry module, codes, isolated interpreter; for a container the engine, the pinned image and
+its digest, GPU passthrough and what a MAP declares) and exits 1 when any has an error, so
+it can gate a deployment.
 Paths are printed relative to the current folder where they lie under it.
 """
 
@@ -13,8 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.containers.check import check_container
+from models.containers.engine import EngineSettings
+from models.containers.plugin import ContainerRuntime
 from models.discovery import Catalog, discover
-from models.manifest import PluginManifest, Severity, check_manifest
+from models.errors import PermanentPluginError
+from models.manifest import CheckProblem, PluginManifest, RunnerKind, Severity, check_manifest
+from models.runtime import container_runtime_for
 
 DEFAULT_CONFIG = Path("config/node.yaml")
 
@@ -58,7 +65,32 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _catalog_and_gpus(args: argparse.Namespace) -> tuple[Catalog, tuple[int, ...]] | None:
+class _Checks:
+    """``check_manifest``, plus the engine and image checks of container plugins (the engine
+    is looked for once, when the first container plugin is checked)."""
+
+    def __init__(self, settings: EngineSettings, data_dir: Path) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self._runtime: ContainerRuntime | str | None = None
+
+    def problems(self, manifest: PluginManifest) -> list[CheckProblem]:
+        problems = check_manifest(manifest)
+        if manifest.runner is not RunnerKind.CONTAINER:
+            return problems
+        if self._runtime is None:
+            try:
+                self._runtime = container_runtime_for(self.settings, self.data_dir)
+            except PermanentPluginError as exc:
+                self._runtime = str(exc)
+        if isinstance(self._runtime, str):
+            return [*problems, CheckProblem(Severity.ERROR, self._runtime)]
+        return [*problems, *check_container(manifest, self._runtime)]
+
+
+def _catalog_and_gpus(
+    args: argparse.Namespace,
+) -> tuple[Catalog, tuple[int, ...], _Checks] | None:
     from node.config import ConfigError, load_node_config
 
     config = None
@@ -70,7 +102,12 @@ def _catalog_and_gpus(args: argparse.Namespace) -> tuple[Catalog, tuple[int, ...
             return None
     gpus = config.devices.gpus if config is not None else ()
     plugin_dirs = args.plugin_dirs or (config.plugin_dirs if config is not None else ())
-    return discover(plugin_dirs, entry_points=not args.no_entry_points), gpus
+    checks = (
+        _Checks(config.containers, config.storage.data_dir)
+        if config is not None
+        else _Checks(EngineSettings(), Path("data"))
+    )
+    return discover(plugin_dirs, entry_points=not args.no_entry_points), gpus, checks
 
 
 def _device(manifest: PluginManifest, gpus: tuple[int, ...]) -> str:
@@ -83,18 +120,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     found = _catalog_and_gpus(args)
     if found is None:
         return 2
-    catalog, gpus = found
+    catalog, gpus, checks = found
     if gpus:
         from models.devices import cuda_device_count
 
         gpus = tuple(g for g in gpus if g < cuda_device_count())
     rows = [("NAME", "VERSION", "RUNNER", "DEVICE", "STATE")]
     for manifest in catalog.manifests:
-        errors = [p for p in check_manifest(manifest) if p.severity is Severity.ERROR]
+        errors = [p for p in checks.problems(manifest) if p.severity is Severity.ERROR]
         state = "broken" if errors else "ready"
-        rows.append(
-            (manifest.name, manifest.version, manifest.runner.value, _device(manifest, gpus), state)
-        )
+        runner = manifest.runner.value
+        if manifest.container is not None:
+            runner += f" {manifest.container.image}"
+        rows.append((manifest.name, manifest.version, runner, _device(manifest, gpus), state))
     for problem in catalog.problems:
         rows.append((_shown(Path(problem.source)), "-", "-", "-", "broken"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -108,10 +146,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     found = _catalog_and_gpus(args)
     if found is None:
         return 2
-    catalog, _ = found
+    catalog, _, checks = found
     broken = len(catalog.problems)
     for manifest in catalog.manifests:
-        problems = check_manifest(manifest)
+        problems = checks.problems(manifest)
         errors = [p for p in problems if p.severity is Severity.ERROR]
         broken += bool(errors)
         verdict = f"{len(errors)} error(s)" if errors else "ok"

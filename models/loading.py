@@ -346,6 +346,7 @@ def load_plugin_input(paths: Sequence[Path | str]) -> PluginInput:
         photometric_interpretation=str(first.get("PhotometricInterpretation", "MONOCHROME2")),
         spacing_source=resolved.source,
         magnification=resolved.magnification,
+        files=tuple(path for path, _ in loaded),
     )
 
 

@@ -11,7 +11,8 @@ Example (every section but name/version/runner is optional)::
     name: dx-chest                  # lowercase-dashed
     version: 1.0.0
     description: Lung fields on chest radiographs
-    runner: onnx                    # onnx | torchscript | python
+    runner: onnx                    # onnx | torchscript | python | container (an OCI image:
+                                    # see models.containers.spec for its container: section)
     entry: plugin:DxChestPlugin     # "<module file in the plugin dir>:<class>", built as
                                     # Class(manifest); optional for onnx/torchscript, where the
                                     # generic manifest-driven plugin runs the model
@@ -62,6 +63,7 @@ from pydantic import (
 )
 from pydicom.sr.coding import Code
 
+from models.containers.spec import ContainerSpec
 from models.manifest_checks import (
     KNOWN_SCHEMES,
     CheckProblem,
@@ -119,6 +121,7 @@ class RunnerKind(StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
     PYTHON = "python"
+    CONTAINER = "container"  # a vendor's OCI image (models.containers)
 
 
 class Dimensionality(StrEnum):
@@ -346,6 +349,7 @@ class PluginManifest(_Strict):
     resources: Resources = Resources()
     needs: tuple[str, ...] = ()
     python: Path | None = None
+    container: ContainerSpec | None = None
 
     _directory: Path = PrivateAttr(default=Path("."))
 
@@ -373,6 +377,10 @@ class PluginManifest(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> PluginManifest:
+        if self.runner is RunnerKind.CONTAINER:
+            return self._coherent_container()
+        if self.container is not None:
+            raise ValueError("a container: section needs runner: container")
         if self.runner is RunnerKind.PYTHON and self.entry is None:
             raise ValueError("runner python needs entry: '<module>:<Class>'")
         if self.runner is not RunnerKind.PYTHON and self.model is None:
@@ -384,6 +392,19 @@ class PluginManifest(_Strict):
             )
         if self.name in self.needs:
             raise ValueError(f"plugin {self.name!r} cannot need itself")
+        return self
+
+    def _coherent_container(self) -> PluginManifest:
+        if self.container is None:
+            raise ValueError("runner container needs container: {image: name@sha256:…}")
+        extra = [key for key in ("entry", "model", "python") if getattr(self, key) is not None]
+        if extra:
+            raise ValueError(
+                f"runner container runs the image only; remove {', '.join(extra)} (the image "
+                "carries its own code and model)"
+            )
+        if self.needs:
+            raise ValueError("a container plugin cannot need other plugins (needs:)")
         return self
 
     @property

@@ -33,6 +33,7 @@ __all__ = [
 class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
+    INFO = "info"  # what a check found, for the operator (an image's engine, a MAP's paths)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ Typical use by the executor::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -29,12 +30,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from models.api import Device, DeviceKind, Findings, Plugin, PluginInput
+from models.containers.engine import ContainerEngine, EngineSettings, EngineUnavailable
+from models.containers.plugin import ContainerPlugin, ContainerRuntime
 from models.devices import GpuOutOfMemory, GpuSlots, SlotLease, is_out_of_memory
 from models.discovery import Catalog, discover, manifest_signature
+from models.errors import InputRefused, PermanentPluginError, PluginError, PluginTimeout
 from models.isolation import IsolatedPlugin
-from models.manifest import PluginManifest, model_file_problem
+from models.manifest import PluginManifest, RunnerKind, model_file_problem
+from models.refusal import input_refusal
 from models.runners.python import instantiate
-from models.spacing import spacing_in_words
 
 if TYPE_CHECKING:
     from node.config import NodeConfig
@@ -52,23 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class PluginError(RuntimeError):
-    """A plugin job failed; the message is what the job's error column should say."""
-
-
-class PluginTimeout(PluginError):
-    """The job ran past its deadline."""
-
-
-class PermanentPluginError(PluginError):
-    """The same job would fail the same way again (a model file missing or not the one the
-    manifest's sha256 names, a series the manifest refuses): fail it now, don't retry."""
-
-
-class InputRefused(PermanentPluginError):
-    """The manifest's ``input`` section does not accept the series."""
 
 
 class PluginState(StrEnum):
@@ -130,6 +117,7 @@ class PluginHost:
         timeout_s: float = 900.0,
         isolated_retries: int = 1,
         plugin_dirs: Sequence[Path] | None = None,
+        containers: tuple[EngineSettings, Path] | None = None,
     ) -> None:
         self.catalog = catalog
         # with plugin_dirs, a version added (or edited) on disk is picked up by the next job
@@ -143,6 +131,9 @@ class PluginHost:
         # per version and device, a pool: concurrent jobs in one process each get their own
         self._instances: dict[tuple[str, Device], list[_Instance]] = {}
         self._lock = threading.Lock()
+        # engine settings and the data folder; the engine is found when a container first runs
+        self._container_settings = containers
+        self._container_runtime: ContainerRuntime | None = None
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> PluginHost:
@@ -157,6 +148,7 @@ class PluginHost:
             slots,
             timeout_s=config.jobs.timeout_s,
             plugin_dirs=config.plugin_dirs,
+            containers=(config.containers, Path(config.storage.data_dir)),
         )
 
     def _refresh(self) -> None:
@@ -217,11 +209,13 @@ class PluginHost:
         problem = model_file_problem(manifest)  # once per load: a swapped file never runs
         if problem is not None:
             raise PermanentPluginError(f"{manifest.key}: {problem}")
-        plugin: Plugin = (
-            IsolatedPlugin(manifest, retries=self.isolated_retries)
-            if manifest.isolated
-            else instantiate(manifest)
-        )
+        plugin: Plugin
+        if manifest.runner is RunnerKind.CONTAINER:
+            plugin = ContainerPlugin(manifest, self.container_runtime())
+        elif manifest.isolated:
+            plugin = IsolatedPlugin(manifest, retries=self.isolated_retries)
+        else:
+            plugin = instantiate(manifest)
         started = time.perf_counter()
         plugin.load(device)
         log.info("loaded %s on %s in %.2fs", manifest.key, device, time.perf_counter() - started)
@@ -230,6 +224,15 @@ class PluginHost:
         with self._lock:
             self._instances.setdefault(key, []).append(instance)
         return instance
+
+    def container_runtime(self) -> ContainerRuntime:
+        """The engine, scratch folder and owner label container plugins share."""
+        if self._container_runtime is None:
+            if self._container_settings is None:
+                raise PermanentPluginError("container plugins need a node configuration")
+            settings, data_dir = self._container_settings
+            self._container_runtime = container_runtime_for(settings, data_dir)
+        return self._container_runtime
 
     def _return_instance(self, instance: _Instance) -> None:
         with self._lock:
@@ -241,7 +244,7 @@ class PluginHost:
             pool = self._instances.get((manifest.key, instance.device), [])
             if instance in pool:
                 pool.remove(instance)
-        if isinstance(instance.plugin, IsolatedPlugin):
+        if isinstance(instance.plugin, IsolatedPlugin | ContainerPlugin):
             instance.plugin.kill()
 
     def loaded(self) -> tuple[LoadedPlugin, ...]:
@@ -276,7 +279,7 @@ class PluginHost:
             instances = [i for pool in self._instances.values() for i in pool]
             self._instances = {}
         for instance in instances:
-            if isinstance(instance.plugin, IsolatedPlugin):
+            if isinstance(instance.plugin, IsolatedPlugin | ContainerPlugin):
                 instance.plugin.close()
 
     # -- running -------------------------------------------------------------------------------
@@ -384,7 +387,7 @@ class PluginHost:
         findings: dict[str, Findings] = {}
         devices: dict[str, Device] = {}
         for manifest in self.resolve_chain(name, version):
-            refusal = _refusal(manifest, series)
+            refusal = input_refusal(manifest, series)
             if refusal is not None:
                 raise InputRefused(f"{manifest.key} does not accept this series: {refusal}")
             given = replace(series, prior=MappingProxyType(dict(findings)))
@@ -411,33 +414,16 @@ class PluginHost:
         return self.run_chain(name, version, series, timeout_s=timeout_s).final
 
 
-def _refusal(manifest: PluginManifest, series: PluginInput) -> str | None:
-    """Why the manifest's ``input`` section refuses ``series``, or None if it accepts it."""
-    accepted = manifest.input
-    if accepted.modalities and series.modality not in accepted.modalities:
-        return f"it accepts modalities {list(accepted.modalities)}, the series is {series.modality}"
-    if series.shape[0] < accepted.min_frames:
-        return f"it needs at least {accepted.min_frames} frames, the series has {series.shape[0]}"
-    if accepted.needs_spacing and not series.has_spacing:
-        return (
-            f"it needs a calibrated pixel spacing (input.needs_spacing), and {_no_spacing(series)}"
-        )
-    coarsest = max(series.pixel_spacing)
-    if (
-        accepted.max_pixel_spacing_mm is not None
-        and series.has_spacing
-        and coarsest > accepted.max_pixel_spacing_mm
-    ):
-        return (
-            f"its pixel spacing must be at most {accepted.max_pixel_spacing_mm:g} mm, "
-            f"the series has {coarsest:g} mm"
-        )
-    return None
-
-
-def _no_spacing(series: PluginInput) -> str:
-    """Why the series has no spacing, in the header's own terms."""
-    return f"the series has {spacing_in_words(series)}"
+def container_runtime_for(settings: EngineSettings, data_dir: Path) -> ContainerRuntime:
+    """The container runtime of the node whose data folder is ``data_dir``; the owner label is
+    a digest of that folder, so nodes sharing one engine never touch each other's containers."""
+    data_dir = Path(data_dir).resolve()
+    try:
+        engine = ContainerEngine.detect(settings)
+    except EngineUnavailable as exc:
+        raise PermanentPluginError(str(exc)) from exc
+    owner = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return ContainerRuntime(engine, data_dir / "containers", owner)
 
 
 def catalog_of(manifests: Iterable[PluginManifest]) -> Catalog:

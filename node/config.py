@@ -24,6 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from models.containers.engine import EngineSettings
 from node.access import host_networks
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
@@ -156,6 +157,7 @@ class OutputKind(StrEnum):
     SR = "sr"
     TEXT_SR = "text_sr"
     BURNED_IN_SC = "burned_in_sc"
+    ENCAPSULATED_PDF = "encapsulated_pdf"  # only container products write one
 
 
 class OverlappingSegments(StrEnum):
@@ -271,7 +273,8 @@ class SourceKind(StrEnum):
     CROSS_SECTIONAL = "cross_sectional"
 
 
-_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
+# a product's own PDF report goes wherever its other results go
+_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR, OutputKind.ENCAPSULATED_PDF)
 
 # Default output kinds per (profile, source kind) where a destination lists no send_as.
 # generic: a radiograph also gets the burned-in SC (one image, shown by every viewer, while few
@@ -290,6 +293,7 @@ PROFILE_DEFAULTS: Mapping[tuple[ViewerProfile, SourceKind], tuple[OutputKind, ..
                 OutputKind.SR,
                 OutputKind.TEXT_SR,
                 OutputKind.BURNED_IN_SC,
+                OutputKind.ENCAPSULATED_PDF,
             ),
         }
     )
@@ -400,6 +404,7 @@ class NodeConfig(_Section):
     destinations: dict[str, Destination] = {}
     dispatch: DispatchConfig = DispatchConfig()
     http: HttpConfig = HttpConfig()
+    containers: EngineSettings = EngineSettings()
 
     def resolved(self, base: Path) -> NodeConfig:
         """Return a copy with every relative path made absolute against ``base``."""
@@ -423,6 +428,13 @@ class NodeConfig(_Section):
                 "routes_file": absolute(self.routes_file),
                 "plugin_dirs": tuple(absolute(p) for p in self.plugin_dirs),
                 "destinations": destinations,
+                "containers": self.containers.model_copy(
+                    update={
+                        "validator": None
+                        if self.containers.validator is None
+                        else absolute(self.containers.validator)
+                    }
+                ),
             }
         )
 

@@ -14,6 +14,9 @@ from typing import Protocol, runtime_checkable
 
 from pydicom import config as pydicom_config
 
+from models.containers.plugin import remove_leftovers
+from models.errors import PluginError
+from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
 from node.config import NodeConfig
 from node.db import connect
@@ -64,6 +67,27 @@ def build_stages(config: NodeConfig) -> list[Stage]:
     return stages
 
 
+def _remove_container_leftovers(config: NodeConfig) -> None:
+    """Containers and scratch folders of container plugins an earlier run left (a ``kill -9``
+    mid-job): removed before any job can start a new one. Nothing to do (and no engine
+    looked for) where no container plugin ever ran."""
+    scratch = config.storage.data_dir / "containers"
+    if not scratch.is_dir():
+        return
+    try:
+        runtime = container_runtime_for(config.containers, config.storage.data_dir)
+    except PluginError as exc:
+        LOGGER.warning("cannot look for containers left by an earlier run: %s", exc)
+        return
+    removed = remove_leftovers(runtime)
+    if removed:
+        LOGGER.warning(
+            "removed %d container(s) and scratch folder(s) left by an earlier run: %s",
+            len(removed),
+            ", ".join(sorted(set(removed))),
+        )
+
+
 class Node:
     """The SCP and the stages, started and stopped together."""
 
@@ -85,6 +109,7 @@ class Node:
         leftovers = spool.clear_temp()
         if leftovers:
             LOGGER.warning("removed %d partial file(s) left by an earlier crash", leftovers)
+        _remove_container_leftovers(self.config)
         self._index = Index(storage.database_path)
         clean_stop = storage.data_dir / CLEAN_STOP_FILE
         if clean_stop.exists():

@@ -43,6 +43,12 @@ RESPAWN_DELAY_S = 5.0  # a worker that dies before it is ready is not restarted 
 STOP_GRACE_S = 3.0
 
 
+def kill_grace_s(timeout_s: float) -> float:
+    """How long past the job timeout the executor waits before it kills the worker: the
+    worker's own deadline stops a container or isolated plugin cleanly first."""
+    return min(15.0, max(2.0, 0.1 * timeout_s))
+
+
 def _load_factory(path: str) -> Callable[[NodeConfig], JobRunner]:
     module_name, _, attribute = path.partition(":")
     if not attribute:
@@ -269,7 +275,10 @@ class LocalExecutor:
             self._discard(worker)
             return
         worker.job = job
-        worker.deadline = time.monotonic() + self.config.jobs.timeout_s
+        # the worker's own deadline (jobs.timeout_s from the hand-off) comes first and stops a
+        # container or isolated plugin cleanly; killing the worker is for code that hangs it
+        timeout = self.config.jobs.timeout_s
+        worker.deadline = time.monotonic() + timeout + kill_grace_s(timeout)
 
     def _collect(self, conn: sqlite3.Connection, worker: _Worker) -> None:
         job = worker.job

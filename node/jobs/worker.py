@@ -9,6 +9,7 @@ decoded or a plugin that is not installed is not retried, a plugin error or time
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -17,13 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.api import Findings
+from models.errors import PermanentPluginError, PluginError, PluginTimeout
 from models.loading import SeriesLoadError, load_plugin_input
-from models.runtime import PermanentPluginError, PluginError, PluginHost, PluginTimeout
+from models.runtime import PluginHost
 from models.shadow import masks_dir_for, record_if_shadowed
 from node.config import NodeConfig
 from node.db import connect
 from node.jobs.work import ResultFile, WorkItem, WorkResult
 from node.outputs import OutputContext, PredecessorDocument, ResultInstance, iter_outputs
+from node.outputs.relay import RelayRefused, default_validator, relayed_results
 from node.spool import fsync_dir
 
 __all__ = ["PipelineRunner", "write_atomically"]
@@ -79,10 +82,11 @@ class PipelineRunner:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.host = PluginHost.from_config(config)
+        self.validator = default_validator(config.containers.validator)
 
     def run(self, item: WorkItem) -> WorkResult:
         timings: dict[str, float] = {}
-        started = time.monotonic()
+        handed_over = started = time.monotonic()
         try:
             plugin_input = load_plugin_input(item.files)
         except SeriesLoadError as exc:
@@ -99,7 +103,10 @@ class PipelineRunner:
         except PluginError as exc:
             return WorkResult(item.job_id, error=f"plugin unavailable: {exc}", timings=timings)
         try:
-            findings = self.host.run(item.plugin, item.plugin_version, plugin_input)
+            left = self.config.jobs.timeout_s - (time.monotonic() - handed_over)
+            findings = self.host.run(
+                item.plugin, item.plugin_version, plugin_input, timeout_s=max(1.0, left)
+            )
         except PluginTimeout as exc:
             return self._failed(item, f"plugin timed out: {exc}", timings)
         except PermanentPluginError as exc:
@@ -121,8 +128,14 @@ class PipelineRunner:
             predecessor=_predecessor(item.predecessor_sr),
             fractional_segmentation=manifest.outputs.fractional,
         )
+        relayed = relayed_results(
+            findings.instances, context.outputs, plugin_input.files, self.validator
+        )
         try:
-            files = self._write(item, iter_outputs(findings, plugin_input, context))
+            built = itertools.chain(iter_outputs(findings, plugin_input, context), relayed)
+            files = self._write(item, built)
+        except RelayRefused as exc:
+            return WorkResult(item.job_id, error=f"product output refused: {exc}", timings=timings)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             # a builder refusing these findings: the same inputs fail the same way again
             return WorkResult(
