@@ -18,7 +18,6 @@ Typical use by the executor::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from models.api import Device, DeviceKind, Findings, Plugin, PluginInput
 from models.containers.engine import ContainerEngine, EngineSettings, EngineUnavailable
-from models.containers.plugin import ContainerPlugin, ContainerRuntime
+from models.containers.plugin import ContainerPlugin, ContainerRuntime, container_owner
 from models.devices import GpuOutOfMemory, GpuSlots, SlotLease, is_out_of_memory
 from models.discovery import Catalog, discover, manifest_signature
 from models.errors import InputRefused, PermanentPluginError, PluginError, PluginTimeout
@@ -415,15 +414,13 @@ class PluginHost:
 
 
 def container_runtime_for(settings: EngineSettings, data_dir: Path) -> ContainerRuntime:
-    """The container runtime of the node whose data folder is ``data_dir``; the owner label is
-    a digest of that folder, so nodes sharing one engine never touch each other's containers."""
-    data_dir = Path(data_dir).resolve()
+    """The container runtime of the node whose data folder is ``data_dir``."""
     try:
         engine = ContainerEngine.detect(settings)
     except EngineUnavailable as exc:
         raise PermanentPluginError(str(exc)) from exc
-    owner = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
-    return ContainerRuntime(engine, data_dir / "containers", owner)
+    data_dir = Path(data_dir).resolve()
+    return ContainerRuntime(engine, data_dir / "containers", container_owner(data_dir))
 
 
 def catalog_of(manifests: Iterable[PluginManifest]) -> Catalog:

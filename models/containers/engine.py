@@ -10,7 +10,6 @@ such as ``runc``, ulimits within the caller's hard limits) come from node.yaml
 from __future__ import annotations
 
 import io
-import json
 import logging
 import shutil
 import subprocess
@@ -193,14 +192,13 @@ class ContainerEngine:
 
     def digests_of(self, name: str) -> tuple[str, ...]:
         """Digests of the local images called ``name`` (any tag), for a mismatch message."""
-        done = self._quick("image", "inspect", "--format", "{{json .RepoDigests}}", name)
-        digests: list[str] = []
-        if done.returncode == 0:
-            for line in done.stdout.decode().splitlines():
-                for reference in json.loads(line or "[]") or []:
-                    if reference.split("@", 1)[0] == name and "@" in reference:
-                        digests.append(reference.split("@", 1)[1])
-        return tuple(sorted(set(digests)))
+        done = self._quick("images", "--digests", "--format", "{{.Repository}}@{{.Digest}}", name)
+        digests = {
+            line.split("@", 1)[1]
+            for line in done.stdout.decode().split()
+            if line.split("@", 1)[0] == name and line.split("@", 1)[1].startswith("sha256:")
+        }
+        return tuple(sorted(digests))
 
     def read_image_file(self, reference: str, path: str, owner: str) -> bytes | None:
         """A file of the image, read without running it (create, copy out, remove)."""

@@ -22,6 +22,7 @@ names the exit status and ends with the log's last lines.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "ContainerFailed",
     "ContainerPlugin",
     "ContainerRuntime",
+    "container_owner",
     "image_problem",
     "remove_leftovers",
     "resolve_contract",
@@ -82,6 +84,12 @@ class ContainerRuntime:
     @property
     def logs_dir(self) -> Path:
         return self.scratch_root.parent / "container-logs"
+
+
+def container_owner(data_dir: Path) -> str:
+    """The owner label of the node whose data folder is ``data_dir``: nodes sharing one
+    engine never touch each other's containers."""
+    return hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
 
 
 def image_problem(engine: ContainerEngine, spec: ContainerSpec) -> str | None:
@@ -378,6 +386,7 @@ class ContainerPlugin:
         job = uuid.uuid4().hex[:12]
         job_dir = self._warm_dir / job
         try:
+            _writable_by(job_dir, self.spec.user)  # the image writes done.json beside in/ out/
             self._stage(series, job_dir, job)
             request = {"input": f"{WARM_DIR}/{job}/in", "output": f"{WARM_DIR}/{job}/out"}
             temp = job_dir / ".request.json"

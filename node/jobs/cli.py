@@ -56,8 +56,8 @@ def format_job(job: Job) -> str:
         f"        created {_when(job.created_at)}  finished {_when(job.finished_at)}"
         + (f"  {timings}" if timings else ""),
     ]
-    if job.error:
-        lines.append(f"        error: {job.error}")
+    if job.error:  # a container's error ends with its log's last lines: keep them indented
+        lines.append("        error: " + job.error.replace("\n", "\n               "))
     return "\n".join(lines)
 
 
