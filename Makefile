@@ -23,6 +23,7 @@ install-test: $(PY)
 	bash scripts/fetch-ohif.sh
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,scale]'
+	$(PY) scripts/build-test-images.py
 
 test: install-test
 	$(PY) -m ruff check .

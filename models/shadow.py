@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.api import Findings, Measurement
+from models.api import AlgorithmIdentification, Findings, Measurement
 from node.db import transaction
 
 __all__ = [
@@ -76,8 +76,12 @@ def record_findings(
     mode: str,
     findings: Findings,
     masks_dir: Path,
+    product: AlgorithmIdentification | None = None,
 ) -> int:
-    """Keep ``findings`` of one job for later comparison; returns the row id."""
+    """Keep ``findings`` of one job for later comparison; returns the row id. ``product`` is
+    the plugin version that ran (default: the findings' algorithm): a container product's
+    findings name the vendor's algorithm, the same in two versions of its image."""
+    product = product or findings.algorithm
     if mode not in ("production", "shadow"):
         raise ValueError(f"mode must be 'production' or 'shadow', got {mode!r}")
     masks_dir = Path(masks_dir)
@@ -117,8 +121,8 @@ def record_findings(
             (
                 job_id,
                 series_instance_uid,
-                findings.algorithm.name,
-                findings.algorithm.version,
+                product.name,
+                product.version,
                 mode,
                 json.dumps(summary),
                 time.time(),
@@ -128,7 +132,11 @@ def record_findings(
 
 
 def record_if_shadowed(
-    conn: sqlite3.Connection, job_id: int, findings: Findings, masks_dir: Path
+    conn: sqlite3.Connection,
+    job_id: int,
+    findings: Findings,
+    masks_dir: Path,
+    product: AlgorithmIdentification | None = None,
 ) -> bool:
     """Record the job's findings when its series is also run by a route of the other mode."""
     row = conn.execute(
@@ -155,6 +163,7 @@ def record_if_shadowed(
         mode=row["mode"],
         findings=findings,
         masks_dir=masks_dir,
+        product=product,
     )
     return True
 

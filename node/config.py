@@ -26,6 +26,7 @@ from pydicom.uid import (
 
 from models.containers.engine import EngineSettings
 from node.access import host_networks
+from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 
@@ -152,14 +153,6 @@ class JobsConfig(_Section):
     backoff_max_s: float = Field(600, ge=0)
 
 
-class OutputKind(StrEnum):
-    SEG = "seg"
-    SR = "sr"
-    TEXT_SR = "text_sr"
-    BURNED_IN_SC = "burned_in_sc"
-    ENCAPSULATED_PDF = "encapsulated_pdf"  # only container products write one
-
-
 class OverlappingSegments(StrEnum):
     """How a SEG writes voxels that several segments claim (``node.outputs.seg_overlap``)."""
 
@@ -252,52 +245,6 @@ class OutputsConfig(_Section):
     def _seg_encoding(self) -> OutputsConfig:
         check_seg_encoding(self.seg_type, self.seg_transfer_syntax, self.overlapping_segments)
         return self
-
-
-class ViewerProfile(StrEnum):
-    """The viewer a destination's readers use; it picks the destination's default output kinds.
-
-    ``ohif``: OHIF 3.13 crashes on a SEG over a projection radiograph, so a radiograph's
-    segmentation reaches it burned into secondary captures instead.
-    """
-
-    GENERIC = "generic"
-    OHIF = "ohif"
-
-
-class SourceKind(StrEnum):
-    """What a job's series is, as far as viewers care: a projection X-ray (CR, DX, MG, ...),
-    whose SEG some viewers cannot show, or anything else (CT, MR, ...), as before profiles."""
-
-    RADIOGRAPH = "radiograph"
-    CROSS_SECTIONAL = "cross_sectional"
-
-
-# a product's own PDF report goes wherever its other results go
-_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR, OutputKind.ENCAPSULATED_PDF)
-
-# Default output kinds per (profile, source kind) where a destination lists no send_as.
-# generic: a radiograph also gets the burned-in SC (one image, shown by every viewer, while few
-# show a SEG over a radiograph); the SEG stays, it is the lossless record the SR points at.
-# A CT or MR gets no SC by default: one image per touched slice, duplicating the SEG.
-PROFILE_DEFAULTS: Mapping[tuple[ViewerProfile, SourceKind], tuple[OutputKind, ...]] = (
-    MappingProxyType(
-        {
-            (ViewerProfile.GENERIC, SourceKind.CROSS_SECTIONAL): _SEG_SR_TEXT,
-            (ViewerProfile.GENERIC, SourceKind.RADIOGRAPH): (
-                *_SEG_SR_TEXT,
-                OutputKind.BURNED_IN_SC,
-            ),
-            (ViewerProfile.OHIF, SourceKind.CROSS_SECTIONAL): _SEG_SR_TEXT,
-            (ViewerProfile.OHIF, SourceKind.RADIOGRAPH): (
-                OutputKind.SR,
-                OutputKind.TEXT_SR,
-                OutputKind.BURNED_IN_SC,
-                OutputKind.ENCAPSULATED_PDF,
-            ),
-        }
-    )
-)
 
 
 class _Destination(_Section):

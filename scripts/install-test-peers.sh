@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the real DICOM peers the test suite talks to: DCMTK, dicom3tools, Orthanc (with its
-# DICOMweb plugin), RabbitMQ, and for the viewer tests Chromium and Node.js/npm (fetch-ohif.sh).
+# DICOMweb plugin), RabbitMQ, for the viewer tests Chromium and Node.js/npm (fetch-ohif.sh), and
+# for the container-runner tests podman, runc and debootstrap (build-test-images.py builds the
+# test product images with them; rootful podman here needs --runtime runc).
 # Idempotent: skips apt entirely when every tool is already there.
 set -euo pipefail
 need=()
@@ -12,6 +14,9 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 [ -x /usr/lib/chromium/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

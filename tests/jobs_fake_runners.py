@@ -21,6 +21,9 @@ class FakeRunner:
         self.config = config
         self.pid = os.getpid()
 
+    def close(self) -> None:
+        """Nothing held between jobs."""
+
     def run(self, item: WorkItem) -> WorkResult:
         behaviour = item.plugin
         if behaviour == "raise":

@@ -200,6 +200,9 @@ class ContainerPlugin:
     # -- Plugin --------------------------------------------------------------------------------
 
     def load(self, device: Device) -> None:
+        # before any container of this owner exists: start-up looks for leftovers only where
+        # this folder is
+        self.runtime.scratch_root.mkdir(parents=True, exist_ok=True)
         problem = image_problem(self.runtime.engine, self.spec)
         if problem is not None:
             raise PermanentPluginError(f"{self.manifest.key}: {problem}")

@@ -63,6 +63,13 @@ def worker_main(channel: Connection, runner_path: str, config: NodeConfig, nice:
         os.nice(nice)  # before any thread starts, so the model's threads inherit it
     runner = _load_factory(runner_path)(config)
     channel.send(READY)
+    try:
+        _serve(channel, runner)
+    finally:
+        runner.close()
+
+
+def _serve(channel: Connection, runner: JobRunner) -> None:
     while True:
         try:
             item = channel.recv()

@@ -70,3 +70,7 @@ class JobRunner(Protocol):
     """Runs work items inside a worker process; built once per process, so models stay warm."""
 
     def run(self, item: WorkItem) -> WorkResult: ...
+
+    def close(self) -> None:
+        """The worker is stopping: release what the runner holds (warm containers, isolated
+        interpreters)."""

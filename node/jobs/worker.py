@@ -17,9 +17,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from models.api import Findings
+from models.api import AlgorithmIdentification, Findings
 from models.errors import PermanentPluginError, PluginError, PluginTimeout
 from models.loading import SeriesLoadError, load_plugin_input
+from models.manifest import PluginManifest
 from models.runtime import PluginHost
 from models.shadow import masks_dir_for, record_if_shadowed
 from node.config import NodeConfig
@@ -114,7 +115,7 @@ class PipelineRunner:
         except PluginError as exc:
             return self._failed(item, str(exc), timings)
         timings["inference"] = time.monotonic() - started
-        self._record_shadow(item, findings)
+        self._record_shadow(item, findings, chain[-1])
 
         started = time.monotonic()
         manifest = chain[-1]
@@ -146,6 +147,9 @@ class PipelineRunner:
         timings["build"] = time.monotonic() - started
         return WorkResult(item.job_id, files, timings)
 
+    def close(self) -> None:
+        self.host.close()
+
     @staticmethod
     def _failed(item: WorkItem, error: str, timings: dict[str, float]) -> WorkResult:
         return WorkResult(item.job_id, error=error, retryable=True, timings=timings)
@@ -165,13 +169,19 @@ class PipelineRunner:
             for result, path in written
         )
 
-    def _record_shadow(self, item: WorkItem, findings: Findings) -> None:
+    def _record_shadow(self, item: WorkItem, findings: Findings, ran: PluginManifest) -> None:
         """Keep findings for the production/shadow agreement report (best effort)."""
         storage = self.config.storage
         try:
             conn = connect(storage.database_path)
             try:
-                record_if_shadowed(conn, item.job_id, findings, masks_dir_for(storage.data_dir))
+                record_if_shadowed(
+                    conn,
+                    item.job_id,
+                    findings,
+                    masks_dir_for(storage.data_dir),
+                    AlgorithmIdentification(ran.name, ran.version),
+                )
             finally:
                 conn.close()
         except Exception:

@@ -1,0 +1,67 @@
+"""What results a job makes and who takes which: result kinds, viewer profiles, defaults.
+
+Shared by the configuration (a destination's ``send_as``), the output builders and the job
+stage; the kinds a product's own DICOM is relayed as are the same (``node.outputs.relay``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+__all__ = ["PROFILE_DEFAULTS", "OutputKind", "SourceKind", "ViewerProfile"]
+
+
+class OutputKind(StrEnum):
+    SEG = "seg"
+    SR = "sr"
+    TEXT_SR = "text_sr"
+    BURNED_IN_SC = "burned_in_sc"
+    ENCAPSULATED_PDF = "encapsulated_pdf"  # only container products write one
+
+
+class ViewerProfile(StrEnum):
+    """The viewer a destination's readers use; it picks the destination's default output kinds.
+
+    ``ohif``: OHIF 3.13 crashes on a SEG over a projection radiograph, so a radiograph's
+    segmentation reaches it burned into secondary captures instead.
+    """
+
+    GENERIC = "generic"
+    OHIF = "ohif"
+
+
+class SourceKind(StrEnum):
+    """What a job's series is, as far as viewers care: a projection X-ray (CR, DX, MG, ...),
+    whose SEG some viewers cannot show, or anything else (CT, MR, ...), as before profiles."""
+
+    RADIOGRAPH = "radiograph"
+    CROSS_SECTIONAL = "cross_sectional"
+
+
+# a product's own PDF report goes wherever its other results go
+_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR, OutputKind.ENCAPSULATED_PDF)
+
+# Default output kinds per (profile, source kind) where a destination lists no send_as.
+# generic: a radiograph also gets the burned-in SC (one image, shown by every viewer, while few
+# show a SEG over a radiograph); the SEG stays, it is the lossless record the SR points at.
+# A CT or MR gets no SC by default: one image per touched slice, duplicating the SEG.
+PROFILE_DEFAULTS: Mapping[tuple[ViewerProfile, SourceKind], tuple[OutputKind, ...]] = (
+    MappingProxyType(
+        {
+            (ViewerProfile.GENERIC, SourceKind.CROSS_SECTIONAL): _SEG_SR_TEXT,
+            (ViewerProfile.GENERIC, SourceKind.RADIOGRAPH): (
+                *_SEG_SR_TEXT,
+                OutputKind.BURNED_IN_SC,
+            ),
+            (ViewerProfile.OHIF, SourceKind.CROSS_SECTIONAL): _SEG_SR_TEXT,
+            (ViewerProfile.OHIF, SourceKind.RADIOGRAPH): (
+                OutputKind.SR,
+                OutputKind.TEXT_SR,
+                OutputKind.BURNED_IN_SC,
+                OutputKind.ENCAPSULATED_PDF,
+            ),
+        }
+    )
+)
