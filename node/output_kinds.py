@@ -18,7 +18,6 @@ class OutputKind(StrEnum):
     SR = "sr"
     TEXT_SR = "text_sr"
     BURNED_IN_SC = "burned_in_sc"
-    ENCAPSULATED_PDF = "encapsulated_pdf"  # only container products write one
 
 
 class ViewerProfile(StrEnum):
@@ -40,8 +39,7 @@ class SourceKind(StrEnum):
     CROSS_SECTIONAL = "cross_sectional"
 
 
-# a product's own PDF report goes wherever its other results go
-_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR, OutputKind.ENCAPSULATED_PDF)
+_SEG_SR_TEXT = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)
 
 # Default output kinds per (profile, source kind) where a destination lists no send_as.
 # generic: a radiograph also gets the burned-in SC (one image, shown by every viewer, while few
@@ -60,7 +58,6 @@ PROFILE_DEFAULTS: Mapping[tuple[ViewerProfile, SourceKind], tuple[OutputKind, ..
                 OutputKind.SR,
                 OutputKind.TEXT_SR,
                 OutputKind.BURNED_IN_SC,
-                OutputKind.ENCAPSULATED_PDF,
             ),
         }
     )

@@ -249,7 +249,7 @@ def test_result_kinds_follow_the_sop_class():
     assert result_kind(ComprehensiveSRStorage) is OutputKind.SR
     assert result_kind(BasicTextSRStorage) is OutputKind.TEXT_SR
     assert result_kind(SecondaryCaptureImageStorage) is OutputKind.BURNED_IN_SC
-    assert result_kind(EncapsulatedPDFStorage) is OutputKind.ENCAPSULATED_PDF
+    assert result_kind(EncapsulatedPDFStorage) is OutputKind.TEXT_SR
     with pytest.raises(RelayRefused, match="CT Image Storage is not a result"):
         result_kind(CTImageStorage)
 

@@ -49,10 +49,8 @@ def result_kind(sop_class_uid: str) -> OutputKind:
         return OutputKind.SEG
     if uid in _SR_CLASSES:
         return OutputKind.SR
-    if uid == BasicTextSRStorage:
-        return OutputKind.TEXT_SR
-    if uid == EncapsulatedPDFStorage:
-        return OutputKind.ENCAPSULATED_PDF
+    if uid in (BasicTextSRStorage, EncapsulatedPDFStorage):
+        return OutputKind.TEXT_SR  # a product's PDF report goes where text reports go
     if uid.name.startswith(("Secondary Capture", "Multi-frame")) and "Secondary" in uid.name:
         return OutputKind.BURNED_IN_SC
     raise RelayRefused(
