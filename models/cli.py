@@ -21,6 +21,7 @@ from models.containers.plugin import ContainerRuntime
 from models.discovery import Catalog, discover
 from models.errors import PermanentPluginError
 from models.manifest import CheckProblem, PluginManifest, RunnerKind, Severity, check_manifest
+from models.runners.triton import triton_problems
 from models.runtime import container_runtime_for
 
 DEFAULT_CONFIG = Path("config/node.yaml")
@@ -76,6 +77,8 @@ class _Checks:
 
     def problems(self, manifest: PluginManifest) -> list[CheckProblem]:
         problems = check_manifest(manifest)
+        if manifest.triton is not None:
+            return [*problems, *triton_problems(manifest.triton)]
         if manifest.runner is not RunnerKind.CONTAINER:
             return problems
         if self._runtime is None:
@@ -132,6 +135,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         runner = manifest.runner.value
         if manifest.container is not None:
             runner += f" {manifest.container.image}"
+        if manifest.triton is not None:
+            runner += f" {manifest.triton.model}@{manifest.triton.url}"
         rows.append((manifest.name, manifest.version, runner, _device(manifest, gpus), state))
     for problem in catalog.problems:
         rows.append((_shown(Path(problem.source)), "-", "-", "-", "broken"))

@@ -12,7 +12,8 @@ Example (every section but name/version/runner is optional)::
     version: 1.0.0
     description: Lung fields on chest radiographs
     runner: onnx                    # onnx | torchscript | python | container (an OCI image:
-                                    # see models.containers.spec for its container: section)
+                                    # models.containers.spec) | triton (a served model:
+                                    # models.runners.triton_spec)
     entry: plugin:DxChestPlugin     # "<module file in the plugin dir>:<class>", built as
                                     # Class(manifest); optional for onnx/torchscript, where the
                                     # generic manifest-driven plugin runs the model
@@ -73,6 +74,20 @@ from models.manifest_checks import (
     model_file_problem,
     sha256_of,
 )
+from models.manifest_processing import (
+    Activation,
+    Blend,
+    ConnectedComponents,
+    Layout,
+    Normalisation,
+    NormaliseMode,
+    Postprocessing,
+    Preprocessing,
+    Resample,
+    Tiling,
+    Window,
+)
+from models.runners.triton_spec import TritonSpec
 
 __all__ = [
     "KNOWN_SCHEMES",
@@ -122,6 +137,7 @@ class RunnerKind(StrEnum):
     TORCHSCRIPT = "torchscript"
     PYTHON = "python"
     CONTAINER = "container"  # a vendor's OCI image (models.containers)
+    TRITON = "triton"  # a model served by NVIDIA Triton (models.runners.triton)
 
 
 class Dimensionality(StrEnum):
@@ -129,34 +145,6 @@ class Dimensionality(StrEnum):
 
     TWO_D = "2d"
     THREE_D = "3d"
-
-
-class Layout(StrEnum):
-    NCHW = "NCHW"
-    NHWC = "NHWC"
-    NCDHW = "NCDHW"
-    NDHWC = "NDHWC"
-
-    @property
-    def spatial_dims(self) -> int:
-        return len(self.value) - 2
-
-
-class NormaliseMode(StrEnum):
-    ZSCORE = "zscore"  # per input: (x - mean) / std
-    MINMAX = "minmax"  # per input: to [0, 1]
-    FIXED = "fixed"  # (x - mean) / std with the manifest's mean and std
-
-
-class Activation(StrEnum):
-    SOFTMAX = "softmax"
-    SIGMOID = "sigmoid"
-    NONE = "none"
-
-
-class Blend(StrEnum):
-    GAUSSIAN = "gaussian"
-    CONSTANT = "constant"
 
 
 class CodeSpec(_Strict):
@@ -203,90 +191,6 @@ class InputSpec(_Strict):
     min_frames: int = Field(1, ge=1)
     max_pixel_spacing_mm: float | None = Field(None, gt=0)
     needs_spacing: bool = True  # refuse a series without a spacing (models.spacing decides)
-
-
-class Window(_Strict):
-    center: float
-    width: float = Field(gt=0)
-
-
-class Normalisation(_Strict):
-    mode: NormaliseMode = NormaliseMode.ZSCORE
-    mean: float = 0.0
-    std: float = Field(1.0, gt=0)
-
-
-class Resample(_Strict):
-    spacing: tuple[float, ...]
-
-    @field_validator("spacing")
-    @classmethod
-    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if len(value) not in (2, 3) or any(v <= 0 for v in value):
-            raise ValueError("resample.spacing is 2 or 3 positive numbers in mm")
-        return value
-
-
-class Tiling(_Strict):
-    size: tuple[int, ...]
-    overlap: float = Field(0.25, ge=0, lt=1)
-    blend: Blend = Blend.GAUSSIAN
-
-    @field_validator("size")
-    @classmethod
-    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if len(value) not in (2, 3) or any(v < 1 for v in value):
-            raise ValueError("tiling.size is 2 or 3 positive integers")
-        return value
-
-
-class Preprocessing(_Strict):
-    window: Window | None = None
-    normalise: Normalisation | None = None
-    resample: Resample | None = None
-    orientation: str | None = None
-    size: tuple[int, ...] | None = None
-    tiling: Tiling | None = None
-    layout: Layout = Layout.NCHW
-    input_name: str | None = None
-    channels: int = Field(1, ge=1, description="the frame is repeated to this many channels")
-
-    @field_validator("orientation")
-    @classmethod
-    def _orientation(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.upper().replace("S", "H").replace("I", "F")  # highdicom's letters
-        axes = {"L": 0, "R": 0, "P": 1, "A": 1, "H": 2, "F": 2}
-        if (
-            len(value) != 3
-            or any(c not in axes for c in value)
-            or len({axes[c] for c in value}) != 3
-        ):
-            raise ValueError(
-                "orientation is three letters, one each of L/R, A/P and S/I (or H/F), e.g. LPS"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _size_or_tiling(self) -> Preprocessing:
-        if self.size is not None and self.tiling is not None:
-            raise ValueError(
-                "give preprocessing.size (resize) or .tiling (sliding window), not both"
-            )
-        return self
-
-
-class ConnectedComponents(_Strict):
-    min_voxels: int = Field(0, ge=0)
-    keep_largest: int | None = Field(None, ge=1)
-
-
-class Postprocessing(_Strict):
-    activation: Activation = Activation.SOFTMAX
-    threshold: float = Field(0.5, gt=0, lt=1)
-    connected_components: ConnectedComponents | None = None
-    output_index: int = Field(0, ge=0, description="which model output holds the logits")
 
 
 class SegmentSpec(_Strict):
@@ -350,6 +254,7 @@ class PluginManifest(_Strict):
     needs: tuple[str, ...] = ()
     python: Path | None = None
     container: ContainerSpec | None = None
+    triton: TritonSpec | None = None
 
     _directory: Path = PrivateAttr(default=Path("."))
 
@@ -381,9 +286,13 @@ class PluginManifest(_Strict):
             return self._coherent_container()
         if self.container is not None:
             raise ValueError("a container: section needs runner: container")
+        if (self.runner is RunnerKind.TRITON) != (self.triton is not None):
+            raise ValueError("runner triton and a triton: section go together")
+        if self.runner is RunnerKind.TRITON and (self.model is not None or self.python):
+            raise ValueError("runner triton: the server holds the model; remove model/python")
         if self.runner is RunnerKind.PYTHON and self.entry is None:
             raise ValueError("runner python needs entry: '<module>:<Class>'")
-        if self.runner is not RunnerKind.PYTHON and self.model is None:
+        if self.runner not in (RunnerKind.PYTHON, RunnerKind.TRITON) and self.model is None:
             raise ValueError(f"runner {self.runner.value} needs model: {{file, sha256}}")
         if self.entry is None and not self.outputs.segments:
             raise ValueError(

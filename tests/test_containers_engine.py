@@ -8,38 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import REPO, wait_until
 from container_support import ENGINE, dx_chest_manifest, images_or_skip, write_manifest
-from scipy import ndimage
+from plugin_support import assert_same_dx_chest_findings, dx_chest_phantoms
 
-from models.api import Device, Findings
+from models.api import Device
 from models.containers.collect import OutputRefused
 from models.containers.engine import EngineSettings
 from models.containers.plugin import ContainerFailed, ContainerPlugin, remove_leftovers
 from models.devices import GpuSlots
 from models.discovery import discover
 from models.errors import PluginTimeout
-from models.loading import load_plugin_input
 from models.manifest import load_manifest
-from models.phantoms.chest_xray import (
-    ChestXrayAnatomy,
-    Photometric,
-    RadiographKind,
-    make_chest_xray,
-)
 from models.runners.python import instantiate
 from models.runtime import PluginHost, container_runtime_for
 
 pytestmark = pytest.mark.containers
-
-PHANTOMS = [
-    (RadiographKind.DX, Photometric.MONOCHROME2, 0.42, 512, 512),
-    (RadiographKind.DX, Photometric.MONOCHROME1, 0.58, 512, 512),
-    (RadiographKind.CR, Photometric.MONOCHROME1, 0.45, 560, 480),
-    (RadiographKind.CR, Photometric.MONOCHROME2, 0.61, 480, 560),
-]
 
 
 @pytest.fixture(scope="module")
@@ -54,30 +39,7 @@ def runtime(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
-    series = []
-    for index, (kind, photometric, ctr, rows, columns) in enumerate(PHANTOMS):
-        folder = tmp_path_factory.mktemp(f"cxr{index}")
-        anatomy = ChestXrayAnatomy(ctr=ctr, rows=rows, columns=columns, seed=7100 + index)
-        written = make_chest_xray(folder, kind=kind, photometric=photometric, anatomy=anatomy)
-        series.append(load_plugin_input([written.path]))
-    return series
-
-
-def _ratio(findings: Findings) -> float:
-    return next(
-        m.value
-        for f in findings.findings
-        for m in f.measurements
-        if m.concept.meaning == "Cardiothoracic ratio"
-    )
-
-
-def _within_one_pixel(a: np.ndarray, b: np.ndarray) -> bool:
-    """Every pixel where the masks differ lies on the one-pixel rim of both."""
-    differ = a ^ b
-    rim = ndimage.binary_dilation(a) & ~ndimage.binary_erosion(a)
-    rim_b = ndimage.binary_dilation(b) & ~ndimage.binary_erosion(b)
-    return bool(np.all(~differ | (rim & rim_b)))
+    return dx_chest_phantoms(tmp_path_factory.mktemp("cxr"))
 
 
 def _nothing_left(runtime) -> bool:
@@ -99,15 +61,7 @@ def test_dx_chest_in_a_container_finds_what_it_finds_in_process(
     try:
         cases = phantoms if lifecycle == "warm" else phantoms[:1]  # a container start each
         for series in cases:
-            expected, got = reference.run(series), plugin.run(series)
-            assert abs(_ratio(got) - _ratio(expected)) <= 1e-4
-            assert [s.key for s in got.segments] == [s.key for s in expected.segments]
-            for mine, theirs in zip(got.segments, expected.segments, strict=True):
-                assert _within_one_pixel(mine.binary, theirs.binary), mine.key
-            assert got.study_evaluations == expected.study_evaluations
-            assert [f.tracking_id for f in got.findings] == [
-                f.tracking_id for f in expected.findings
-            ]
+            assert_same_dx_chest_findings(plugin.run(series), reference.run(series))
     finally:
         plugin.close()
     wait_until(lambda: _nothing_left(runtime), timeout=30, what="containers and scratch gone")

@@ -32,26 +32,30 @@ class GenericModelPlugin:
     """A Plugin built from a manifest alone (``entry`` absent)."""
 
     def __init__(self, manifest: PluginManifest) -> None:
-        if manifest.runner is RunnerKind.PYTHON or manifest.model_path is None:
-            raise ValueError(f"{manifest.key}: the generic plugin needs an onnx/torchscript model")
+        if manifest.runner is RunnerKind.PYTHON or (
+            manifest.model_path is None and manifest.triton is None
+        ):
+            raise ValueError(
+                f"{manifest.key}: the generic plugin needs an onnx/torchscript model or a "
+                "Triton-served one"
+            )
         self.manifest = manifest
         self.name = manifest.name
         self.version = manifest.version
         self._predict_batch = None
 
     def load(self, device: Device) -> None:
-        model_path = self.manifest.model_path
-        assert model_path is not None
-        if self.manifest.runner is RunnerKind.ONNX:
-            from models.runners.onnx import OnnxRunner
+        if self.manifest.runner in (RunnerKind.ONNX, RunnerKind.TRITON):
+            from models.runners.tensors import tensor_runner
 
-            onnx = OnnxRunner(model_path, device)
-            input_name = self.manifest.preprocessing.input_name or onnx.input_names[0]
-            self._predict_batch = lambda batch: onnx.run({input_name: batch})
+            tensors = tensor_runner(self.manifest, device)
+            input_name = self.manifest.preprocessing.input_name or tensors.input_names[0]
+            self._predict_batch = lambda batch: tensors.run({input_name: batch})
         else:
             from models.runners.torchscript import TorchScriptRunner
 
-            script = TorchScriptRunner(model_path, device)
+            assert self.manifest.model_path is not None
+            script = TorchScriptRunner(self.manifest.model_path, device)
             self._predict_batch = script.run
 
     def _predict(self, image: np.ndarray) -> np.ndarray:

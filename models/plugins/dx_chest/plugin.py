@@ -35,6 +35,8 @@ from models.api import (
 from models.graphics import horizontal_extent, outline
 from models.manifest import PluginManifest
 from models.runners.onnx import OnnxRunner
+from models.runners.tensors import tensor_runner
+from models.runners.triton import TritonRunner
 
 from .chest import (
     CARDIOMEGALY_THRESHOLD,
@@ -88,16 +90,15 @@ class DxChestPlugin:
     """``models.api.Plugin`` for CR/DX chest radiographs; built as ``DxChestPlugin(manifest)``."""
 
     def __init__(self, manifest: PluginManifest) -> None:
-        if manifest.model_path is None:
-            raise ValueError(f"{manifest.key}: the manifest names no model file")
+        if manifest.model_path is None and manifest.triton is None:
+            raise ValueError(f"{manifest.key}: the manifest names no model file or Triton model")
         self.manifest = manifest
         self.name = manifest.name
         self.version = manifest.version
-        self._runner: OnnxRunner | None = None
+        self._runner: OnnxRunner | TritonRunner | None = None
 
     def load(self, device: Device) -> None:
-        assert self.manifest.model_path is not None
-        self._runner = OnnxRunner(self.manifest.model_path, device)
+        self._runner = tensor_runner(self.manifest, device)  # the file, or a served copy
 
     def segment(self, frame: np.ndarray) -> ChestMasks:
         """Lungs and heart of one (rows, columns) frame at its own resolution."""
