@@ -21,6 +21,7 @@ run: install
 install-test: $(PY)
 	bash scripts/install-test-peers.sh
 	bash scripts/fetch-ohif.sh
+	bash scripts/install-triton.sh
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,scale]'
 	$(PY) scripts/build-test-images.py
