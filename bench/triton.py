@@ -81,10 +81,9 @@ def main() -> int:
         print(f"dx-chest network, {args.requests} requests each, CPU, loopback")
         for size in (1, 8):
             batch = rng.random((size, 1, 96, 96), dtype=np.float32)
-            reference = statistics.median(
-                _latencies(lambda b: local.run({"image": b}), batch, args.requests)
-            )
-            print(_row("onnxruntime", size, [reference], reference))
+            local_times = _latencies(lambda b: local.run({"image": b}), batch, args.requests)
+            reference = statistics.median(local_times)
+            print(_row("onnxruntime", size, local_times, reference))
             for protocol, runner in served.items():
                 times = _latencies(lambda b, r=runner: r.run({"image": b}), batch, args.requests)
                 print(_row(f"triton {protocol}", size, times, reference))
