@@ -33,25 +33,19 @@ import os
 import struct
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.sr.coding import Code
 
+from models import findings_codec as codec
 from models.api import (
-    AlgorithmIdentification,
     Device,
     DeviceKind,
-    Finding,
     Findings,
-    Measurement,
     PluginInput,
-    QualitativeEvaluation,
-    Report,
-    Segment,
     SourceFrame,
     SpacingSource,
 )
@@ -133,102 +127,24 @@ def read_message(stream: IO[bytes]) -> tuple[dict[str, Any], list[np.ndarray]] |
 # -- values ------------------------------------------------------------------------------------
 
 
-def _code(code: Code | None) -> list[str] | None:
-    return None if code is None else [code.value, code.scheme_designator, code.meaning]
-
-
-def _uncode(value: list[str] | None) -> Code | None:
-    return None if value is None else Code(value[0], value[1], value[2])
-
-
-def _measurement(m: Measurement) -> dict[str, Any]:
-    return {"concept": _code(m.concept), "value": m.value, "unit": _code(m.unit)}
-
-
-def _evaluation(e: QualitativeEvaluation) -> dict[str, Any]:
-    return {"concept": _code(e.concept), "value": _code(e.value), "confidence": e.confidence}
-
-
-def _unmeasurement(d: dict[str, Any]) -> Measurement:
-    return Measurement(_uncode(d["concept"]), d["value"], _uncode(d["unit"]))  # type: ignore[arg-type]
-
-
-def _unevaluation(d: dict[str, Any]) -> QualitativeEvaluation:
-    return QualitativeEvaluation(
-        _uncode(d["concept"]),
-        _uncode(d["value"]),
-        d["confidence"],  # type: ignore[arg-type]
-    )
-
-
 def encode_findings(findings: Findings, arrays: list[np.ndarray]) -> dict[str, Any]:
-    """Findings → JSON, appending segment masks to ``arrays``."""
-    segments = []
+    """Findings → the ``models.findings_codec`` document, appending masks to ``arrays``."""
+    references = []
     for segment in findings.segments:
         arrays.append(segment.mask)
-        segments.append(
-            {
-                "key": segment.key,
-                "label": segment.label,
-                "category": _code(segment.category),
-                "type": _code(segment.type),
-                "anatomic_site": _code(segment.anatomic_site),
-                "color_rgb": segment.color_rgb,
-                "mask": {"array": len(arrays) - 1},
-            }
-        )
-    return {
-        "algorithm": [findings.algorithm.name, findings.algorithm.version],
-        "segments": segments,
-        "findings": [
-            {
-                "tracking_id": f.tracking_id,
-                "finding_type": _code(f.finding_type),
-                "finding_site": _code(f.finding_site),
-                "segment_key": f.segment_key,
-                "measurements": [_measurement(m) for m in f.measurements],
-                "evaluations": [_evaluation(e) for e in f.evaluations],
-            }
-            for f in findings.findings
-        ],
-        "study_measurements": [_measurement(m) for m in findings.study_measurements],
-        "study_evaluations": [_evaluation(e) for e in findings.study_evaluations],
-        "report": None
-        if findings.report is None
-        else [findings.report.findings, findings.report.impression],
-    }
+        references.append({"array": len(arrays) - 1})
+    return codec.encode(findings, references)
 
 
-def decode_findings(data: dict[str, Any], arrays: list[np.ndarray]) -> Findings:
-    return Findings(
-        algorithm=AlgorithmIdentification(*data["algorithm"]),
-        segments=tuple(
-            Segment(
-                key=s["key"],
-                label=s["label"],
-                category=_uncode(s["category"]),  # type: ignore[arg-type]
-                type=_uncode(s["type"]),  # type: ignore[arg-type]
-                mask=arrays[s["mask"]["array"]],
-                anatomic_site=_uncode(s["anatomic_site"]),
-                color_rgb=None if s["color_rgb"] is None else tuple(s["color_rgb"]),
-            )
-            for s in data["segments"]
-        ),
-        findings=tuple(
-            Finding(
-                tracking_id=f["tracking_id"],
-                finding_type=_uncode(f["finding_type"]),  # type: ignore[arg-type]
-                finding_site=_uncode(f["finding_site"]),
-                segment_key=f["segment_key"],
-                measurements=tuple(_unmeasurement(m) for m in f["measurements"]),
-                evaluations=tuple(_unevaluation(e) for e in f["evaluations"]),
-            )
-            for f in data["findings"]
-        ),
-        study_measurements=tuple(_unmeasurement(m) for m in data["study_measurements"]),
-        study_evaluations=tuple(_unevaluation(e) for e in data["study_evaluations"]),
-        report=None if data["report"] is None else Report(*data["report"]),
-    )
+def decode_findings(
+    data: dict[str, Any], arrays: list[np.ndarray], sources: Sequence[SourceFrame]
+) -> Findings:
+    def mask_of(reference: codec.MaskReference) -> np.ndarray:
+        if reference.array is None or reference.array >= len(arrays):
+            raise ValueError(f"mask reference {reference} names no array of the message")
+        return arrays[reference.array]
+
+    return codec.decode(data, sources, mask_of)
 
 
 def encode_input(series: PluginInput, arrays: list[np.ndarray]) -> dict[str, Any]:
@@ -261,6 +177,7 @@ def decode_input(data: dict[str, Any], arrays: list[np.ndarray]) -> PluginInput:
     from types import MappingProxyType
 
     pixels = arrays[data["pixels"]["array"]]
+    sources = tuple(SourceFrame(*s) for s in data["sources"])
     volume = None
     if data["volume"] is not None:
         import highdicom
@@ -276,13 +193,13 @@ def decode_input(data: dict[str, Any], arrays: list[np.ndarray]) -> PluginInput:
         series_instance_uid=data["series_instance_uid"],
         modality=data["modality"],
         pixels=pixels,
-        sources=tuple(SourceFrame(*s) for s in data["sources"]),
+        sources=sources,
         pixel_spacing=tuple(data["pixel_spacing"]),  # type: ignore[arg-type]
         headers=tuple(Dataset.from_json(h) for h in data["headers"]),
         volume=volume,
         photometric_interpretation=data["photometric_interpretation"],
         prior=MappingProxyType(
-            {name: decode_findings(f, arrays) for name, f in data["prior"].items()}
+            {name: decode_findings(f, arrays, sources) for name, f in data["prior"].items()}
         ),
         spacing_source=SpacingSource(data["spacing_source"]),
         magnification=data["magnification"],
@@ -407,7 +324,7 @@ class IsolatedPlugin:
                         raise
                     log.warning("%s; restarting it and retrying the job", exc)
                     continue
-                return decode_findings(reply["findings"], reply_arrays)
+                return decode_findings(reply["findings"], reply_arrays, series.sources)
             raise AssertionError("unreachable")
 
     def kill(self) -> None:

@@ -23,6 +23,8 @@ from models.api import (
     AlgorithmIdentification,
     Finding,
     Findings,
+    GraphicKind,
+    ImageGraphic,
     Measurement,
     PluginInput,
     QualitativeEvaluation,
@@ -228,15 +230,29 @@ def test_findings_and_inputs_survive_the_wire_protocol() -> None:
                 "n1",
                 nodule,
                 segment_key="n1",
-                measurements=(Measurement(Code("81827009", "SCT", "Diameter"), 4.5, mm),),
+                measurements=(
+                    Measurement(
+                        Code("81827009", "SCT", "Diameter"),
+                        4.5,
+                        mm,
+                        ImageGraphic(1, GraphicKind.LINE, ((1.0, 1.0), (2.0, 2.0))),
+                    ),
+                ),
                 evaluations=(QualitativeEvaluation(nodule, nodule, 0.7),),
+            ),
+            Finding(
+                "outline",
+                nodule,
+                region=ImageGraphic(0, GraphicKind.OUTLINE, ((0, 0), (0, 2), (2, 1))),
             ),
         ),
         report=Report("a nodule", "follow up"),
     )
+    sources = (SourceFrame("1.2", "1.2.3.1"), SourceFrame("1.2", "1.2.3.2"))
     arrays: list[np.ndarray] = []
-    assert decode_findings(encode_findings(findings, arrays), arrays).findings == findings.findings
-    decoded = decode_findings(encode_findings(findings, arrays), arrays)
+    # the line a length was measured along and an outline region survive: viewers draw them
+    decoded = decode_findings(encode_findings(findings, arrays), arrays, sources)
+    assert decoded.findings == findings.findings
     np.testing.assert_array_equal(decoded.segments[0].mask, mask)
     assert decoded.segments[0].color_rgb == (255, 0, 0)
 

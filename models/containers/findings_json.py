@@ -1,7 +1,7 @@
 """``findings.json``: what a product writes when it leaves the DICOM to ainode.
 
-The document is ``models.api.Findings`` as JSON (contract ``ainode-findings/1``); masks are
-files beside it, NIfTI (``.nii``/``.nii.gz``) or NumPy (``.npy``):
+The document is ``models.findings_codec``'s (contract ``ainode-findings/1``); masks are files
+beside it, NIfTI (``.nii``/``.nii.gz``) or NumPy (``.npy``):
 
 * ``.npy``: shape (frames, rows, columns) of the input, frames in the order ``task.json``
   lists them (``ainode.frames``).
@@ -11,37 +11,20 @@ files beside it, NIfTI (``.nii``/``.nii.gz``) or NumPy (``.npy``):
   voxel axes are (column, row, frame), the order nibabel reads a DICOM-derived image in.
 * ``{"file": F, "label": N}`` takes the voxels equal to N of a label map; without a label a
   mask is on where non-zero (a float mask in [0, 1] stays fractional).
-
-Graphics name their frame by index (``"frame": i``) or by instance (``"sop_instance_uid"``,
-optional ``"frame_number"``); points are (row, column) in that frame's pixels.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.api import (
-    AlgorithmIdentification,
-    Code,
-    Finding,
-    Findings,
-    GraphicKind,
-    ImageGraphic,
-    Measurement,
-    PluginInput,
-    QualitativeEvaluation,
-    Report,
-    Segment,
-)
+from models.api import Findings, PluginInput
+from models.findings_codec import FindingsDocumentError, MaskReference, decode, encode
 
-__all__ = ["CONTRACT", "FINDINGS_FILE", "FindingsFileError", "read_findings", "write_findings"]
+__all__ = ["FINDINGS_FILE", "FindingsFileError", "read_findings", "write_findings"]
 
-CONTRACT = "ainode-findings/1"
 FINDINGS_FILE = "findings.json"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_TO_INPUT = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
@@ -51,180 +34,23 @@ class FindingsFileError(ValueError):
     """findings.json or one of its masks cannot be used; the message says which and why."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Code(_Model):
-    value: str
-    scheme: str
-    meaning: str
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _text(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) else value
-
-    @property
-    def code(self) -> Code:
-        return Code(self.value, self.scheme, self.meaning)
-
-
-class _Graphic(_Model):
-    kind: GraphicKind
-    points: tuple[tuple[float, float], ...]
-    frame: int | None = Field(None, ge=0)
-    sop_instance_uid: str | None = None
-    frame_number: int | None = Field(None, ge=1)
-
-
-class _Measurement(_Model):
-    concept: _Code
-    value: float
-    unit: _Code
-    graphic: _Graphic | None = None
-
-
-class _Evaluation(_Model):
-    concept: _Code
-    value: _Code
-    confidence: float | None = None
-
-
-class _Mask(_Model):
-    file: str
-    label: int | None = Field(None, ge=1)
-
-
-class _Segment(_Model):
-    key: str
-    label: str
-    category: _Code
-    type: _Code
-    mask: _Mask
-    anatomic_site: _Code | None = None
-    color_rgb: tuple[int, int, int] | None = None
-
-
-class _Finding(_Model):
-    tracking_id: str
-    finding_type: _Code
-    finding_site: _Code | None = None
-    segment_key: str | None = None
-    region: _Graphic | None = None
-    measurements: tuple[_Measurement, ...] = ()
-    evaluations: tuple[_Evaluation, ...] = ()
-
-
-class _Algorithm(_Model):
-    name: str
-    version: str
-
-
-class _Report(_Model):
-    findings: str
-    impression: str
-
-
-class _Document(_Model):
-    contract: Literal["ainode-findings/1"]
-    algorithm: _Algorithm
-    segments: tuple[_Segment, ...] = ()
-    findings: tuple[_Finding, ...] = ()
-    study_measurements: tuple[_Measurement, ...] = ()
-    study_evaluations: tuple[_Evaluation, ...] = ()
-    report: _Report | None = None
-
-
-# -- reading -----------------------------------------------------------------------------------
-
-
 def read_findings(folder: Path, series: PluginInput) -> Findings:
     """The Findings in ``folder/findings.json``, masks on the grid of ``series``."""
     path = folder / FINDINGS_FILE
     try:
-        document = _Document.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FindingsFileError(f"{FINDINGS_FILE} is not readable JSON: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()[:5]
-        )
-        raise FindingsFileError(f"{FINDINGS_FILE} does not follow {CONTRACT}: {problems}") from exc
+
+    def mask_of(reference: MaskReference) -> np.ndarray:
+        if reference.file is None:
+            raise ValueError('a mask in findings.json is a file: {"file": "mask.nii.gz"}')
+        return _mask_data(folder, reference.file, series)
+
     try:
-        return Findings(
-            algorithm=AlgorithmIdentification(document.algorithm.name, document.algorithm.version),
-            segments=tuple(_segment(folder, s, series) for s in document.segments),
-            findings=tuple(_finding(f, series) for f in document.findings),
-            study_measurements=tuple(_measurement(m, series) for m in document.study_measurements),
-            study_evaluations=tuple(_evaluation(e) for e in document.study_evaluations),
-            report=None
-            if document.report is None
-            else Report(document.report.findings, document.report.impression),
-        )
-    except ValueError as exc:
-        raise FindingsFileError(f"{FINDINGS_FILE}: {exc}") from exc
-
-
-def _frame_index(graphic: _Graphic, series: PluginInput) -> int:
-    if graphic.frame is not None:
-        if graphic.frame >= series.shape[0]:
-            raise ValueError(f"graphic frame {graphic.frame} beyond the {series.shape[0]} frames")
-        return graphic.frame
-    for index, source in enumerate(series.sources):
-        if source.sop_instance_uid == graphic.sop_instance_uid and (
-            graphic.frame_number is None or source.frame_number in (None, graphic.frame_number)
-        ):
-            return index
-    raise ValueError(f"graphic names instance {graphic.sop_instance_uid}, not in the input")
-
-
-def _graphic(graphic: _Graphic | None, series: PluginInput) -> ImageGraphic | None:
-    if graphic is None:
-        return None
-    return ImageGraphic(_frame_index(graphic, series), graphic.kind, graphic.points)
-
-
-def _measurement(m: _Measurement, series: PluginInput) -> Measurement:
-    return Measurement(m.concept.code, m.value, m.unit.code, _graphic(m.graphic, series))
-
-
-def _evaluation(e: _Evaluation) -> QualitativeEvaluation:
-    return QualitativeEvaluation(e.concept.code, e.value.code, e.confidence)
-
-
-def _finding(f: _Finding, series: PluginInput) -> Finding:
-    return Finding(
-        tracking_id=f.tracking_id,
-        finding_type=f.finding_type.code,
-        finding_site=None if f.finding_site is None else f.finding_site.code,
-        segment_key=f.segment_key,
-        measurements=tuple(_measurement(m, series) for m in f.measurements),
-        evaluations=tuple(_evaluation(e) for e in f.evaluations),
-        region=_graphic(f.region, series),
-    )
-
-
-def _segment(folder: Path, s: _Segment, series: PluginInput) -> Segment:
-    data = _mask_data(folder, s.mask.file, series)
-    if s.mask.label is not None:
-        mask = data == s.mask.label
-    elif np.issubdtype(data.dtype, np.floating) and not np.isin(data, (0.0, 1.0)).all():
-        if data.min() < 0 or data.max() > 1:
-            raise ValueError(f"mask {s.mask.file}: a float mask must lie in [0, 1]")
-        mask = data.astype(np.float32)
-    else:
-        mask = data != 0
-    return Segment(
-        key=s.key,
-        label=s.label,
-        category=s.category.code,
-        type=s.type.code,
-        mask=np.ascontiguousarray(mask),
-        anatomic_site=None if s.anatomic_site is None else s.anatomic_site.code,
-        color_rgb=s.color_rgb,
-    )
+        return decode(data, series.sources, mask_of)
+    except FindingsDocumentError as exc:
+        raise FindingsFileError(f"{FINDINGS_FILE} {exc}") from exc
 
 
 def _mask_data(folder: Path, name: str, series: PluginInput) -> np.ndarray:
@@ -295,38 +121,6 @@ def _resliced(data: np.ndarray, affine: np.ndarray, series: PluginInput, name: s
     return np.transpose(data, axes)[np.ix_(*indices)]
 
 
-# -- writing (the SDK inside an image) ---------------------------------------------------------
-
-
-def _code_json(code: Code | None) -> dict[str, str] | None:
-    if code is None:
-        return None
-    return {"value": code.value, "scheme": code.scheme_designator, "meaning": code.meaning}
-
-
-def _graphic_json(graphic: ImageGraphic | None) -> dict[str, object] | None:
-    if graphic is None:
-        return None
-    return {"kind": graphic.kind.value, "frame": graphic.frame, "points": graphic.points}
-
-
-def _measurement_json(m: Measurement) -> dict[str, object]:
-    return {
-        "concept": _code_json(m.concept),
-        "value": m.value,
-        "unit": _code_json(m.unit),
-        "graphic": _graphic_json(m.graphic),
-    }
-
-
-def _evaluation_json(e: QualitativeEvaluation) -> dict[str, object]:
-    return {
-        "concept": _code_json(e.concept),
-        "value": _code_json(e.value),
-        "confidence": e.confidence,
-    }
-
-
 def write_findings(findings: Findings, series: PluginInput, folder: Path) -> Path:
     """Write ``findings.json`` and one NIfTI mask per segment into ``folder``."""
     import nibabel
@@ -337,7 +131,7 @@ def write_findings(findings: Findings, series: PluginInput, folder: Path) -> Pat
     else:
         row, column = series.pixel_spacing
         affine, code = np.diag([column, row, 1.0, 1.0]), 0
-    segments = []
+    references = []
     for index, segment in enumerate(findings.segments):
         name = f"mask-{index + 1}.nii.gz"
         data = segment.mask.astype(np.uint8 if segment.mask.dtype == np.bool_ else np.float32)
@@ -345,39 +139,7 @@ def write_findings(findings: Findings, series: PluginInput, folder: Path) -> Pat
         image.set_sform(affine, code=code)
         image.set_qform(affine, code=code)
         nibabel.save(image, folder / name)
-        segments.append(
-            {
-                "key": segment.key,
-                "label": segment.label,
-                "category": _code_json(segment.category),
-                "type": _code_json(segment.type),
-                "anatomic_site": _code_json(segment.anatomic_site),
-                "color_rgb": segment.color_rgb,
-                "mask": {"file": name},
-            }
-        )
-    document = {
-        "contract": CONTRACT,
-        "algorithm": {"name": findings.algorithm.name, "version": findings.algorithm.version},
-        "segments": segments,
-        "findings": [
-            {
-                "tracking_id": f.tracking_id,
-                "finding_type": _code_json(f.finding_type),
-                "finding_site": _code_json(f.finding_site),
-                "segment_key": f.segment_key,
-                "region": _graphic_json(f.region),
-                "measurements": [_measurement_json(m) for m in f.measurements],
-                "evaluations": [_evaluation_json(e) for e in f.evaluations],
-            }
-            for f in findings.findings
-        ],
-        "study_measurements": [_measurement_json(m) for m in findings.study_measurements],
-        "study_evaluations": [_evaluation_json(e) for e in findings.study_evaluations],
-        "report": None
-        if findings.report is None
-        else {"findings": findings.report.findings, "impression": findings.report.impression},
-    }
+        references.append({"file": name})
     path = folder / FINDINGS_FILE
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    path.write_text(json.dumps(encode(findings, references), indent=1), encoding="utf-8")
     return path

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from models.api import PluginInput
-from models.containers.findings_json import CONTRACT
 from models.containers.spec import ContractKind
+from models.findings_codec import CONTRACT
 
 __all__ = [
     "APP_MANIFEST_PATH",
