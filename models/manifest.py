@@ -88,6 +88,7 @@ from models.manifest_processing import (
     Window,
 )
 from models.runners.triton_spec import TritonSpec
+from models.vendor_spec import VendorNodeSpec
 
 __all__ = [
     "KNOWN_SCHEMES",
@@ -138,6 +139,7 @@ class RunnerKind(StrEnum):
     PYTHON = "python"
     CONTAINER = "container"  # a vendor's OCI image (models.containers)
     TRITON = "triton"  # a model served by NVIDIA Triton (models.runners.triton)
+    DICOM_NODE = "dicom-node"  # a vendor's own AI node (models.vendor_spec, node.vendors)
 
 
 class Dimensionality(StrEnum):
@@ -255,6 +257,7 @@ class PluginManifest(_Strict):
     python: Path | None = None
     container: ContainerSpec | None = None
     triton: TritonSpec | None = None
+    vendor: VendorNodeSpec | None = None
 
     _directory: Path = PrivateAttr(default=Path("."))
 
@@ -284,6 +287,16 @@ class PluginManifest(_Strict):
     def _coherent(self) -> PluginManifest:
         if self.runner is RunnerKind.CONTAINER:
             return self._coherent_container()
+        if (self.runner is RunnerKind.DICOM_NODE) != (self.vendor is not None):
+            raise ValueError("runner dicom-node and a vendor: section go together")
+        if self.runner is RunnerKind.DICOM_NODE:
+            extra = [k for k in ("entry", "model", "python", "triton") if getattr(self, k)]
+            if extra or self.needs:
+                raise ValueError(
+                    f"runner dicom-node sends the series to the vendor; remove "
+                    f"{', '.join(extra) or 'needs'}"
+                )
+            return self
         if self.container is not None:
             raise ValueError("a container: section needs runner: container")
         if (self.runner is RunnerKind.TRITON) != (self.triton is not None):

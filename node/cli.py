@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "routers.cli",
     "node.jobs.cli",
     "node.dispatch.cli",
+    "node.vendors.cli",
     "node.demo",
 )
 

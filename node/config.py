@@ -315,7 +315,43 @@ class FolderDestination(_Destination):
     path: Path
 
 
-Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="kind")]
+class StowRsDestination(_Destination):
+    """A DICOMweb server that receives results with STOW-RS. The bearer token lives in a file
+    or an environment variable, never in node.yaml, which is often shared or committed."""
+
+    kind: Literal["stowrs"] = "stowrs"
+    url: str = Field(description="the STOW-RS endpoint, e.g. http://pacs:8042/dicom-web/studies")
+    token_file: Path | None = Field(None, description="file holding the bearer token")
+    token_env: str | None = Field(None, description="environment variable holding the token")
+    timeout_s: float = Field(30, gt=0)
+    max_batch_mb: float = Field(50, gt=0, description="cap on one request's multipart body")
+    verify_tls: bool = True
+    ca_file: Path | None = Field(None, description="CA bundle for https; null = system CAs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_token(cls, data: object) -> object:
+        if isinstance(data, Mapping) and "token" in data:
+            raise ValueError(
+                "a token in node.yaml would leak with the file; put it in a file named by "
+                "token_file or in an environment variable named by token_env"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _usable(self) -> StowRsDestination:
+        if not re.match(r"^https?://[^/?#]+", self.url):
+            raise ValueError(f"url {self.url!r} must start with http:// or https:// and a host")
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("give token_file or token_env, not both")
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("ca_file is for an https:// url; remove it or use https")
+        return self
+
+
+Destination = Annotated[
+    DicomDestination | FolderDestination | StowRsDestination, Field(discriminator="kind")
+]
 
 
 class DispatchConfig(_Section):
@@ -359,13 +395,12 @@ class NodeConfig(_Section):
         def absolute(path: Path) -> Path:
             return path if path.is_absolute() else (base / path).resolve()
 
+        def paths_of(dest: BaseModel) -> dict[str, Path]:
+            names = ("path", "token_file", "ca_file")
+            return {n: absolute(p) for n in names if isinstance(p := getattr(dest, n, None), Path)}
+
         destinations = {
-            name: (
-                dest.model_copy(update={"path": absolute(dest.path)})
-                if isinstance(dest, FolderDestination)
-                else dest
-            )
-            for name, dest in self.destinations.items()
+            name: dest.model_copy(update=paths_of(dest)) for name, dest in self.destinations.items()
         }
         return self.model_copy(
             update={

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: vendor_requests, vendor_inbox, pseudonyms
 
 SCHEMA = """
 -- node.index: one row per stored instance, series and study --------------------------------
@@ -146,6 +146,42 @@ CREATE TABLE IF NOT EXISTS shadow_findings (
     mode                TEXT NOT NULL,
     summary             TEXT NOT NULL,   -- JSON: measurements and segment masks' file
     created_at          REAL NOT NULL
+);
+
+-- node.vendors: a series sent to a vendor's AI node, and what came back -----------------------
+CREATE TABLE IF NOT EXISTS vendor_requests (
+    job_id              INTEGER PRIMARY KEY REFERENCES jobs(id),
+    vendor              TEXT NOT NULL,   -- the plugin (name@version) standing for the vendor
+    results_from        TEXT NOT NULL,   -- calling AE title its results come back with
+    study_instance_uid  TEXT NOT NULL,   -- as sent (the pseudonym when de-identified)
+    deidentified        INTEGER NOT NULL,
+    instances_sent      INTEGER NOT NULL,
+    sent_at             REAL NOT NULL,
+    expires_at          REAL NOT NULL,
+    quiet_s             REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vendor_inbox (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,   -- as the vendor wrote it
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    path                TEXT NOT NULL,   -- relative to the vendor inbox folder
+    calling_ae          TEXT NOT NULL,
+    received_at         REAL NOT NULL,
+    job_id              INTEGER REFERENCES jobs(id),  -- set when relayed (or refused) for a job
+    state               TEXT NOT NULL DEFAULT 'NEW'   -- NEW RELAYED REFUSED
+);
+CREATE INDEX IF NOT EXISTS vendor_inbox_study ON vendor_inbox(calling_ae, study_instance_uid);
+
+-- node.pseudonym: what a de-identified copy replaced, so results can be re-identified -------
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    job_key             TEXT NOT NULL,   -- the sending job: pseudonyms are per job
+    kind                TEXT NOT NULL,   -- 'uid' | 'patient'
+    original            TEXT NOT NULL,   -- never logged
+    pseudonym           TEXT NOT NULL,
+    created_at          REAL NOT NULL,
+    UNIQUE (job_key, kind, original),    -- a retry reuses the pseudonym
+    UNIQUE (job_key, kind, pseudonym)    -- a pseudonym names one original
 );
 """
 

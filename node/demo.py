@@ -24,7 +24,13 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
-from node.config import ConfigError, FolderDestination, NodeConfig, load_node_config
+from node.config import (
+    ConfigError,
+    FolderDestination,
+    NodeConfig,
+    StowRsDestination,
+    load_node_config,
+)
 from node.db import connect
 from node.scu import AssociationFailed, Peer, echo, send
 
@@ -258,6 +264,8 @@ def _delivered_path(config: NodeConfig, destination: str, study: str, sop: str) 
     target = config.destinations.get(destination)
     if isinstance(target, FolderDestination):
         return str(target.path / study / f"{sop}.dcm")
+    if isinstance(target, StowRsDestination):
+        return f"{destination} (STOW-RS to {target.url})"
     return f"{destination} (C-STORE)"
 
 

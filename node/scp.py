@@ -25,10 +25,18 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.access import CallerAllowList
 from node.config import NodeConfig
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
-from node.index import HeaderError, Index, MissingUidError, StoredInstance, parse_header
+from node.index import (
+    HeaderError,
+    Index,
+    InstanceHeader,
+    MissingUidError,
+    StoredInstance,
+    parse_header,
+)
 from node.reactor import EventRequestHandler
 from node.sockets import set_kernel_timeouts
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
+from node.vendors.inbox import VendorInbox
 
 LOGGER = logging.getLogger(__name__)
 
@@ -117,10 +125,19 @@ def _refuse(assoc: Association, calling_ae: str, reason: int, why: str) -> None:
 class StorageSCP:
     """The listening AE: who may associate, and what happens to each received instance."""
 
-    def __init__(self, config: NodeConfig, spool: Spool, index: Index) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        spool: Spool,
+        index: Index,
+        vendor_inbox: VendorInbox | None = None,
+    ) -> None:
         self._config = config
         self._spool = spool
         self._index = index
+        # results from vendors' AI nodes go to their inbox, never into the studies
+        self._vendor_inbox = vendor_inbox
+        self._vendor_aes = vendor_inbox.result_aes if vendor_inbox is not None else frozenset()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         # Studies each open association has delivered to, and how many open associations
@@ -274,6 +291,42 @@ class StorageSCP:
         status.ErrorComment = reply.error_comment
         return status
 
+    def _store_vendor_result(
+        self, header: InstanceHeader, data: Any, transfer_syntax: str, calling_ae: str
+    ) -> StoreReply:
+        """A vendor's result: durable in the vendor inbox, indexed there, then Success."""
+        inbox = self._vendor_inbox
+        assert inbox is not None
+        relpath = instance_relpath(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        meta = encode_file_meta(
+            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
+        )
+        try:
+            inbox.spool.write(relpath, (meta, data))
+        except OutOfSpace:
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
+        except OSError as exc:
+            return _failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
+        replaced = inbox.add(
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            path=relpath,
+            calling_ae=calling_ae,
+        )
+        if replaced:
+            inbox.spool.remove(replaced)
+        LOGGER.info(
+            "result %s for study %s from vendor %s kept in the vendor inbox",
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            calling_ae,
+        )
+        return StoreReply(StoreStatus.SUCCESS)
+
     def store(self, assoc: Association, request: StoreRequest) -> StoreReply:
         """Store one received instance durably and index it; the reply says how it went.
 
@@ -328,6 +381,8 @@ class StorageSCP:
                 header.sop_instance_uid,
                 header.study_instance_uid,
             )
+        if calling_ae in self._vendor_aes:
+            return self._store_vendor_result(header, data, transfer_syntax, calling_ae)
         relpath = instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )

@@ -26,6 +26,8 @@ from node.jobs.executor import LocalExecutor
 from node.scp import StorageSCP
 from node.spool import Spool, fsync_dir
 from node.status import StatusServer
+from node.vendors.inbox import VendorInbox, vendor_result_aes
+from node.vendors.stage import VendorStage
 from routers.stage import RoutingStage
 
 LOGGER = logging.getLogger(__name__)
@@ -61,7 +63,11 @@ def build_stages(config: NodeConfig) -> list[Stage]:
         )
     # jobs and dispatch come last: results flow from the executor to the senders
     dispatcher = Dispatcher(config)
-    stages += [dispatcher, LocalExecutor(config, on_results=dispatcher.wake)]
+    stages += [
+        dispatcher,
+        LocalExecutor(config, on_results=dispatcher.wake),
+        VendorStage(config, on_results=dispatcher.wake),
+    ]
     if config.http.port:
         stages.append(StatusServer(config))
     return stages
@@ -96,6 +102,7 @@ class Node:
         self._stop_requested = threading.Event()
         self._started: list[Stage] = []
         self._index: Index | None = None
+        self._vendor_inbox: VendorInbox | None = None
         self.scp: StorageSCP | None = None
 
     def start(self) -> None:
@@ -126,7 +133,9 @@ class Node:
                 stage.start()
                 self._started.append(stage)
                 LOGGER.debug("stage %s started", stage.name)
-            self.scp = StorageSCP(self.config, spool, self._index)
+            result_aes = vendor_result_aes(self.config)
+            self._vendor_inbox = VendorInbox(self.config, result_aes) if result_aes else None
+            self.scp = StorageSCP(self.config, spool, self._index, self._vendor_inbox)
             self.scp.start()
         except BaseException:
             self.stop()
@@ -156,6 +165,9 @@ class Node:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
+        if self._vendor_inbox is not None:
+            self._vendor_inbox.close()
+            self._vendor_inbox = None
         while self._started:
             stage = self._started.pop()
             try:

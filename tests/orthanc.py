@@ -30,6 +30,11 @@ import pytest
 
 ORTHANC_BINARY = Path(os.environ.get("AINODE_ORTHANC", "/usr/sbin/Orthanc"))
 ORTHANC_AE = "ORTHANC"
+DICOMWEB_PLUGIN = Path(
+    os.environ.get("AINODE_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+)
+DICOMWEB_ROOT = "/dicom-web"
+DICOMWEB_CONFIG = {"DicomWeb": {"Enable": True, "Root": f"{DICOMWEB_ROOT}/"}}
 
 
 def _free_port() -> int:
@@ -212,6 +217,11 @@ class OrthancServer:
         body = json.dumps({"Resources": resources, "Synchronous": True, "Timeout": 0}).encode()
         return self.request("POST", f"/modalities/{modality}/store", body, timeout=timeout)
 
+    @property
+    def stow_url(self) -> str:
+        """The STOW-RS endpoint, when started with the DICOMweb plugin."""
+        return f"{self.url}{DICOMWEB_ROOT}/studies"
+
     def instances_in_study(self, study_instance_uid: str) -> list[dict]:
         """Every instance of the study (Orthanc's expanded form, MainDicomTags included)."""
         return self.post(
@@ -250,13 +260,21 @@ def orthanc_available() -> bool:
 
 def orthanc_servers(tmp_path: Path) -> Iterator:
     """Body of an ``orthanc_factory`` fixture: yields a function that starts Orthanc servers
-    (skipping the test when Orthanc is absent) and stops them all afterwards."""
+    (skipping the test when Orthanc, or with ``dicomweb`` its DICOMweb plugin, is absent) and
+    stops them all afterwards."""
     if not orthanc_available():
         pytest.skip(f"Orthanc not found at {ORTHANC_BINARY}: apt-get install orthanc")
     servers: list[OrthancServer] = []
 
-    def make(modalities: tuple[Modality, ...] = ()) -> OrthancServer:
-        server = OrthancServer(tmp_path / f"orthanc{len(servers)}", modalities)
+    def make(modalities: tuple[Modality, ...] = (), dicomweb: bool = False) -> OrthancServer:
+        if dicomweb and not DICOMWEB_PLUGIN.exists():
+            pytest.skip(f"{DICOMWEB_PLUGIN} not found: apt-get install orthanc-dicomweb")
+        server = OrthancServer(
+            tmp_path / f"orthanc{len(servers)}",
+            modalities,
+            plugins=(DICOMWEB_PLUGIN,) if dicomweb else (),
+            extra_config=DICOMWEB_CONFIG if dicomweb else None,
+        )
         servers.append(server)
         server.start()
         return server

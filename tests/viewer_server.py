@@ -22,19 +22,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from orthanc import OrthancServer, orthanc_available
+from orthanc import (
+    DICOMWEB_CONFIG,
+    DICOMWEB_PLUGIN,
+    DICOMWEB_ROOT,
+    OrthancServer,
+    orthanc_available,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 OHIF_VERSION = "3.13.2"
 OHIF_DIST = Path(
     os.environ.get("AINODE_OHIF_DIST", REPO / ".cache" / "ohif" / OHIF_VERSION / "dist")
 )
-DICOMWEB_PLUGIN = Path(
-    os.environ.get("AINODE_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-)
 # /usr/bin/chromium is Debian's shell wrapper; Playwright needs the binary itself
 CHROMIUM = Path(os.environ.get("AINODE_CHROMIUM", "/usr/lib/chromium/chromium"))
-DICOMWEB_ROOT = "/dicom-web"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 CHUNK = 256 * 1024
 mimetypes.add_type("application/wasm", ".wasm")
@@ -61,11 +63,7 @@ def missing_peers() -> list[str]:
 
 def dicomweb_orthanc(workdir: Path) -> OrthancServer:
     """An Orthanc (not started) whose DICOMweb root is ``/dicom-web/``, the path OHIF asks."""
-    return OrthancServer(
-        workdir,
-        plugins=(DICOMWEB_PLUGIN,),
-        extra_config={"DicomWeb": {"Enable": True, "Root": f"{DICOMWEB_ROOT}/"}},
-    )
+    return OrthancServer(workdir, plugins=(DICOMWEB_PLUGIN,), extra_config=DICOMWEB_CONFIG)
 
 
 def app_config(origin: str) -> str:

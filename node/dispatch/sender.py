@@ -1,4 +1,5 @@
-"""Transports that deliver result files to one destination: C-STORE SCU, or a folder.
+"""Transports that deliver result files to one destination: C-STORE SCU, a folder, or
+STOW-RS (``node.dispatch.stowrs``).
 
 A transport gets a batch of outbox rows and answers, per row, whether the destination
 acknowledged it. It never touches the database and never retries; the destination's sender
@@ -28,8 +29,9 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from node.config import DicomDestination, FolderDestination
+from node.config import Destination, DicomDestination, FolderDestination, StowRsDestination
 from node.dispatch.outbox import OutboxRow
+from node.dispatch.stowrs import StowRsTransport
 from node.outputs.encoding import decompress
 from node.scu import MAX_CONTEXTS, AssociationFailed, Peer, associate
 from node.spool import fsync_dir
@@ -185,9 +187,9 @@ class FolderTransport:
         fsync_dir(target_dir)
 
 
-def transport_for(
-    destination: DicomDestination | FolderDestination, calling_ae_title: str
-) -> Transport:
+def transport_for(destination: Destination, calling_ae_title: str) -> Transport:
     if isinstance(destination, FolderDestination):
         return FolderTransport(destination)
+    if isinstance(destination, StowRsDestination):
+        return StowRsTransport(destination)
     return DicomTransport(destination, calling_ae_title)

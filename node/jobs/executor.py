@@ -30,6 +30,7 @@ from node.jobs import table
 from node.jobs.results import store_results, work_item_for
 from node.jobs.table import Job, JobState
 from node.jobs.work import JobRunner, WorkResult
+from node.vendors.inbox import record_sent
 
 __all__ = ["DEFAULT_RUNNER", "LocalExecutor"]
 
@@ -323,6 +324,10 @@ class LocalExecutor:
                 timings=result.timings,
             )
             LOG.error("job %d (%s): %s -> %s", job.id, job.plugin, result.error, state.value)
+            return
+        if result.vendor is not None:
+            if record_sent(conn, job.id, result.vendor, dict(result.timings)):
+                LOG.info("job %d (%s): awaiting the vendor's results", job.id, job.plugin)
             return
         if store_results(conn, job, result, self.config):
             LOG.info("job %d (%s) succeeded: %d result(s)", job.id, job.plugin, len(result.results))

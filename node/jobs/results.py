@@ -34,8 +34,7 @@ from pydicom.uid import (
 
 from node.config import (
     PROFILE_DEFAULTS,
-    DicomDestination,
-    FolderDestination,
+    Destination,
     NodeConfig,
     OutputKind,
     SourceKind,
@@ -83,9 +82,7 @@ def job_key(job: Job) -> str:
     return f"{job.study_instance_uid}/{job.route_name}/{job.plugin}"
 
 
-def eligible_destinations(
-    job: Job, config: NodeConfig
-) -> dict[str, DicomDestination | FolderDestination]:
+def eligible_destinations(job: Job, config: NodeConfig) -> dict[str, Destination]:
     """The job's destinations that take its results: shadow routes feed shadow destinations
     only, production routes the others."""
     unknown = [name for name in job.destinations if name not in config.destinations]

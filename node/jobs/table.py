@@ -1,10 +1,13 @@
 """The job table: one job per route match, and every transition of its state machine.
 
-QUEUED → RUNNING → SUCCEEDED | FAILED, or CANCELLED by an operator. A failure that may pass
-(a timeout, a crashed worker, a plugin error) goes back to QUEUED with an exponential backoff
-until ``max_attempts``; a failure that cannot (an undecodable series, a missing plugin) is
-FAILED at once. A job left RUNNING by a crash is re-queued at start-up by ``reconcile``;
-a finished job is never re-run, and a re-opened study brings new route matches, so new jobs.
+QUEUED → RUNNING → SUCCEEDED | FAILED, or CANCELLED by an operator. A job whose product is a
+vendor's own node goes RUNNING → AWAITING_VENDOR once the series is sent, and from there to
+SUCCEEDED when its results came back (``node.vendors``) or FAILED when they did not in time.
+A failure that may pass (a timeout, a crashed worker, a plugin error) goes back to QUEUED
+with an exponential backoff until ``max_attempts``; a failure that cannot (an undecodable
+series, a missing plugin) is FAILED at once. A job left RUNNING by a crash is re-queued at
+start-up by ``reconcile``; a finished job is never re-run, and a re-opened study brings new
+route matches, so new jobs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "fail",
     "get_job",
     "list_jobs",
+    "mark_awaiting_vendor",
     "mark_succeeded",
     "next_due_at",
     "reconcile",
@@ -39,6 +43,7 @@ __all__ = [
 class JobState(StrEnum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
+    AWAITING_VENDOR = "AWAITING_VENDOR"  # sent to a vendor's node; its results not yet back
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -184,7 +189,7 @@ def fail(
     now = time.time() if now is None else now
     with transaction(conn):
         record = conn.execute("SELECT attempts, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if record is None or record["state"] != JobState.RUNNING:
+        if record is None or record["state"] not in (JobState.RUNNING, JobState.AWAITING_VENDOR):
             return JobState(record["state"]) if record else JobState.FAILED
         attempts = record["attempts"]
         again = retryable and attempts < policy.max_attempts
@@ -207,13 +212,24 @@ def fail(
 def mark_succeeded(
     conn: sqlite3.Connection, job_id: int, timings: Mapping[str, float], now: float
 ) -> bool:
-    """RUNNING → SUCCEEDED. Call inside the transaction that stores the job's results, so the
-    results, their outbox rows and the state change commit together. False if the job is no
-    longer RUNNING (cancelled meanwhile): the caller must roll back."""
+    """RUNNING (or AWAITING_VENDOR) → SUCCEEDED. Call inside the transaction that stores the
+    job's results, so the results, their outbox rows and the state change commit together.
+    False if the job is no longer running (cancelled meanwhile): the caller must roll back."""
     cursor = conn.execute(
         "UPDATE jobs SET state = 'SUCCEEDED', finished_at = ?, error = NULL, timings = ? "
-        "WHERE id = ? AND state = 'RUNNING'",
+        "WHERE id = ? AND state IN ('RUNNING', 'AWAITING_VENDOR')",
         (now, json.dumps(dict(timings)), job_id),
+    )
+    return cursor.rowcount == 1
+
+
+def mark_awaiting_vendor(
+    conn: sqlite3.Connection, job_id: int, timings: Mapping[str, float]
+) -> bool:
+    """RUNNING → AWAITING_VENDOR, inside the transaction that records what was sent."""
+    cursor = conn.execute(
+        "UPDATE jobs SET state = 'AWAITING_VENDOR', timings = ? WHERE id = ? AND state = 'RUNNING'",
+        (json.dumps(dict(timings)), job_id),
     )
     return cursor.rowcount == 1
 
@@ -235,12 +251,13 @@ def list_jobs(conn: sqlite3.Connection, state: JobState | None = None) -> list[J
 
 
 def cancel(conn: sqlite3.Connection, job_id: int, now: float | None = None) -> bool:
-    """Cancel a QUEUED or RUNNING job (a running one is stopped by its executor)."""
+    """Cancel a QUEUED, RUNNING or AWAITING_VENDOR job (a running one is stopped by its
+    executor; a vendor's late results are then kept, not relayed)."""
     now = time.time() if now is None else now
     with transaction(conn):
         cursor = conn.execute(
             "UPDATE jobs SET state = 'CANCELLED', finished_at = ?, error = 'cancelled by operator' "
-            "WHERE id = ? AND state IN ('QUEUED', 'RUNNING')",
+            "WHERE id = ? AND state IN ('QUEUED', 'RUNNING', 'AWAITING_VENDOR')",
             (now, job_id),
         )
     return cursor.rowcount == 1

@@ -52,6 +52,20 @@ class ResultFile:
 
 
 @dataclass(frozen=True)
+class VendorSent:
+    """What a job's worker sent to the vendor (handed to the executor in ``WorkResult``)."""
+
+    vendor: str  # the plugin key standing for the vendor
+    results_from: str
+    study_instance_uid: str  # as sent: the pseudonym when de-identified
+    deidentified: bool
+    instances: int
+    sent_at: float
+    result_timeout_s: float
+    quiet_s: float
+
+
+@dataclass(frozen=True)
 class WorkResult:
     """How an attempt ended: result files, or an error and whether trying again may help."""
 
@@ -60,6 +74,7 @@ class WorkResult:
     timings: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = False
+    vendor: VendorSent | None = None  # sent to a vendor's node: the job now awaits its results
 
     @property
     def ok(self) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from models.api import AlgorithmIdentification, Findings
 from models.errors import PermanentPluginError, PluginError, PluginTimeout
 from models.loading import SeriesLoadError, load_plugin_input
-from models.manifest import PluginManifest
+from models.manifest import PluginManifest, RunnerKind
 from models.runtime import PluginHost
 from models.shadow import masks_dir_for, record_if_shadowed
 from node.config import NodeConfig
@@ -29,6 +29,7 @@ from node.jobs.work import ResultFile, WorkItem, WorkResult
 from node.outputs import OutputContext, PredecessorDocument, ResultInstance, iter_outputs
 from node.outputs.relay import RelayRefused, default_validator, relayed_results
 from node.spool import fsync_dir
+from node.vendors.send import send_to_vendor
 
 __all__ = ["PipelineRunner", "write_atomically"]
 
@@ -86,6 +87,9 @@ class PipelineRunner:
         self.validator = default_validator(config.containers.validator)
 
     def run(self, item: WorkItem) -> WorkResult:
+        vendor = self._vendor_node(item)
+        if vendor is not None:  # a vendor's own node: send the series, its results come later
+            return send_to_vendor(item, vendor, self.config)
         timings: dict[str, float] = {}
         handed_over = started = time.monotonic()
         try:
@@ -149,6 +153,13 @@ class PipelineRunner:
 
     def close(self) -> None:
         self.host.close()
+
+    def _vendor_node(self, item: WorkItem) -> PluginManifest | None:
+        try:
+            manifest = self.host.resolve_chain(item.plugin, item.plugin_version)[-1]
+        except PluginError:
+            return None  # reported by the plugin path, as for any missing plugin
+        return manifest if manifest.runner is RunnerKind.DICOM_NODE else None
 
     @staticmethod
     def _failed(item: WorkItem, error: str, timings: dict[str, float]) -> WorkResult:

@@ -1,0 +1,193 @@
+"""``VendorStage``: the results a vendor's node sent back become the waiting job's results.
+
+Every AWAITING_VENDOR job has a ``vendor_requests`` row: the calling AE title its results come
+from and the study UID it sent (the pseudonym when de-identified). Results in the inbox from
+that AE for that study, received after the send, belong to the job; once none has arrived for
+``quiet_s`` they are taken together: re-identified where the series left pseudonymised,
+checked (the source's patient and study, UIDs of their own, a result kind destinations take,
+``validate-dicom`` where configured), written to the job's output folder and committed as its
+results with their outbox rows and SUCCEEDED, in one transaction. A job with nothing back by
+``expires_at`` fails with the reason; what arrives later stays in the inbox and
+``ainode vendors`` shows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+
+from models.api import ProductInstance
+from node.config import NodeConfig
+from node.db import connect, transaction
+from node.dispatch.outbox import RetryPolicy
+from node.jobs import table
+from node.jobs.results import job_key, kinds_by_destination, store_results
+from node.jobs.table import Job
+from node.jobs.work import ResultFile, WorkResult
+from node.jobs.worker import write_atomically
+from node.outputs.relay import RelayRefused, default_validator, relayed_results
+from node.vendors.inbox import inbox_dir
+
+__all__ = ["VendorStage"]
+
+LOG = logging.getLogger(__name__)
+POLL_S = 0.5
+
+
+class VendorStage:
+    """Polls the jobs that wait for vendors, on its own thread."""
+
+    name = "vendors"
+
+    def __init__(self, config: NodeConfig, on_results: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.on_results = on_results
+        self.policy = RetryPolicy(
+            config.jobs.max_attempts, config.jobs.backoff_s, config.jobs.backoff_max_s
+        )
+        self.validator = default_validator(config.containers.validator)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vendors", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn = connect(self.config.storage.database_path)
+        try:
+            while not self._stop.wait(POLL_S):
+                try:
+                    self.run_once(conn)
+                except Exception:
+                    LOG.exception("vendor results: pass failed; trying again")
+        finally:
+            conn.close()
+
+    def run_once(self, conn: sqlite3.Connection, now: float | None = None) -> int:
+        """Settle every waiting job whose results are complete or overdue; how many."""
+        now = time.time() if now is None else now
+        waiting = conn.execute(
+            "SELECT r.* FROM vendor_requests r JOIN jobs j ON j.id = r.job_id "
+            "WHERE j.state = 'AWAITING_VENDOR' ORDER BY r.sent_at"
+        ).fetchall()
+        settled = 0
+        for request in waiting:
+            arrived = conn.execute(
+                "SELECT * FROM vendor_inbox WHERE calling_ae = ? AND study_instance_uid = ? "
+                "AND state = 'NEW' AND received_at >= ? ORDER BY received_at",
+                (request["results_from"], request["study_instance_uid"], request["sent_at"]),
+            ).fetchall()
+            if arrived and now - arrived[-1]["received_at"] >= request["quiet_s"]:
+                self._settle(conn, request, arrived)
+                settled += 1
+            elif not arrived and now >= request["expires_at"]:
+                waited = request["expires_at"] - request["sent_at"]
+                error = (
+                    f"vendor {request['vendor']} ({request['results_from']}) sent no results "
+                    f"within {waited:g} s of receiving {request['instances_sent']} instance(s); "
+                    "results that arrive later are kept (ainode vendors)"
+                )
+                table.fail(conn, request["job_id"], error, retryable=False, policy=self.policy)
+                LOG.error("job %d: %s", request["job_id"], error)
+                settled += 1
+        return settled
+
+    def _settle(self, conn: sqlite3.Connection, request: sqlite3.Row, rows: list) -> None:
+        job = table.get_job(conn, request["job_id"])
+        assert job is not None
+        started = time.monotonic()
+        try:
+            files = self._relay(conn, job, bool(request["deidentified"]), rows)
+        except (RelayRefused, ValueError, OSError) as exc:
+            error = f"vendor results refused: {exc}"
+            table.fail(conn, job.id, error, retryable=False, policy=self.policy)
+            self._mark(conn, rows, job.id, "REFUSED")
+            LOG.error("job %d: %s", job.id, error)
+            return
+        result = WorkResult(job.id, files, {"vendor_results": time.monotonic() - started})
+        if store_results(conn, job, result, self.config):
+            self._mark(conn, rows, job.id, "RELAYED")
+            LOG.info("job %d: %d result(s) from the vendor relayed", job.id, len(files))
+            if self.on_results is not None:
+                self.on_results()
+
+    @staticmethod
+    def _mark(conn: sqlite3.Connection, rows: list, job_id: int, state: str) -> None:
+        with transaction(conn):
+            conn.executemany(
+                "UPDATE vendor_inbox SET state = ?, job_id = ? WHERE sop_instance_uid = ?",
+                [(state, job_id, row["sop_instance_uid"]) for row in rows],
+            )
+
+    def _relay(
+        self, conn: sqlite3.Connection, job: Job, deidentified: bool, rows: list
+    ) -> tuple[ResultFile, ...]:
+        sources = _source_files(conn, job, self.config.storage.spool_dir)
+        source = dcmread(sources[0], stop_before_pixels=True)
+        source_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources}
+        folder = inbox_dir(self.config)
+        instances = []
+        for row in rows:
+            dataset = dcmread(folder / row["path"])
+            if deidentified:
+                dataset = _reidentified(conn, dataset, job, source)
+            _check(dataset, job, source, source_uids, row["sop_instance_uid"])
+            instances.append(ProductInstance(dataset, row["sop_instance_uid"]))
+        _, by_destination = kinds_by_destination(conn, job, self.config)
+        wanted = {kind for kinds in by_destination.values() for kind in kinds}
+        outputs_root = self.config.storage.outputs_dir
+        output_dir = outputs_root / f"job-{job.id}"
+        written = write_atomically(
+            (result, output_dir / f"{result.kind.value}-{result.sop_instance_uid}.dcm")
+            for result in relayed_results(instances, wanted, sources, self.validator)
+        )
+        return tuple(
+            ResultFile(
+                sop_instance_uid=result.sop_instance_uid,
+                sop_class_uid=result.sop_class_uid,
+                kind=result.kind,
+                path=str(path.relative_to(outputs_root)),
+            )
+            for result, path in written
+        )
+
+
+def _source_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> list[Path]:
+    records = conn.execute(
+        "SELECT path FROM instances WHERE series_instance_uid = ? AND study_version <= ? "
+        "ORDER BY instance_number, sop_instance_uid",
+        (job.series_instance_uid, job.study_version),
+    ).fetchall()
+    if not records:
+        raise ValueError(f"the source series {job.series_instance_uid} is no longer stored")
+    return [spool_dir / r["path"] for r in records]
+
+
+def _reidentified(conn: sqlite3.Connection, dataset: Dataset, job: Job, source: Dataset) -> Dataset:
+    from node.pseudonym import Pseudonymiser
+
+    return Pseudonymiser(conn).reidentify(dataset, job_key=job_key(job), source=source)
+
+
+def _check(dataset: Dataset, job: Job, source: Dataset, source_uids: set[str], name: str) -> None:
+    """A result belongs to the source patient and study, with UIDs of its own."""
+    if str(dataset.get("StudyInstanceUID", "")) != job.study_instance_uid:
+        raise RelayRefused(f"{name} belongs to another study than the one sent")
+    if str(dataset.get("PatientID", "")) != str(source.get("PatientID", "")):
+        raise RelayRefused(f"{name} names another patient (Patient ID differs from the source)")
+    if str(dataset.get("SOPInstanceUID", "")) in source_uids:
+        raise RelayRefused(f"{name} reuses a source SOP Instance UID")
+    if str(dataset.get("SeriesInstanceUID", "")) == job.series_instance_uid:
+        raise RelayRefused(f"{name} reuses the source's Series Instance UID")
