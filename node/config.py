@@ -27,6 +27,7 @@ from pydicom.uid import (
 from models.containers.engine import EngineSettings
 from node.access import host_networks
 from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
+from node.pseudonym_settings import PseudonymisationSettings
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 
@@ -388,6 +389,7 @@ class NodeConfig(_Section):
     dispatch: DispatchConfig = DispatchConfig()
     http: HttpConfig = HttpConfig()
     containers: EngineSettings = EngineSettings()
+    pseudonymisation: PseudonymisationSettings = PseudonymisationSettings()
 
     def resolved(self, base: Path) -> NodeConfig:
         """Return a copy with every relative path made absolute against ``base``."""

@@ -209,3 +209,68 @@ def test_a_vendor_that_never_answers_fails_the_job_and_a_late_answer_is_kept(tmp
     finally:
         stop_node(ours)
         stop_node(vendor)
+
+
+def _identifiers(paths: list[Path]) -> set[bytes]:
+    """What must not leave: patient name, ID, birth date and every UID of the series."""
+    found: set[bytes] = set()
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True)
+        found |= {str(ds.PatientName).encode(), str(ds.PatientID).encode()}
+        if ds.get("PatientBirthDate"):
+            found.add(str(ds.PatientBirthDate).encode())
+        for keyword in (
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "FrameOfReferenceUID",
+        ):
+            if ds.get(keyword):
+                found.add(str(ds.get(keyword)).encode())
+    return {value for value in found if value}
+
+
+def test_an_external_vendor_gets_pseudonyms_and_the_results_come_back_identified(
+    tmp_path, chest_ct
+):
+    our_port, vendor_port = free_port(), free_port()
+    _vendor_manifest(tmp_path / "plugins", vendor_port, deidentify="true")
+    results = tmp_path / "results"
+    folder, sections = _our_node(tmp_path, our_port, {"kind": "folder", "path": str(results)})
+    vendor = _vendor_node(tmp_path, vendor_port, our_port, VENDOR_ROUTES)
+    ours = start_node(folder, our_port, sections)
+    try:
+        send(chest_ct, Peer("AINODE", "127.0.0.1", our_port))
+        wait_until(
+            lambda: [j["state"] for j in _jobs(ours.database)] == ["SUCCEEDED"],
+            timeout=300,
+            what="the vendor's results relayed",
+        )
+        wait_until(lambda: all_delivered(ours.database), timeout=60, what="results delivered")
+        # what the vendor received: none of the originals, anywhere in the bytes
+        received = list((tmp_path / "vendor" / "data" / "spool").rglob("*.dcm"))
+        assert len(received) == len(chest_ct)
+        secrets = _identifiers(chest_ct)
+        leaked = [p.name for p in received for s in secrets if s in p.read_bytes()]
+        assert leaked == []
+        # what the PACS gets: the original patient and study, references to the originals
+        source = dcmread(chest_ct[0], stop_before_pixels=True)
+        originals = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in chest_ct}
+        delivered = [dcmread(p) for p in results.rglob("*.dcm")]
+        assert len(delivered) == 3
+        for ds in delivered:
+            assert ds.StudyInstanceUID == source.StudyInstanceUID
+            assert (ds.PatientID, str(ds.PatientName)) == (
+                source.PatientID,
+                str(source.PatientName),
+            )
+        seg = next(ds for ds in delivered if ds.Modality == "SEG")
+        referenced = {
+            item.ReferencedSOPInstanceUID
+            for series in seg.ReferencedSeriesSequence
+            for item in series.ReferencedInstanceSequence
+        }
+        assert referenced and referenced <= originals
+    finally:
+        stop_node(ours)
+        stop_node(vendor)

@@ -31,10 +31,12 @@ LOG = logging.getLogger(__name__)
 def _pseudonymised(item: WorkItem, config: NodeConfig, folder: Path) -> tuple[list[Path], str]:
     """The series' pseudonymised copies in ``folder``, and the study UID they carry."""
     from node.pseudonym import Pseudonymiser
+    from node.pseudonym_settings import site_policy
 
+    policy = site_policy(config.pseudonymisation, config.storage.data_dir)
     conn = connect(config.storage.database_path)
     try:
-        pseudonymiser = Pseudonymiser(conn)
+        pseudonymiser = Pseudonymiser(conn, policy)
         paths, study = [], ""
         for index, path in enumerate(item.files):
             copy = pseudonymiser.pseudonymise(dcmread(path), job_key=item.job_key)

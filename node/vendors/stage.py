@@ -142,7 +142,7 @@ class VendorStage:
         for row in rows:
             dataset = dcmread(folder / row["path"])
             if deidentified:
-                dataset = _reidentified(conn, dataset, job, source)
+                dataset = _reidentified(conn, self.config, dataset, job, source)
             _check(dataset, job, source, source_uids, row["sop_instance_uid"])
             instances.append(ProductInstance(dataset, row["sop_instance_uid"]))
         _, by_destination = kinds_by_destination(conn, job, self.config)
@@ -175,10 +175,14 @@ def _source_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> list[P
     return [spool_dir / r["path"] for r in records]
 
 
-def _reidentified(conn: sqlite3.Connection, dataset: Dataset, job: Job, source: Dataset) -> Dataset:
+def _reidentified(
+    conn: sqlite3.Connection, config: NodeConfig, dataset: Dataset, job: Job, source: Dataset
+) -> Dataset:
     from node.pseudonym import Pseudonymiser
+    from node.pseudonym_settings import site_policy
 
-    return Pseudonymiser(conn).reidentify(dataset, job_key=job_key(job), source=source)
+    policy = site_policy(config.pseudonymisation, config.storage.data_dir)
+    return Pseudonymiser(conn, policy).reidentify(dataset, job_key=job_key(job), source=source)
 
 
 def _check(dataset: Dataset, job: Job, source: Dataset, source_uids: set[str], name: str) -> None:
