@@ -274,3 +274,33 @@ def test_an_external_vendor_gets_pseudonyms_and_the_results_come_back_identified
     finally:
         stop_node(ours)
         stop_node(vendor)
+
+
+def test_a_vendor_reached_by_stow_rs_receives_the_series(tmp_path, orthanc_factory, chest_ct):
+    vendor = orthanc_factory(dicomweb=True)  # a vendor endpoint that only takes STOW-RS
+    token = tmp_path / "vendor.token"
+    token.write_text("not-a-secret-for-orthanc\n")
+    folder = tmp_path / "plugins" / "vendor-lungs"
+    folder.mkdir(parents=True)
+    (folder / "plugin.yaml").write_text(
+        "name: vendor-lungs\nversion: 1.0.0\nrunner: dicom-node\nvendor:\n"
+        f"  stowrs_url: {vendor.stow_url}\n  token_file: {token}\n"
+        "  results_from: VENDORB\n  result_timeout_s: 4\n"
+    )
+    our_port = free_port()
+    results = tmp_path / "results"
+    node_folder, sections = _our_node(tmp_path, our_port, {"kind": "folder", "path": str(results)})
+    ours = start_node(node_folder, our_port, sections)
+    try:
+        send(chest_ct, Peer("AINODE", "127.0.0.1", our_port))
+        wait_until(
+            lambda: [j["state"] for j in _jobs(ours.database)] == ["FAILED"],
+            timeout=120,
+            what="the series sent, and no results in time",
+        )
+        study = str(dcmread(chest_ct[0], stop_before_pixels=True).StudyInstanceUID)
+        assert len(vendor.instances_in_study(study)) == len(chest_ct)
+        [request] = query(ours.database, "SELECT instances_sent FROM vendor_requests")
+        assert request["instances_sent"] == len(chest_ct)
+    finally:
+        stop_node(ours)

@@ -21,10 +21,12 @@ import os
 import ssl
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from node.config import StowRsDestination
-from node.dispatch.outbox import OutboxRow
 
 __all__ = ["StowRsTransport", "stow_outcome"]
 
@@ -37,6 +39,29 @@ FAILURE_REASON = "00081197"
 EXCERPT_CHARS = 200
 
 
+class StowPart(Protocol):
+    """One instance to store: a key for the answer, its SOP Instance UID and its file (an
+    ``OutboxRow`` is one; so is a vendor's series file)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class SeriesFile:
+    """A file to store that is not an outbox row (a series sent to a vendor's node)."""
+
+    id: int
+    sop_instance_uid: str
+    path: Path
+
+
 class StowRsTransport:
     """STOW-RS client for one DICOMweb endpoint, optionally with a bearer token."""
 
@@ -44,7 +69,7 @@ class StowRsTransport:
         self.destination = destination
         self._url = urlsplit(destination.url)
 
-    def deliver(self, rows: Sequence[OutboxRow]) -> dict[int, str | None]:
+    def deliver(self, rows: Sequence[StowPart]) -> dict[int, str | None]:
         outcome: dict[int, str | None] = {}
         try:
             authorization = self._authorization()
@@ -72,11 +97,11 @@ class StowRsTransport:
         return f"Bearer {token}"
 
     def _batches(
-        self, rows: Sequence[OutboxRow], outcome: dict[int, str | None]
-    ) -> Iterator[list[tuple[OutboxRow, bytes]]]:
+        self, rows: Sequence[StowPart], outcome: dict[int, str | None]
+    ) -> Iterator[list[tuple[StowPart, bytes]]]:
         """Rows with their bytes, grouped under the size cap; unreadable files fail here."""
         cap = self.destination.max_batch_mb * 1024 * 1024
-        batch: list[tuple[OutboxRow, bytes]] = []
+        batch: list[tuple[StowPart, bytes]] = []
         size = 0
         for row in rows:
             try:
@@ -93,7 +118,7 @@ class StowRsTransport:
             yield batch
 
     def _post(
-        self, batch: list[tuple[OutboxRow, bytes]], authorization: str | None
+        self, batch: list[tuple[StowPart, bytes]], authorization: str | None
     ) -> dict[int, str | None]:
         rows = [row for row, _ in batch]
         boundary = uuid.uuid4().hex
@@ -150,7 +175,7 @@ def _multipart(boundary: str, parts: Sequence[bytes]) -> bytes:
     return b"".join(chunks)
 
 
-def stow_outcome(status: int, answer: bytes, rows: Sequence[OutboxRow]) -> dict[int, str | None]:
+def stow_outcome(status: int, answer: bytes, rows: Sequence[StowPart]) -> dict[int, str | None]:
     """Each row's outcome from a STOW-RS response, by its SOP Instance UID."""
     if status not in (200, 202, 409):
         text = " ".join(answer[:EXCERPT_CHARS].decode("utf-8", "replace").split())

@@ -1,6 +1,7 @@
 """In a job's worker: send the selected series to the vendor's AI node.
 
-The series goes by C-STORE as stored or, for an external product (``deidentify: true``),
+The series goes by C-STORE or STOW-RS (the destination transport: token from a file or the
+environment) as stored or, for an external product (``deidentify: true``),
 pseudonymised first (``node.pseudonym``: the mapping stays in this node's database, keyed by
 the job key, so a retry sends the same pseudonyms). A vendor that refuses the association,
 is down or refuses an instance fails the attempt with a retryable error (backoff, then
@@ -18,8 +19,10 @@ from pathlib import Path
 from pydicom import dcmread
 
 from models.manifest import PluginManifest
-from node.config import NodeConfig
+from models.vendor_spec import VendorNodeSpec
+from node.config import NodeConfig, StowRsDestination
 from node.db import connect
+from node.dispatch.stowrs import SeriesFile, StowRsTransport
 from node.jobs.work import VendorSent, WorkItem, WorkResult
 from node.scu import AssociationFailed, Peer, send
 
@@ -49,52 +52,69 @@ def _pseudonymised(item: WorkItem, config: NodeConfig, folder: Path) -> tuple[li
         conn.close()
 
 
+def _deliver(paths: list[Path], spec: VendorNodeSpec, config: NodeConfig) -> tuple[int, str | None]:
+    """Send every file; (how many the vendor took, why not all, or None)."""
+    if spec.stowrs_url is not None:
+        return _stow(paths, spec)
+    peer = Peer(spec.ae_title or "", spec.host or "", spec.port or 104)
+    try:
+        report = send(
+            paths, peer, calling_ae=config.listener.ae_title, timeout_s=spec.network_timeout_s
+        )
+    except (AssociationFailed, OSError) as exc:
+        return 0, f"vendor {peer.ae_title} at {peer.host}:{peer.port} unreachable: {exc}"
+    if report.ok:
+        return report.sent, None
+    return report.sent, (
+        f"vendor {peer.ae_title} took {report.sent} of {len(paths)} instances; "
+        f"{len(report.failed)} refused, e.g. {report.failed[0].reason}"
+    )
+
+
+def _stow(paths: list[Path], spec: VendorNodeSpec) -> tuple[int, str | None]:
+    """STOW-RS through the destination transport (same token handling, same answers)."""
+    assert spec.stowrs_url is not None
+    transport = StowRsTransport(
+        StowRsDestination(
+            url=spec.stowrs_url,
+            token_file=spec.token_file,
+            token_env=spec.token_env,
+            timeout_s=spec.network_timeout_s,
+        )
+    )
+    rows = []
+    for index, path in enumerate(paths):
+        header = dcmread(path, stop_before_pixels=True)
+        rows.append(SeriesFile(index, str(header.SOPInstanceUID), path))
+    failures = [reason for reason in transport.deliver(rows).values() if reason is not None]
+    if not failures:
+        return len(rows), None
+    return len(rows) - len(failures), (
+        f"vendor STOW-RS {spec.stowrs_url} took {len(rows) - len(failures)} of {len(rows)} "
+        f"instances; e.g. {failures[0]}"
+    )
+
+
 def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig) -> WorkResult:
     """Send the job's series to the vendor; the WorkResult says what went, or why not."""
     spec = manifest.vendor
     assert spec is not None  # runner dicom-node has its vendor section
-    if spec.stowrs_url is not None:
-        return WorkResult(
-            item.job_id,
-            error=f"{manifest.key}: sending to a vendor by STOW-RS is not built yet; use C-STORE",
-        )
     started = time.monotonic()
     sent_at = time.time()
-    peer = Peer(spec.ae_title or "", spec.host or "", spec.port or 104)
     with tempfile.TemporaryDirectory(prefix="vendor-", dir=config.storage.data_dir) as temp:
         if spec.deidentify:
             paths, study = _pseudonymised(item, config, Path(temp))
         else:
             paths, study = list(item.files), item.study_instance_uid
-        try:
-            report = send(
-                paths,
-                peer,
-                calling_ae=config.listener.ae_title,
-                timeout_s=spec.network_timeout_s,
-            )
-        except (AssociationFailed, OSError) as exc:
-            return WorkResult(
-                item.job_id,
-                error=f"vendor {peer.ae_title} at {peer.host}:{peer.port} unreachable: {exc}",
-                retryable=True,
-            )
-    if not report.ok:
-        first = report.failed[0]
-        return WorkResult(
-            item.job_id,
-            error=(
-                f"vendor {peer.ae_title} took {report.sent} of {len(paths)} instances; "
-                f"{len(report.failed)} refused, e.g. {first.reason}"
-            ),
-            retryable=True,
-        )
+        sent, problem = _deliver(paths, spec, config)
+    if problem is not None:
+        return WorkResult(item.job_id, error=problem, retryable=True)
     LOG.info(
         "job %d: %d instance(s) of study %s sent to vendor %s%s",
         item.job_id,
-        report.sent,
+        sent,
         study,
-        peer.ae_title,
+        manifest.key,
         " (pseudonymised)" if spec.deidentify else "",
     )
     return WorkResult(
@@ -105,7 +125,7 @@ def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig)
             results_from=spec.results_from,
             study_instance_uid=study,
             deidentified=spec.deidentify,
-            instances=report.sent,
+            instances=sent,
             sent_at=sent_at,
             result_timeout_s=spec.result_timeout_s,
             quiet_s=spec.quiet_s,
