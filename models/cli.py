@@ -137,6 +137,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             runner += f" {manifest.container.image}"
         if manifest.triton is not None:
             runner += f" {manifest.triton.model}@{manifest.triton.url}"
+        if manifest.vendor is not None:
+            vendor = manifest.vendor
+            runner += " " + (vendor.stowrs_url or f"{vendor.ae_title}@{vendor.host}:{vendor.port}")
         rows.append((manifest.name, manifest.version, runner, _device(manifest, gpus), state))
     for problem in catalog.problems:
         rows.append((_shown(Path(problem.source)), "-", "-", "-", "broken"))
