@@ -73,6 +73,7 @@ class VendorInbox:
     def __init__(self, config: NodeConfig, result_aes: frozenset[str]) -> None:
         self.result_aes = result_aes
         self.spool = Spool(inbox_dir(config), config.storage.min_free_mb * 1024 * 1024)
+        self.spool.clear_temp()  # partial files of a result a crash interrupted
         self._conn = sqlite3.connect(
             config.storage.database_path, isolation_level=None, timeout=30, check_same_thread=False
         )
