@@ -18,6 +18,7 @@ Typical use by the executor::
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -313,7 +314,10 @@ class PluginHost:
                 lease.release()
                 finished.set()
 
-        thread = threading.Thread(target=work, name=f"plugin-{manifest.key}", daemon=True)
+        context = contextvars.copy_context()  # the job's log folder (JOB_LOG_DIR) goes along
+        thread = threading.Thread(
+            target=context.run, args=(work,), name=f"plugin-{manifest.key}", daemon=True
+        )
         thread.start()
         if not finished.wait(deadline.remaining()):
             self._drop_instance(manifest, instance)

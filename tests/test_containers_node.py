@@ -187,6 +187,9 @@ def test_map_and_mercure_products_reach_the_pacs_once_and_shadow_is_compared(
         results = [p for p in downloaded if dcmread(p, stop_before_pixels=True).Modality != "DX"]
         verdict = validate_dicom(seg_file, *results, sources=(ct_paths[0].parent, xray.parent))
         assert verdict.returncode == 0, verdict.stdout[-3000:]
+        # a per-job container's stdout/stderr is kept with its job, beside the results
+        [log] = node.data_dir.rglob("job-*/container-dx-chest-box.log")
+        assert "dx-chest 1.0.0: 1 files" in log.read_text()
         # the shadow version's results went to the review folder only, and are compared
         assert list(review.rglob("*.dcm"))
         report = _ainode("shadow", "report", "--config", str(node.config_path))

@@ -22,6 +22,7 @@ names the exit status and ends with the log's last lines.
 from __future__ import annotations
 
 import collections
+import contextvars
 import hashlib
 import json
 import logging
@@ -50,6 +51,7 @@ from models.errors import PermanentPluginError, PluginError
 from models.manifest import PluginManifest
 
 __all__ = [
+    "JOB_LOG_DIR",
     "WARM_DIR",
     "ContainerFailed",
     "ContainerPlugin",
@@ -61,6 +63,11 @@ __all__ = [
 ]
 
 WARM_DIR = "/ainode/jobs"
+# where the running job keeps its files (the node's output folder of the job): a container's
+# log is kept there too, with the job's results
+JOB_LOG_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "JOB_LOG_DIR", default=None
+)
 _LOGS_KEPT = 500
 _TAIL_LINES = 20
 _POLL_S = 0.02
@@ -299,6 +306,10 @@ class ContainerPlugin:
         return collect_outputs(out_dir, series, algorithm)
 
     def _keep_log(self, run_id: str, text: str) -> Path:
+        job_folder = JOB_LOG_DIR.get()
+        if job_folder is not None:
+            job_folder.mkdir(parents=True, exist_ok=True)
+            (job_folder / f"container-{self.manifest.name}.log").write_text(text, "utf-8")
         folder = self.runtime.logs_dir
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{run_id}.log"

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.api import AlgorithmIdentification, Findings
+from models.containers.plugin import JOB_LOG_DIR
 from models.errors import PermanentPluginError, PluginError, PluginTimeout
 from models.loading import SeriesLoadError, load_plugin_input
 from models.manifest import PluginManifest, RunnerKind
@@ -109,9 +110,13 @@ class PipelineRunner:
             return WorkResult(item.job_id, error=f"plugin unavailable: {exc}", timings=timings)
         try:
             left = self.config.jobs.timeout_s - (time.monotonic() - handed_over)
-            findings = self.host.run(
-                item.plugin, item.plugin_version, plugin_input, timeout_s=max(1.0, left)
-            )
+            keep_logs = JOB_LOG_DIR.set(item.output_dir)  # a container's log stays with the job
+            try:
+                findings = self.host.run(
+                    item.plugin, item.plugin_version, plugin_input, timeout_s=max(1.0, left)
+                )
+            finally:
+                JOB_LOG_DIR.reset(keep_logs)
         except PluginTimeout as exc:
             return self._failed(item, f"plugin timed out: {exc}", timings)
         except PermanentPluginError as exc:
