@@ -284,12 +284,16 @@ def build_product(name: str, tag: str, site: Path) -> None:
         shutil.rmtree(context, ignore_errors=True)
 
 
-def prune_old_tags(product: str, keep: str) -> None:
-    """Untag (and free what only they held) the earlier builds of ``product``."""
-    tags = podman("images", "--format", "{{.Repository}}:{{.Tag}}", f"{REPO}/{product}")
-    for tag in tags.split():
-        if tag != keep and tag.startswith(f"{REPO}/{product}:"):
-            subprocess.run(["podman", "rmi", tag], capture_output=True, check=False)
+def prune_old_tags(product: str, keep: str, kept: int = 3) -> None:
+    """Untag all but the newest ``kept`` builds of ``product`` (``keep`` always stays): old
+    builds do not pile up, and a second checkout on the same machine keeps its images."""
+    listing = podman(
+        "images", "--sort", "created", "--format", "{{.Repository}}:{{.Tag}}", f"{REPO}/{product}"
+    )
+    tags = [tag for tag in listing.split() if tag.startswith(f"{REPO}/{product}:")]
+    # podman lists the newest first
+    for tag in [t for t in tags if t != keep][kept - 1 :]:
+        subprocess.run(["podman", "rmi", tag], capture_output=True, check=False)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
