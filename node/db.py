@@ -154,6 +154,7 @@ CREATE TABLE IF NOT EXISTS vendor_requests (
     vendor              TEXT NOT NULL,   -- the plugin (name@version) standing for the vendor
     results_from        TEXT NOT NULL,   -- calling AE title its results come back with
     study_instance_uid  TEXT NOT NULL,   -- as sent (the pseudonym when de-identified)
+    series_instance_uid TEXT NOT NULL,   -- as sent: its results reference this series
     deidentified        INTEGER NOT NULL,
     instances_sent      INTEGER NOT NULL,
     sent_at             REAL NOT NULL,

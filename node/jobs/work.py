@@ -58,6 +58,7 @@ class VendorSent:
     vendor: str  # the plugin key standing for the vendor
     results_from: str
     study_instance_uid: str  # as sent: the pseudonym when de-identified
+    series_instance_uid: str  # as sent, too: the results reference it
     deidentified: bool
     instances: int
     sent_at: float

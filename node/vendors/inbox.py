@@ -48,15 +48,17 @@ def record_sent(
             return False
         conn.execute(
             "INSERT INTO vendor_requests (job_id, vendor, results_from, study_instance_uid, "
-            "deidentified, instances_sent, sent_at, expires_at, quiet_s) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
-            "study_instance_uid = excluded.study_instance_uid, sent_at = excluded.sent_at, "
+            "series_instance_uid, deidentified, instances_sent, sent_at, expires_at, quiet_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+            "study_instance_uid = excluded.study_instance_uid, "
+            "series_instance_uid = excluded.series_instance_uid, sent_at = excluded.sent_at, "
             "expires_at = excluded.expires_at, instances_sent = excluded.instances_sent",
             (
                 job_id,
                 sent.vendor,
                 sent.results_from,
                 sent.study_instance_uid,
+                sent.series_instance_uid,
                 int(sent.deidentified),
                 sent.instances,
                 sent.sent_at,

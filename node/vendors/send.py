@@ -31,8 +31,9 @@ __all__ = ["send_to_vendor"]
 LOG = logging.getLogger(__name__)
 
 
-def _pseudonymised(item: WorkItem, config: NodeConfig, folder: Path) -> tuple[list[Path], str]:
-    """The series' pseudonymised copies in ``folder``, and the study UID they carry."""
+def _pseudonymised(item: WorkItem, config: NodeConfig, folder: Path) -> tuple[list[Path], str, str]:
+    """The series' pseudonymised copies in ``folder``, and the study and series UIDs they
+    carry."""
     from node.pseudonym import Pseudonymiser
     from node.pseudonym_settings import site_policy
 
@@ -40,14 +41,14 @@ def _pseudonymised(item: WorkItem, config: NodeConfig, folder: Path) -> tuple[li
     conn = connect(config.storage.database_path)
     try:
         pseudonymiser = Pseudonymiser(conn, policy)
-        paths, study = [], ""
+        paths, study, series = [], "", ""
         for index, path in enumerate(item.files):
             copy = pseudonymiser.pseudonymise(dcmread(path), job_key=item.job_key)
-            study = str(copy.StudyInstanceUID)
+            study, series = str(copy.StudyInstanceUID), str(copy.SeriesInstanceUID)
             target = folder / f"{index:05d}.dcm"
             copy.save_as(target, enforce_file_format=True)
             paths.append(target)
-        return paths, study
+        return paths, study, series
     finally:
         conn.close()
 
@@ -103,9 +104,10 @@ def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig)
     sent_at = time.time()
     with tempfile.TemporaryDirectory(prefix="vendor-", dir=config.storage.data_dir) as temp:
         if spec.deidentify:
-            paths, study = _pseudonymised(item, config, Path(temp))
+            paths, study, series = _pseudonymised(item, config, Path(temp))
         else:
-            paths, study = list(item.files), item.study_instance_uid
+            paths = list(item.files)
+            study, series = item.study_instance_uid, item.series_instance_uid
         sent, problem = _deliver(paths, spec, config)
     if problem is not None:
         return WorkResult(item.job_id, error=problem, retryable=True)
@@ -124,6 +126,7 @@ def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig)
             vendor=manifest.key,
             results_from=spec.results_from,
             study_instance_uid=study,
+            series_instance_uid=series,
             deidentified=spec.deidentify,
             instances=sent,
             sent_at=sent_at,

@@ -1,14 +1,15 @@
 """``VendorStage``: the results a vendor's node sent back become the waiting job's results.
 
 Every AWAITING_VENDOR job has a ``vendor_requests`` row: the calling AE title its results come
-from and the study UID it sent (the pseudonym when de-identified). Results in the inbox from
-that AE for that study, received after the send, belong to the job; once none has arrived for
-``quiet_s`` they are taken together: re-identified where the series left pseudonymised,
-checked (the source's patient and study, UIDs of their own, a result kind destinations take,
-``validate-dicom`` where configured), written to the job's output folder and committed as its
-results with their outbox rows and SUCCEEDED, in one transaction. A job with nothing back by
-``expires_at`` fails with the reason; what arrives later stays in the inbox and
-``ainode vendors`` shows it.
+from and the study and series UIDs it sent (pseudonyms when de-identified). Results in the
+inbox from that AE for that study, received after the send and referencing that series (one
+that references none belongs to the job only when no other job waits on the same study and
+vendor), are the job's. Once none has arrived for ``quiet_s`` they are taken together:
+re-identified where the series left pseudonymised, checked (the source's patient and study,
+UIDs of their own, a result kind destinations take, ``validate-dicom`` where configured),
+written to the job's output folder and committed as its results with their outbox rows and
+SUCCEEDED, in one transaction. A job with nothing back by ``expires_at`` fails with the
+reason; what arrives later stays in the inbox and ``ainode vendors`` shows it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class VendorStage:
         self.validator = default_validator(config.containers.validator)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._references: dict[str, frozenset[str]] = {}  # inbox instance → series it cites
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vendors", daemon=True)
@@ -83,12 +86,19 @@ class VendorStage:
             "WHERE j.state = 'AWAITING_VENDOR' ORDER BY r.sent_at"
         ).fetchall()
         settled = 0
+        waiting_per_study = Counter((r["results_from"], r["study_instance_uid"]) for r in waiting)
         for request in waiting:
-            arrived = conn.execute(
+            candidates = conn.execute(
                 "SELECT * FROM vendor_inbox WHERE calling_ae = ? AND study_instance_uid = ? "
                 "AND state = 'NEW' AND received_at >= ? ORDER BY received_at",
                 (request["results_from"], request["study_instance_uid"], request["sent_at"]),
             ).fetchall()
+            alone = waiting_per_study[request["results_from"], request["study_instance_uid"]] == 1
+            arrived = [
+                row
+                for row in candidates
+                if self._belongs(row, request["series_instance_uid"], alone)
+            ]
             if arrived and now - arrived[-1]["received_at"] >= request["quiet_s"]:
                 self._settle(conn, request, arrived)
                 settled += 1
@@ -103,6 +113,16 @@ class VendorStage:
                 LOG.error("job %d: %s", request["job_id"], error)
                 settled += 1
         return settled
+
+    def _belongs(self, row: sqlite3.Row, series: str, alone: bool) -> bool:
+        """A result is the job's when it references the series sent; one that references no
+        series is the job's only when no other job waits on the same study and vendor."""
+        key = row["sop_instance_uid"]
+        if key not in self._references:
+            header = dcmread(inbox_dir(self.config) / row["path"], stop_before_pixels=True)
+            self._references[key] = referenced_series(header)
+        referenced = self._references[key]
+        return series in referenced if referenced else alone
 
     def _settle(self, conn: sqlite3.Connection, request: sqlite3.Row, rows: list) -> None:
         job = table.get_job(conn, request["job_id"])
@@ -162,6 +182,20 @@ class VendorStage:
             )
             for result, path in written
         )
+
+
+def referenced_series(header: Dataset) -> frozenset[str]:
+    """The series a result says it was made from: a SEG's Referenced Series Sequence, an SR's
+    evidence (Current Requested Procedure / Pertinent Other Evidence)."""
+    found: set[str] = set()
+    for item in header.get("ReferencedSeriesSequence", []):
+        found.add(str(item.get("SeriesInstanceUID", "")))
+    for evidence in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
+        for study in header.get(evidence, []):
+            for item in study.get("ReferencedSeriesSequence", []):
+                found.add(str(item.get("SeriesInstanceUID", "")))
+    found.discard("")
+    return frozenset(found)
 
 
 def _source_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> list[Path]:
