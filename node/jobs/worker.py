@@ -88,11 +88,15 @@ class PipelineRunner:
         self.validator = default_validator(config.containers.validator)
 
     def run(self, item: WorkItem) -> WorkResult:
-        vendor = self._vendor_node(item)
-        if vendor is not None:  # a vendor's own node: send the series, its results come later
-            return send_to_vendor(item, vendor, self.config)
         timings: dict[str, float] = {}
-        handed_over = started = time.monotonic()
+        handed_over = time.monotonic()
+        try:
+            chain = self.host.resolve_chain(item.plugin, item.plugin_version)
+        except PluginError as exc:
+            return WorkResult(item.job_id, error=f"plugin unavailable: {exc}", timings=timings)
+        if chain[-1].runner is RunnerKind.DICOM_NODE:  # the vendor's node runs it: send
+            return send_to_vendor(item, chain[-1], self.config)
+        started = time.monotonic()
         try:
             plugin_input = load_plugin_input(item.files)
         except SeriesLoadError as exc:
@@ -104,10 +108,6 @@ class PipelineRunner:
         timings["load"] = time.monotonic() - started
 
         started = time.monotonic()
-        try:
-            chain = self.host.resolve_chain(item.plugin, item.plugin_version)
-        except PluginError as exc:
-            return WorkResult(item.job_id, error=f"plugin unavailable: {exc}", timings=timings)
         try:
             left = self.config.jobs.timeout_s - (time.monotonic() - handed_over)
             keep_logs = JOB_LOG_DIR.set(item.output_dir)  # a container's log stays with the job
@@ -158,13 +158,6 @@ class PipelineRunner:
 
     def close(self) -> None:
         self.host.close()
-
-    def _vendor_node(self, item: WorkItem) -> PluginManifest | None:
-        try:
-            manifest = self.host.resolve_chain(item.plugin, item.plugin_version)[-1]
-        except PluginError:
-            return None  # reported by the plugin path, as for any missing plugin
-        return manifest if manifest.runner is RunnerKind.DICOM_NODE else None
 
     @staticmethod
     def _failed(item: WorkItem, error: str, timings: dict[str, float]) -> WorkResult:
