@@ -11,16 +11,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from models.api import AlgorithmIdentification, Findings, PluginInput, ProductInstance
 from models.containers.findings_json import FINDINGS_FILE, FindingsFileError, read_findings
 from models.errors import PermanentPluginError
 
-__all__ = ["MAX_OUTPUT_BYTES", "OutputRefused", "collect_outputs"]
+__all__ = ["MAX_OUTPUT_BYTES", "OutputRefused", "check_product_instance", "collect_outputs"]
 
 MAX_OUTPUT_BYTES = 4 << 30
 _PREAMBLE = 128
@@ -36,22 +37,28 @@ def _is_part10(path: Path) -> bool:
         return handle.read(4) == b"DICM"
 
 
-def _check_instance(instance: ProductInstance, series: PluginInput) -> None:
-    ds = instance.dataset
-    name = instance.file_name
-    if str(ds.StudyInstanceUID) != series.study_instance_uid:
+def check_product_instance(
+    dataset: Dataset,
+    name: str,
+    *,
+    study_uid: str,
+    patient_id: str,
+    series_uid: str,
+    source_uids: Collection[str],
+) -> None:
+    """A product's DICOM belongs to the source's patient and study and has UIDs of its own
+    (a container's output, or what a vendor's node sent back); OutputRefused says why not."""
+    if str(dataset.get("StudyInstanceUID", "")) != study_uid:
         raise OutputRefused(
-            f"{name} belongs to study {ds.StudyInstanceUID}, not the source study "
-            f"{series.study_instance_uid}"
+            f"{name} belongs to study {dataset.get('StudyInstanceUID')}, not the source study "
+            f"{study_uid}"
         )
-    source = series.headers[0] if series.headers else None
-    if source is not None and str(ds.get("PatientID", "")) != str(source.get("PatientID", "")):
+    if str(dataset.get("PatientID", "")) != patient_id:
         raise OutputRefused(f"{name} names another patient (Patient ID differs from the source)")
-    if str(ds.get("SeriesInstanceUID", "")) == series.series_instance_uid:
+    if str(dataset.get("SeriesInstanceUID", "")) == series_uid:
         raise OutputRefused(f"{name} reuses the source's Series Instance UID")
-    source_uids = {s.sop_instance_uid for s in series.sources}
-    if str(ds.SOPInstanceUID) in source_uids:
-        raise OutputRefused(f"{name} reuses a source SOP Instance UID ({ds.SOPInstanceUID})")
+    if str(dataset.get("SOPInstanceUID", "")) in source_uids:
+        raise OutputRefused(f"{name} reuses a source SOP Instance UID ({dataset.SOPInstanceUID})")
 
 
 def collect_outputs(
@@ -67,6 +74,7 @@ def collect_outputs(
         )
     findings: Findings | None = None
     instances: list[ProductInstance] = []
+    source_uids = {s.sop_instance_uid for s in series.sources}
     for path in files:
         name = str(path.relative_to(folder))
         if name == FINDINGS_FILE:
@@ -83,7 +91,14 @@ def collect_outputs(
         except Exception as exc:  # pydicom raises many kinds on garbage
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise OutputRefused(f"{name} is not readable DICOM: {reason}") from exc
-        _check_instance(instance, series)
+        check_product_instance(
+            dataset,
+            name,
+            study_uid=series.study_instance_uid,
+            patient_id=str(series.headers[0].get("PatientID", "")) if series.headers else "",
+            series_uid=series.series_instance_uid,
+            source_uids=source_uids,
+        )
         instances.append(instance)
     uids = [str(i.dataset.SOPInstanceUID) for i in instances]
     if len(uids) != len(set(uids)):

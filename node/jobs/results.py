@@ -50,6 +50,7 @@ __all__ = [
     "eligible_destinations",
     "job_key",
     "kinds_by_destination",
+    "series_files",
     "source_kind_of",
     "store_results",
     "work_item_for",
@@ -129,7 +130,7 @@ def kinds_by_destination(
     return source, {name: dest.kinds_for(source) for name, dest in destinations.items()}
 
 
-def _series_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> tuple[Path, ...]:
+def series_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> tuple[Path, ...]:
     records = conn.execute(
         "SELECT path FROM instances WHERE series_instance_uid = ? AND study_version <= ? "
         "ORDER BY instance_number, sop_instance_uid",
@@ -175,7 +176,7 @@ def work_item_for(conn: sqlite3.Connection, job: Job, config: NodeConfig) -> Wor
     kinds: list[OutputKind] = []
     for taken in by_destination.values():
         kinds += [kind for kind in taken if kind not in kinds]
-    files = _series_files(conn, job, config.storage.spool_dir)
+    files = series_files(conn, job, config.storage.spool_dir)
     if not files:
         raise ValueError(
             f"series {job.series_instance_uid} has no stored instances for study version "

@@ -20,16 +20,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
 from models.api import ProductInstance
+from models.containers.collect import OutputRefused, check_product_instance
 from node.config import NodeConfig
 from node.db import connect, transaction
 from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
-from node.jobs.results import job_key, kinds_by_destination, store_results
+from node.jobs.results import job_key, kinds_by_destination, series_files, store_results
 from node.jobs.table import Job
 from node.jobs.work import ResultFile, WorkResult
 from node.jobs.worker import write_atomically
@@ -130,7 +130,7 @@ class VendorStage:
         started = time.monotonic()
         try:
             files = self._relay(conn, job, bool(request["deidentified"]), rows)
-        except (RelayRefused, ValueError, OSError) as exc:
+        except (OutputRefused, RelayRefused, ValueError, OSError) as exc:
             error = f"vendor results refused: {exc}"
             table.fail(conn, job.id, error, retryable=False, policy=self.policy)
             self._mark(conn, rows, job.id, "REFUSED")
@@ -154,16 +154,31 @@ class VendorStage:
     def _relay(
         self, conn: sqlite3.Connection, job: Job, deidentified: bool, rows: list
     ) -> tuple[ResultFile, ...]:
-        sources = _source_files(conn, job, self.config.storage.spool_dir)
+        sources = series_files(conn, job, self.config.storage.spool_dir)
+        if not sources:
+            raise ValueError(f"the source series {job.series_instance_uid} is no longer stored")
         source = dcmread(sources[0], stop_before_pixels=True)
-        source_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources}
+        source_uids = {  # from the index: the source files are not read again
+            r[0]
+            for r in conn.execute(
+                "SELECT sop_instance_uid FROM instances WHERE series_instance_uid = ?",
+                (job.series_instance_uid,),
+            )
+        }
         folder = inbox_dir(self.config)
         instances = []
         for row in rows:
             dataset = dcmread(folder / row["path"])
             if deidentified:
                 dataset = _reidentified(conn, self.config, dataset, job, source)
-            _check(dataset, job, source, source_uids, row["sop_instance_uid"])
+            check_product_instance(
+                dataset,
+                row["sop_instance_uid"],
+                study_uid=job.study_instance_uid,
+                patient_id=str(source.get("PatientID", "")),
+                series_uid=job.series_instance_uid,
+                source_uids=source_uids,
+            )
             instances.append(ProductInstance(dataset, row["sop_instance_uid"]))
         _, by_destination = kinds_by_destination(conn, job, self.config)
         wanted = {kind for kinds in by_destination.values() for kind in kinds}
@@ -198,17 +213,6 @@ def referenced_series(header: Dataset) -> frozenset[str]:
     return frozenset(found)
 
 
-def _source_files(conn: sqlite3.Connection, job: Job, spool_dir: Path) -> list[Path]:
-    records = conn.execute(
-        "SELECT path FROM instances WHERE series_instance_uid = ? AND study_version <= ? "
-        "ORDER BY instance_number, sop_instance_uid",
-        (job.series_instance_uid, job.study_version),
-    ).fetchall()
-    if not records:
-        raise ValueError(f"the source series {job.series_instance_uid} is no longer stored")
-    return [spool_dir / r["path"] for r in records]
-
-
 def _reidentified(
     conn: sqlite3.Connection, config: NodeConfig, dataset: Dataset, job: Job, source: Dataset
 ) -> Dataset:
@@ -217,15 +221,3 @@ def _reidentified(
 
     policy = site_policy(config.pseudonymisation, config.storage.data_dir)
     return Pseudonymiser(conn, policy).reidentify(dataset, job_key=job_key(job), source=source)
-
-
-def _check(dataset: Dataset, job: Job, source: Dataset, source_uids: set[str], name: str) -> None:
-    """A result belongs to the source patient and study, with UIDs of its own."""
-    if str(dataset.get("StudyInstanceUID", "")) != job.study_instance_uid:
-        raise RelayRefused(f"{name} belongs to another study than the one sent")
-    if str(dataset.get("PatientID", "")) != str(source.get("PatientID", "")):
-        raise RelayRefused(f"{name} names another patient (Patient ID differs from the source)")
-    if str(dataset.get("SOPInstanceUID", "")) in source_uids:
-        raise RelayRefused(f"{name} reuses a source SOP Instance UID")
-    if str(dataset.get("SeriesInstanceUID", "")) == job.series_instance_uid:
-        raise RelayRefused(f"{name} reuses the source's Series Instance UID")
