@@ -291,12 +291,10 @@ class StorageSCP:
         status.ErrorComment = reply.error_comment
         return status
 
-    def _store_vendor_result(
-        self, header: InstanceHeader, data: Any, transfer_syntax: str, calling_ae: str
-    ) -> StoreReply:
-        """A vendor's result: durable in the vendor inbox, indexed there, then Success."""
-        inbox = self._vendor_inbox
-        assert inbox is not None
+    def _write(
+        self, spool: Spool, header: InstanceHeader, data: Any, transfer_syntax: str, calling_ae: str
+    ) -> tuple[str, int] | StoreReply:
+        """Write the instance durably into ``spool``: (relative path, size), or the refusal."""
         relpath = instance_relpath(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
@@ -304,11 +302,24 @@ class StorageSCP:
             header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
         )
         try:
-            inbox.spool.write(relpath, (meta, data))
+            return relpath, spool.write(relpath, (meta, data))
         except OutOfSpace:
+            LOGGER.error(
+                "refused %s from %s: free disk below storage.min_free_mb",
+                header.sop_instance_uid,
+                calling_ae,
+            )
             return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
         except OSError as exc:
+            LOGGER.error(
+                "cannot write %s from %s: %s", header.sop_instance_uid, calling_ae, exc.strerror
+            )
             return _failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
+
+    def _keep_vendor_result(self, header: InstanceHeader, relpath: str, calling_ae: str) -> None:
+        """A vendor's result, written to its inbox: indexed there, never in the studies."""
+        inbox = self._vendor_inbox
+        assert inbox is not None
         replaced = inbox.add(
             sop_instance_uid=header.sop_instance_uid,
             study_instance_uid=header.study_instance_uid,
@@ -325,7 +336,6 @@ class StorageSCP:
             header.study_instance_uid,
             calling_ae,
         )
-        return StoreReply(StoreStatus.SUCCESS)
 
     def store(self, assoc: Association, request: StoreRequest) -> StoreReply:
         """Store one received instance durably and index it; the reply says how it went.
@@ -381,24 +391,15 @@ class StorageSCP:
                 header.sop_instance_uid,
                 header.study_instance_uid,
             )
-        if calling_ae in self._vendor_aes:
-            return self._store_vendor_result(header, data, transfer_syntax, calling_ae)
-        relpath = instance_relpath(
-            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-        )
-        meta = encode_file_meta(
-            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
-        )
-        try:
-            size = self._spool.write(relpath, (meta, data))
-        except OutOfSpace:
-            LOGGER.error(
-                "refused %s from %s: free disk below storage.min_free_mb", sop_instance, calling_ae
-            )
-            return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
-        except OSError as exc:
-            LOGGER.error("cannot write %s from %s: %s", sop_instance, calling_ae, exc.strerror)
-            return _failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
+        vendor_result = calling_ae in self._vendor_aes
+        spool = self._vendor_inbox.spool if vendor_result and self._vendor_inbox else self._spool
+        written = self._write(spool, header, data, transfer_syntax, calling_ae)
+        if isinstance(written, StoreReply):
+            return written
+        relpath, size = written
+        if vendor_result:
+            self._keep_vendor_result(header, relpath, calling_ae)
+            return StoreReply(StoreStatus.SUCCESS)
 
         stored = StoredInstance(
             header=header,
