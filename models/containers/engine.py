@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -85,9 +85,7 @@ class RunRequest:
     memory_mb: int | None = None
     gpu_index: int | None = None  # None: no GPU passed through
     detach: bool = False
-    workdir: str | None = None
     tmpfs: tuple[str, ...] = ("/tmp",)
-    command: tuple[str, ...] = field(default=())
 
 
 class ContainerEngine:
@@ -180,11 +178,8 @@ class ContainerEngine:
                 if self.kind is EngineKind.PODMAN
                 else ["--gpus", f"device={request.gpu_index}"]
             )
-        if request.workdir:
-            args += ["--workdir", request.workdir]
         args += list(self.settings.run_options)
-        args.append(request.image)
-        args += list(request.command)
+        args.append(request.image)  # the image's own entry point runs
         return args
 
     def image_present(self, reference: str) -> bool:

@@ -89,7 +89,6 @@ class FolderLayout:
     input_dir: str
     output_dir: str
     environment: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    workdir: str | None = None
 
 
 def layout_for(contract: ContractKind, app: AppManifest | None) -> FolderLayout:
@@ -103,7 +102,7 @@ def layout_for(contract: ContractKind, app: AppManifest | None) -> FolderLayout:
             "MONAI_INPUTPATH": app.input_path,
             "MONAI_OUTPUTPATH": app.output_path,
         }
-        return FolderLayout(contract, app.input_path, app.output_path, MappingProxyType(env), None)
+        return FolderLayout(contract, app.input_path, app.output_path, MappingProxyType(env))
     if contract is ContractKind.MERCURE:
         env = {"MERCURE_IN_DIR": MERCURE_IN, "MERCURE_OUT_DIR": MERCURE_OUT}
         return FolderLayout(contract, MERCURE_IN, MERCURE_OUT, MappingProxyType(env))

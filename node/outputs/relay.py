@@ -23,6 +23,11 @@ from pydicom.uid import (
     ComprehensiveSRStorage,
     EncapsulatedPDFStorage,
     EnhancedSRStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
@@ -34,6 +39,13 @@ __all__ = ["RelayRefused", "default_validator", "relayed_results", "result_kind"
 
 _REPO = Path(__file__).resolve().parents[2]
 _SR_CLASSES = {ComprehensiveSRStorage, Comprehensive3DSRStorage, EnhancedSRStorage}
+_SECONDARY_CAPTURE_CLASSES = {
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+}
 _LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 _VALIDATOR_TIMEOUT_S = 600
 
@@ -51,7 +63,7 @@ def result_kind(sop_class_uid: str) -> OutputKind:
         return OutputKind.SR
     if uid in (BasicTextSRStorage, EncapsulatedPDFStorage):
         return OutputKind.TEXT_SR  # a product's PDF report goes where text reports go
-    if uid.name.startswith(("Secondary Capture", "Multi-frame")) and "Secondary" in uid.name:
+    if uid in _SECONDARY_CAPTURE_CLASSES:
         return OutputKind.BURNED_IN_SC
     raise RelayRefused(
         f"SOP class {uid.name or uid} is not a result the node relays (SEG, SR, "

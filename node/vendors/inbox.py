@@ -15,7 +15,7 @@ from pathlib import Path
 
 from models.discovery import discover
 from node.config import NodeConfig
-from node.db import transaction
+from node.db import connect, transaction
 from node.jobs import table
 from node.jobs.work import VendorSent
 from node.spool import Spool
@@ -76,10 +76,7 @@ class VendorInbox:
         self.result_aes = result_aes
         self.spool = Spool(inbox_dir(config), config.storage.min_free_mb * 1024 * 1024)
         self.spool.clear_temp()  # partial files of a result a crash interrupted
-        self._conn = sqlite3.connect(
-            config.storage.database_path, isolation_level=None, timeout=30, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn = connect(config.storage.database_path)
 
     def add(
         self,
