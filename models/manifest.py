@@ -54,8 +54,6 @@ from pathlib import Path
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -79,6 +77,7 @@ from models.manifest_processing import (
     Blend,
     ConnectedComponents,
     Layout,
+    ManifestSection,
     Normalisation,
     NormaliseMode,
     Postprocessing,
@@ -129,10 +128,6 @@ VERSION_PATTERN = re.compile(r"^\d+(\.\d+){0,2}([.+-][0-9A-Za-z.+-]+)?$")
 ENTRY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_]\w*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class RunnerKind(StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
@@ -149,7 +144,7 @@ class Dimensionality(StrEnum):
     THREE_D = "3d"
 
 
-class CodeSpec(_Strict):
+class CodeSpec(ManifestSection):
     """A coded concept as written in YAML; ``.code`` is the pydicom Code."""
 
     value: str
@@ -167,7 +162,7 @@ class CodeSpec(_Strict):
         return Code(self.value, self.scheme, self.meaning)
 
 
-class ModelFile(_Strict):
+class ModelFile(ManifestSection):
     file: str
     sha256: str
 
@@ -187,7 +182,7 @@ class ModelFile(_Strict):
         return value
 
 
-class InputSpec(_Strict):
+class InputSpec(ManifestSection):
     modalities: tuple[str, ...] = ()
     dimensionality: Dimensionality = Dimensionality.TWO_D
     min_frames: int = Field(1, ge=1)
@@ -195,7 +190,7 @@ class InputSpec(_Strict):
     needs_spacing: bool = True  # refuse a series without a spacing (models.spacing decides)
 
 
-class SegmentSpec(_Strict):
+class SegmentSpec(ManifestSection):
     label: int = Field(ge=1)
     name: str
     category: CodeSpec
@@ -208,7 +203,7 @@ class SegmentSpec(_Strict):
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or f"label-{self.label}"
 
 
-class Outputs(_Strict):
+class Outputs(ManifestSection):
     segments: tuple[SegmentSpec, ...] = ()
     fractional: bool = False
 
@@ -224,7 +219,7 @@ class Outputs(_Strict):
         return value
 
 
-class Resources(_Strict):
+class Resources(ManifestSection):
     """``gpu`` is the share of one GPU slot the plugin occupies: 0 (CPU), 0.5 or 1."""
 
     gpu: float = Field(0, ge=0, le=1)
@@ -239,7 +234,7 @@ class Resources(_Strict):
         return value
 
 
-class PluginManifest(_Strict):
+class PluginManifest(ManifestSection):
     """One plugin version. ``directory`` is the folder the manifest was read from."""
 
     name: str

@@ -15,6 +15,7 @@ __all__ = [
     "Blend",
     "ConnectedComponents",
     "Layout",
+    "ManifestSection",
     "Normalisation",
     "NormaliseMode",
     "Postprocessing",
@@ -25,7 +26,9 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
+class ManifestSection(BaseModel):
+    """A section of plugin.yaml: unknown keys are errors (a typo names its field), frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -57,18 +60,18 @@ class Blend(StrEnum):
     CONSTANT = "constant"
 
 
-class Window(_Strict):
+class Window(ManifestSection):
     center: float
     width: float = Field(gt=0)
 
 
-class Normalisation(_Strict):
+class Normalisation(ManifestSection):
     mode: NormaliseMode = NormaliseMode.ZSCORE
     mean: float = 0.0
     std: float = Field(1.0, gt=0)
 
 
-class Resample(_Strict):
+class Resample(ManifestSection):
     spacing: tuple[float, ...]
 
     @field_validator("spacing")
@@ -79,7 +82,7 @@ class Resample(_Strict):
         return value
 
 
-class Tiling(_Strict):
+class Tiling(ManifestSection):
     size: tuple[int, ...]
     overlap: float = Field(0.25, ge=0, lt=1)
     blend: Blend = Blend.GAUSSIAN
@@ -92,7 +95,7 @@ class Tiling(_Strict):
         return value
 
 
-class Preprocessing(_Strict):
+class Preprocessing(ManifestSection):
     window: Window | None = None
     normalise: Normalisation | None = None
     resample: Resample | None = None
@@ -129,12 +132,12 @@ class Preprocessing(_Strict):
         return self
 
 
-class ConnectedComponents(_Strict):
+class ConnectedComponents(ManifestSection):
     min_voxels: int = Field(0, ge=0)
     keep_largest: int | None = Field(None, ge=1)
 
 
-class Postprocessing(_Strict):
+class Postprocessing(ManifestSection):
     activation: Activation = Activation.SOFTMAX
     threshold: float = Field(0.5, gt=0, lt=1)
     connected_components: ConnectedComponents | None = None

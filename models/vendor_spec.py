@@ -22,16 +22,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from models.manifest_processing import ManifestSection
 
 __all__ = ["VendorNodeSpec"]
 
 _AE = re.compile(r"^[ -~]{1,16}$")
 
 
-class VendorNodeSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class VendorNodeSpec(ManifestSection):
     ae_title: str | None = None
     host: str | None = None
     port: int | None = Field(None, ge=1, le=65535)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from models.manifest_processing import ManifestSection
 
 __all__ = ["ContainerSpec", "ContractKind", "Lifecycle", "image_name"]
 
@@ -54,10 +56,8 @@ def image_name(reference: str) -> str:
     return reference.split("@", 1)[0]
 
 
-class ContainerSpec(BaseModel):
+class ContainerSpec(ManifestSection):
     """How to run the image; every field is checked here so a typo fails at load."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: str
     contract: ContractKind = ContractKind.AUTO
@@ -65,8 +65,8 @@ class ContainerSpec(BaseModel):
     network: str = "none"
     user: str = "65534:65534"
     cpus: float = Field(2.0, gt=0, le=256)
-    environment: dict[str, str] = {}
-    settings: dict[str, object] = {}
+    environment: dict[str, str] = Field(default_factory=dict)
+    settings: dict[str, object] = Field(default_factory=dict)
     log_limit_kb: int = Field(256, ge=4, le=65536, description="the container log kept per run")
 
     @field_validator("image")

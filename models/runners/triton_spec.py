@@ -24,7 +24,9 @@ import re
 from enum import StrEnum
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from models.manifest_processing import ManifestSection
 
 __all__ = ["DATATYPES", "TensorSpec", "TritonProtocol", "TritonSpec"]
 
@@ -48,11 +50,7 @@ class TritonProtocol(StrEnum):
     GRPC = "grpc"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TensorSpec(_Strict):
+class TensorSpec(ManifestSection):
     """One input or output tensor, without the batch axis (-1: any length)."""
 
     name: str = Field(min_length=1)
@@ -79,7 +77,7 @@ class TensorSpec(_Strict):
         return DATATYPES[self.datatype]
 
 
-class TritonSpec(_Strict):
+class TritonSpec(ManifestSection):
     url: str
     protocol: TritonProtocol = TritonProtocol.HTTP
     model: str = Field(min_length=1)
