@@ -241,11 +241,11 @@ class ContainerPlugin:
     def kill(self) -> None:
         """Stop the running container now (the job's deadline passed)."""
         self._killed = True
-        name = self._current
-        if name is not None:
-            self.runtime.engine.remove(name)
+        name = self._current  # read once: the run's thread clears it when it ends
         if self.spec.lifecycle is Lifecycle.WARM:
             self.close()  # the next run starts a fresh warm container
+        elif name is not None:
+            self.runtime.engine.remove(name)
 
     def close(self) -> None:
         name, self._current = self._current, None
