@@ -7,15 +7,13 @@ the file's own folder, so ``ainode serve --config /etc/ainode/node.yaml`` works 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -26,25 +24,12 @@ from pydicom.uid import (
 
 from models.containers.engine import EngineSettings
 from node.access import host_networks
-from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
+from node.config_fields import Section, check_ae_title
+from node.destination_settings import Destination
 from node.pseudonym_settings import PseudonymisationSettings
 
-AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 
-
-def _check_ae_title(value: str) -> str:
-    if not AE_TITLE_PATTERN.match(value) or not value.strip():
-        raise ValueError(
-            f"AE title {value!r} must be 1-16 printable ASCII characters without a backslash"
-        )
-    return value.strip()
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ListenerConfig(_Section):
+class ListenerConfig(Section):
     """Where the SCP listens and how much it accepts at once."""
 
     ae_title: str = "AINODE"
@@ -60,11 +45,23 @@ class ListenerConfig(_Section):
     )
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(120, gt=0)
+    max_pending_connections: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="connections that have not sent an A-ASSOCIATE-RQ yet; more are closed "
+        "at once (default: twice max_associations)",
+    )
 
-    _ae = field_validator("ae_title")(_check_ae_title)
+    _ae = field_validator("ae_title")(check_ae_title)
+
+    @property
+    def pending_connection_limit(self) -> int:
+        """``max_pending_connections``, or twice ``max_associations`` when unset."""
+        return self.max_pending_connections or 2 * self.max_associations
 
 
-class AllowedCaller(_Section):
+class AllowedCaller(Section):
     """One calling AE title allowed to associate, optionally pinned to where it calls from:
     an IP address, a network (CIDR) or a host name, resolved when the node starts."""
 
@@ -73,7 +70,7 @@ class AllowedCaller(_Section):
         None, description="IP address, network such as 10.1.0.0/16, or resolvable host name"
     )
 
-    _ae = field_validator("ae_title")(_check_ae_title)
+    _ae = field_validator("ae_title")(check_ae_title)
 
     @field_validator("host")
     @classmethod
@@ -83,7 +80,7 @@ class AllowedCaller(_Section):
         return host
 
 
-class AccessConfig(_Section):
+class AccessConfig(Section):
     """Who may send. ``accept_any`` is for lab use: it skips the allow-list."""
 
     accept_any: bool = False
@@ -103,7 +100,7 @@ class AccessConfig(_Section):
         return self
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     """Where the spool and the index live."""
 
     data_dir: Path = Path("data")
@@ -124,7 +121,7 @@ class StorageConfig(_Section):
         return self.data_dir / "outputs"
 
 
-class StabilityConfig(_Section):
+class StabilityConfig(Section):
     """When a study counts as complete ("stable")."""
 
     stable_after_s: float = Field(15.0, gt=0)
@@ -137,14 +134,14 @@ class StabilityConfig(_Section):
     poll_interval_s: float = Field(0.5, gt=0)
 
 
-class DeviceConfig(_Section):
+class DeviceConfig(Section):
     """GPU slots the executor may hand out; an empty list means CPU only."""
 
     gpus: tuple[int, ...] = ()
     slots_per_gpu: int = Field(1, ge=1, le=16)
 
 
-class JobsConfig(_Section):
+class JobsConfig(Section):
     """The local executor and its retry policy."""
 
     workers: int = Field(2, ge=1, le=64)
@@ -223,7 +220,7 @@ def check_seg_encoding(
         )
 
 
-class OutputsConfig(_Section):
+class OutputsConfig(Section):
     """How result series are labelled and how the SEG is encoded.
 
     The SEG defaults are the smallest encoding that both the validator passes and OHIF draws
@@ -248,114 +245,7 @@ class OutputsConfig(_Section):
         return self
 
 
-class _Destination(_Section):
-    """What every destination kind shares: which jobs feed it and which result kinds it takes."""
-
-    shadow: bool = Field(False, description="receives results of shadow routes only")
-    viewer_profile: ViewerProfile = Field(
-        ViewerProfile.GENERIC,
-        description="the viewer its readers use; picks the default output kinds per source "
-        "(ohif: no SEG over radiographs, which crash OHIF 3.13, but burned-in secondary "
-        "captures; generic: SEG, SR and text SR, plus burned-in captures for radiographs); "
-        "send_as, when given, wins",
-    )
-    send_as: tuple[OutputKind, ...] | None = Field(
-        None,
-        description="output kinds it receives, for every source; null = viewer_profile's defaults",
-    )
-
-    @field_validator("viewer_profile", mode="before")
-    @classmethod
-    def _known_profile(cls, value: object) -> object:
-        known = [profile.value for profile in ViewerProfile]
-        if value not in known:
-            raise ValueError(
-                f"viewer_profile {value!r} is not known; use one of {', '.join(known)}, "
-                "or leave it out and list the output kinds in send_as"
-            )
-        return value
-
-    @field_validator("send_as")
-    @classmethod
-    def _useful_send_as(cls, value: tuple[OutputKind, ...] | None) -> tuple[OutputKind, ...] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError(
-                "send_as is empty, so this destination would receive nothing; list output "
-                "kinds or leave send_as out to take the viewer_profile's defaults"
-            )
-        repeated = sorted({kind.value for kind in value if value.count(kind) > 1})
-        if repeated:
-            raise ValueError(f"send_as lists {', '.join(repeated)} more than once; list each once")
-        return value
-
-    def kinds_for(self, source: SourceKind) -> tuple[OutputKind, ...]:
-        """The output kinds this destination takes for a job on a ``source`` series."""
-        if self.send_as is not None:
-            return self.send_as
-        return PROFILE_DEFAULTS[self.viewer_profile, source]
-
-
-class DicomDestination(_Destination):
-    """A DICOM peer that receives results with C-STORE."""
-
-    kind: Literal["dicom"] = "dicom"
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
-    timeout_s: float = Field(30, gt=0)
-
-    _ae = field_validator("ae_title")(_check_ae_title)
-
-
-class FolderDestination(_Destination):
-    """A folder that receives results as Part-10 files (tests, air-gapped sites)."""
-
-    kind: Literal["folder"] = "folder"
-    path: Path
-
-
-class StowRsDestination(_Destination):
-    """A DICOMweb server that receives results with STOW-RS. The bearer token lives in a file
-    or an environment variable, never in node.yaml, which is often shared or committed."""
-
-    kind: Literal["stowrs"] = "stowrs"
-    url: str = Field(description="the STOW-RS endpoint, e.g. http://pacs:8042/dicom-web/studies")
-    token_file: Path | None = Field(None, description="file holding the bearer token")
-    token_env: str | None = Field(None, description="environment variable holding the token")
-    timeout_s: float = Field(30, gt=0)
-    max_batch_mb: float = Field(50, gt=0, description="cap on one request's multipart body")
-    verify_tls: bool = True
-    ca_file: Path | None = Field(None, description="CA bundle for https; null = system CAs")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline_token(cls, data: object) -> object:
-        if isinstance(data, Mapping) and "token" in data:
-            raise ValueError(
-                "a token in node.yaml would leak with the file; put it in a file named by "
-                "token_file or in an environment variable named by token_env"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _usable(self) -> StowRsDestination:
-        if not re.match(r"^https?://[^/?#]+", self.url):
-            raise ValueError(f"url {self.url!r} must start with http:// or https:// and a host")
-        if self.token_file is not None and self.token_env is not None:
-            raise ValueError("give token_file or token_env, not both")
-        if self.ca_file is not None and not self.url.startswith("https://"):
-            raise ValueError("ca_file is for an https:// url; remove it or use https")
-        return self
-
-
-Destination = Annotated[
-    DicomDestination | FolderDestination | StowRsDestination, Field(discriminator="kind")
-]
-
-
-class DispatchConfig(_Section):
+class DispatchConfig(Section):
     """Outbox retry policy."""
 
     max_attempts: int = Field(10, ge=1)
@@ -363,17 +253,17 @@ class DispatchConfig(_Section):
     backoff_max_s: float = Field(600, ge=0)
     calling_ae_title: str = "AINODE"
 
-    _ae = field_validator("calling_ae_title")(_check_ae_title)
+    _ae = field_validator("calling_ae_title")(check_ae_title)
 
 
-class HttpConfig(_Section):
+class HttpConfig(Section):
     """Status page and Prometheus metrics; port 0 disables it."""
 
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
 
 
-class NodeConfig(_Section):
+class NodeConfig(Section):
     """The whole of node.yaml."""
 
     listener: ListenerConfig = ListenerConfig()
@@ -385,7 +275,7 @@ class NodeConfig(_Section):
     devices: DeviceConfig = DeviceConfig()
     jobs: JobsConfig = JobsConfig()
     outputs: OutputsConfig = OutputsConfig()
-    destinations: dict[str, Destination] = {}
+    destinations: dict[str, Destination] = Field(default_factory=dict)
     dispatch: DispatchConfig = DispatchConfig()
     http: HttpConfig = HttpConfig()
     containers: EngineSettings = EngineSettings()

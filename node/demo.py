@@ -24,14 +24,9 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
-from node.config import (
-    ConfigError,
-    FolderDestination,
-    NodeConfig,
-    StowRsDestination,
-    load_node_config,
-)
+from node.config import ConfigError, NodeConfig, load_node_config
 from node.db import connect
+from node.destination_settings import FolderDestination, StowRsDestination
 from node.scu import AssociationFailed, Peer, echo, send
 
 DEFAULT_CONFIG = Path("config/node.yaml")

@@ -71,6 +71,10 @@ class ConnectionCountingAE(AE):
         return [a for a in super().active_associations if getattr(a, "requested", True)]
 
 
+#: Refused connections are logged at most this often (a count and the latest peer).
+REFUSAL_LOG_INTERVAL_S = 5.0
+
+
 class _NoDelayServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
     connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
@@ -87,6 +91,10 @@ class _NoDelayServer(ThreadedAssociationServer):
         self.store_handler: StoreHandler | None = None
         #: How long a new connection may take to send its whole A-ASSOCIATE-RQ.
         self.association_request_timeout: float | None = None
+        #: Connections without an A-ASSOCIATE-RQ yet, at most; further ones are closed.
+        self.max_pending: int | None = None
+        self._refused = 0
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
@@ -97,6 +105,43 @@ class _NoDelayServer(ThreadedAssociationServer):
         timeouts = [self.ae.network_timeout, self.association_request_timeout]
         set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Take a connection only while fewer than ``max_pending`` have not sent their
+        A-ASSOCIATE-RQ and fewer than that plus ``maximum_associations`` are open; otherwise
+        it is closed at once (``shutdown_request``) without a thread: a flood of bare
+        connects cannot cost a thread each until the request timeout."""
+        if self.max_pending is None:
+            return True
+        open_ = self.active_associations
+        pending = sum(1 for assoc in open_ if not getattr(assoc, "requested", True))
+        if (
+            pending < self.max_pending
+            and len(open_) < self.max_pending + self.ae.maximum_associations
+        ):
+            return True
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            LOGGER.warning(
+                "closed %d new connection(s) at once, the latest from %s:%s: %d of %d open "
+                "connections have not sent an A-ASSOCIATE-RQ (max_pending_connections %d)",
+                self._refused,
+                *client_address[:2],
+                pending,
+                len(open_),
+                self.max_pending,
+            )
+            self._refused = 0
+            self._refusal_logged_at = now
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Set the association up on the accepting thread (it starts its own threads):
+        ``ThreadingMixIn``'s extra thread per connection would cost a thread more each and
+        keep a new connection out of ``active_associations``, so out of the count above,
+        until it ran."""
+        self.finish_request(request, client_address)
 
 
 def _failure(code: StoreStatus, comment: str) -> StoreReply:
@@ -179,6 +224,7 @@ class StorageSCP:
         )
         self._server.store_handler = self.store
         self._server.association_request_timeout = listener.association_request_timeout_s
+        self._server.max_pending = listener.pending_connection_limit
         ae._servers.append(self._server)  # so AE/ server shutdown find it, as start_server does
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="scp-accept", daemon=True

@@ -11,8 +11,9 @@ from pathlib import Path
 from pipeline_rows import secondary_capture
 from pydicom import dcmread
 
-from node.config import NodeConfig, OutputKind
+from node.config import NodeConfig
 from node.jobs.work import ResultFile, WorkItem, WorkResult
+from node.output_kinds import OutputKind
 from node.outputs.uids import uid_from_name
 
 

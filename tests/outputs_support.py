@@ -26,7 +26,8 @@ from models.api import (
     Segment,
 )
 from models.loading import load_plugin_input
-from node.config import OutputKind, OverlappingSegments, SegTransferSyntax
+from node.config import OverlappingSegments, SegTransferSyntax
+from node.output_kinds import OutputKind
 from node.outputs import OutputContext, ResultInstance, build_outputs
 from node.outputs.context import SegOptions
 

@@ -27,7 +27,7 @@ from models.containers.findings_json import FindingsFileError, read_findings, wr
 from models.containers.folders import AppManifest, stage_input, write_task
 from models.containers.spec import ContainerSpec
 from models.manifest import ManifestError, load_manifest
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs import build_outputs
 from node.outputs.relay import RelayRefused, result_kind
 

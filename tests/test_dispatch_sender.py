@@ -21,8 +21,9 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 
-from node.config import DicomDestination, FolderDestination, NodeConfig
+from node.config import NodeConfig
 from node.db import connect
+from node.destination_settings import DicomDestination, FolderDestination
 from node.dispatch.dispatcher import DestinationSender, Dispatcher
 from node.dispatch.outbox import OutboxState, RetryPolicy, list_rows
 from node.dispatch.sender import DicomTransport, FolderTransport

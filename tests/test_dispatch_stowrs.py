@@ -23,12 +23,13 @@ from pipeline_rows import add_result, secondary_capture, seed_job
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from node.config import ConfigError, NodeConfig, OutputKind, load_node_config
+from node.config import ConfigError, NodeConfig, load_node_config
 from node.db import connect
 from node.dispatch.dispatcher import DestinationSender, Dispatcher
 from node.dispatch.outbox import OutboxRow, OutboxState, RetryPolicy, enqueue, list_rows
 from node.dispatch.sender import transport_for
 from node.dispatch.stowrs import stow_outcome
+from node.output_kinds import OutputKind
 
 
 class Recorder:

@@ -7,13 +7,14 @@ import pytest
 from pipeline_rows import add_result, secondary_capture, seed_route_match, seed_series
 from pydicom.uid import generate_uid
 
-from node.config import NodeConfig, OutputKind
+from node.config import NodeConfig
 from node.db import connect
 from node.dispatch.outbox import list_rows
 from node.jobs import table
 from node.jobs.results import store_results, work_item_for
 from node.jobs.table import JobState
 from node.jobs.work import ResultFile, WorkResult
+from node.output_kinds import OutputKind
 
 
 @pytest.fixture

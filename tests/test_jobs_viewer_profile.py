@@ -26,14 +26,7 @@ from runtime_support import write_plugin
 
 from models.phantoms.chest_xray import make_chest_xray
 from node.cli import main
-from node.config import (
-    ConfigError,
-    NodeConfig,
-    OutputKind,
-    SourceKind,
-    ViewerProfile,
-    load_node_config,
-)
+from node.config import ConfigError, NodeConfig, load_node_config
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import list_rows
@@ -41,6 +34,7 @@ from node.jobs import table
 from node.jobs.results import source_kind_of, store_results, work_item_for
 from node.jobs.work import ResultFile, WorkResult
 from node.jobs.worker import PipelineRunner
+from node.output_kinds import OutputKind, SourceKind, ViewerProfile
 
 SEG, SR, TEXT_SR, SC = (
     OutputKind.SEG,

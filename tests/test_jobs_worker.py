@@ -12,13 +12,14 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from runtime_support import write_plugin
 
 from node.cli import main
-from node.config import NodeConfig, OutputKind, load_node_config
+from node.config import NodeConfig, load_node_config
 from node.db import connect
 from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
 from node.jobs.table import JobState
 from node.jobs.work import WorkItem
 from node.jobs.worker import PipelineRunner, write_atomically
+from node.output_kinds import OutputKind
 from node.outputs import ResultInstance
 
 BROKEN = """

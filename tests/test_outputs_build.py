@@ -28,7 +28,8 @@ from models.api import (
     SourceFrame,
 )
 from models.loading import load_plugin_input
-from node.config import OutputKind, OutputsConfig
+from node.config import OutputsConfig
+from node.output_kinds import OutputKind
 from node.outputs import (
     OutputContext,
     PredecessorDocument,

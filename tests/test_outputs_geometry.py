@@ -14,7 +14,7 @@ from outputs_support import EVERY_FRAME_NESTED, full_findings, write_synthetic_c
 
 from models.api import Findings, PluginInput
 from models.loading import load_plugin_input
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs import OutputContext, SegmentationGeometryError, build_outputs
 
 CONTEXT = OutputContext(

@@ -21,13 +21,8 @@ from pydicom.sr.codedict import codes
 
 from models.api import AlgorithmIdentification, Findings, PluginInput, Segment
 from models.loading import load_plugin_input
-from node.config import (
-    OutputKind,
-    OutputsConfig,
-    OverlappingSegments,
-    SegTransferSyntax,
-    SegType,
-)
+from node.config import OutputsConfig, OverlappingSegments, SegTransferSyntax, SegType
+from node.output_kinds import OutputKind
 from node.outputs import OutputContext, ResultInstance, build_outputs
 from node.outputs.context import SegOptions
 from node.outputs.encoding import decompress, preencode_frame_groups

@@ -20,7 +20,7 @@ from models.api import (
     Measurement,
     QualitativeEvaluation,
 )
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs import build_outputs
 from node.outputs.procedure import CT_CHEST
 from node.outputs.sr_graphics import GraphicPlacementError

@@ -18,7 +18,7 @@ import pytest
 from outputs_support import full_findings, write_synthetic_ct
 
 from models.loading import load_plugin_input
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs import OutputContext, build_outputs
 
 Validator = Callable[..., subprocess.CompletedProcess[str]]

@@ -24,7 +24,7 @@ from models.phantoms.chest_ct import ChestCTSpec, write_chest_ct
 from models.phantoms.chest_xray import make_chest_xray
 from models.phantoms.neck_mr import NeckMRSpec, write_neck_mr
 from models.runtime import PluginHost, catalog_of
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs import OutputContext, build_outputs
 
 PLUGINS = Path(__file__).resolve().parent.parent / "models" / "plugins"

@@ -18,8 +18,9 @@ import pytest
 from conftest import wait_until
 from routing_support import add_series, make_stable
 
-from node.config import FolderDestination, NodeConfig, StabilityConfig, StorageConfig
+from node.config import NodeConfig, StabilityConfig, StorageConfig
 from node.db import connect
+from node.destination_settings import FolderDestination
 from routers.check import RoutesFileError
 from routers.stage import RoutingStage
 

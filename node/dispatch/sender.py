@@ -29,7 +29,12 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from node.config import Destination, DicomDestination, FolderDestination, StowRsDestination
+from node.destination_settings import (
+    Destination,
+    DicomDestination,
+    FolderDestination,
+    StowRsDestination,
+)
 from node.dispatch.outbox import OutboxRow
 from node.dispatch.stowrs import StowRsTransport
 from node.outputs.encoding import decompress

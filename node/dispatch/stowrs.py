@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from node.config import StowRsDestination
+from node.destination_settings import StowRsDestination
 
 __all__ = ["StowRsTransport", "stow_outcome"]
 

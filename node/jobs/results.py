@@ -32,19 +32,14 @@ from pydicom.uid import (
     XRayRadiofluoroscopicImageStorage,
 )
 
-from node.config import (
-    PROFILE_DEFAULTS,
-    Destination,
-    NodeConfig,
-    OutputKind,
-    SourceKind,
-    ViewerProfile,
-)
+from node.config import NodeConfig
 from node.db import transaction
+from node.destination_settings import Destination
 from node.dispatch.outbox import enqueue
 from node.jobs import table
 from node.jobs.table import Job
 from node.jobs.work import WorkItem, WorkResult
+from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 
 __all__ = [
     "eligible_destinations",

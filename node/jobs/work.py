@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from models.api import Findings, PluginInput
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs.burned_in import build_burned_in
 from node.outputs.context import OutputContext
 from node.outputs.encoding import preencode_frame_groups

@@ -17,7 +17,7 @@ from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from models.api import Findings, PluginInput
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs.context import OutputContext
 from node.outputs.identity import copy_identity, prepared_header
 from node.outputs.seg import DEFAULT_COLORS, MANUFACTURER

@@ -9,13 +9,13 @@ from pydicom.uid import UID
 
 import node
 from node.config import (
-    OutputKind,
     OutputsConfig,
     OverlappingSegments,
     SegTransferSyntax,
     SegType,
     check_seg_encoding,
 )
+from node.output_kinds import OutputKind
 
 # Series number offset per output kind: each kind is its own series (a series holds one
 # modality), numbered from OutputContext.series_number.

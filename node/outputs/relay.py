@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 
 from models.api import ProductInstance
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs.build import ResultInstance
 
 __all__ = ["RelayRefused", "default_validator", "relayed_results", "result_kind"]

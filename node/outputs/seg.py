@@ -17,7 +17,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 from models.api import Findings, PluginInput
-from node.config import OutputKind, OverlappingSegments, SegTransferSyntax, SegType
+from node.config import OverlappingSegments, SegTransferSyntax, SegType
+from node.output_kinds import OutputKind
 from node.outputs.context import OutputContext
 from node.outputs.identity import copy_identity
 from node.outputs.seg_geometry import (

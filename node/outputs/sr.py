@@ -29,7 +29,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from models.api import Finding, Findings, Measurement, PluginInput, QualitativeEvaluation, Segment
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs.context import OutputContext, PredecessorDocument
 from node.outputs.identity import copy_identity, prepared_header
 from node.outputs.procedure import procedure_reported

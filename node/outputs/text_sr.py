@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from models.api import Findings, PluginInput, Segment, SourceFrame
-from node.config import OutputKind
+from node.output_kinds import OutputKind
 from node.outputs.context import OutputContext
 from node.outputs.identity import copy_identity, prepared_header
 from node.outputs.seg import MANUFACTURER

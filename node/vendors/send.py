@@ -20,8 +20,9 @@ from pydicom import dcmread
 
 from models.manifest import PluginManifest
 from models.vendor_spec import VendorNodeSpec
-from node.config import NodeConfig, StowRsDestination
+from node.config import NodeConfig
 from node.db import connect
+from node.destination_settings import StowRsDestination
 from node.dispatch.stowrs import SeriesFile, StowRsTransport
 from node.jobs.work import VendorSent, WorkItem, WorkResult
 from node.scu import AssociationFailed, Peer, send
