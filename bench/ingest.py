@@ -13,7 +13,11 @@ wrapper, not reachable from node.yaml), shows how much of the gap to DCMTK (whic
 fsync at all) is the durability contract and how much the protocol path.
 
     python bench/ingest.py [--rounds 3] [--ct-slices 300] [--small 2000] [--no-split]
-                           [--work-dir DIR] [--compare-tree OLD_CHECKOUT]
+                           [--work-dir DIR] [--compare-tree OLD_CHECKOUT] [--tls]
+
+``--tls`` adds DICOM TLS receivers (ainode's TLS listener and ``storescp +tls``, with a
+throw-away PKI from ``tests/tls_support.py``), fed by ``storescu +tls`` with a client
+certificate, and prints what TLS costs each: TLS throughput / plain, in the same run.
 
 Both receivers create a file per instance, so the bench first prints what creating a file
 costs in the work folder: on the development VM that ranged from 0.01 to 1.7 ms depending on
@@ -43,6 +47,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from ingest_support import make_instances  # noqa: E402  (the suite's fast series writer)
+from tls_support import Pki, dcmtk_tls_args, make_pki, tls_section  # noqa: E402
 
 # DCMTK 3.6.7 leaves Nagle on unless told; both receivers get the same senders.
 ENV = dict(os.environ, TCP_NODELAY="1")
@@ -69,6 +74,8 @@ class Server:
     process: subprocess.Popen[bytes]
     store_dir: Path
     stats_path: Path | None = None  # phase timers of an instrumented ainode
+    sender_args: tuple[str, ...] = ()  # storescu's TLS options for this receiver
+    plain_name: str | None = None  # the plain receiver this TLS one is compared with
 
     def take_stats(self) -> dict[str, dict[str, float]] | None:
         """Phase seconds since the last call (``bench/ingest_node.py`` writes them on SIGUSR1)."""
@@ -119,24 +126,34 @@ def file_create_ms(folder: Path, count: int = 200) -> float:
         shutil.rmtree(probe)
 
 
-def start_dcmtk(work: Path) -> Server:
+def start_dcmtk(work: Path, pki: Pki | None = None) -> Server:
     port = free_port()
-    out = work / "storescp"
+    name = "DCMTK storescp +B" + (" TLS" if pki else "")
+    out = work / ("storescp-tls" if pki else "storescp")
     out.mkdir()
+    tls = dcmtk_tls_args(pki.server, pki) if pki else []
     process = subprocess.Popen(
-        [dcmtk("storescp"), "+B", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
+        [dcmtk("storescp"), "+B", "--fork", *tls, "-aet", "STORESCP", "-od", str(out), str(port)],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_listening(port, process)
-    return Server("DCMTK storescp +B", port, "STORESCP", process, out)
+    sender = tuple(dcmtk_tls_args(pki.client, pki)) if pki else ()
+    plain = "DCMTK storescp +B" if pki else None
+    return Server(name, port, "STORESCP", process, out, None, sender, plain)
 
 
 def start_ainode(
-    work: Path, *, durable: bool = True, repo: Path = REPO, name: str | None = None
+    work: Path,
+    *,
+    durable: bool = True,
+    repo: Path = REPO,
+    name: str | None = None,
+    pki: Pki | None = None,
 ) -> Server:
-    """``ainode serve`` under ``bench/ingest_node.py`` (this checkout's, or ``repo``'s)."""
+    """``ainode serve`` under ``bench/ingest_node.py`` (this checkout's, or ``repo``'s); with
+    ``pki``, a TLS listener only."""
     port = free_port()
     name = name or ("ainode" if durable else "ainode-nofsync")
     data = work / name
@@ -152,6 +169,9 @@ def start_ainode(
         "storage": {"data_dir": str(data), "min_free_mb": 64},
         "stability": {"stable_after_s": 3600, "after_release_s": None},
     }
+    if pki is not None:
+        config["listener"] |= {"plain": False, "tls_port": port, "port": free_port()}
+        config["tls"] = tls_section(pki)
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     stats = work / f"{name}-stats.json"
@@ -164,6 +184,9 @@ def start_ainode(
     )
     wait_listening(port, process)
     server = Server(name, port, "AINODE", process, data / "spool", stats)
+    if pki is not None:
+        server.sender_args = tuple(dcmtk_tls_args(pki.client, pki))
+        server.plain_name = "ainode"
     server.take_stats()  # drop the listening probe's
     return server
 
@@ -189,6 +212,7 @@ def send(server: Server, files: list[Path], associations: int) -> float:
         subprocess.Popen(
             [
                 dcmtk("storescu"),
+                *server.sender_args,
                 "-aec",
                 server.ae_title,
                 "--max-pdu",
@@ -232,6 +256,9 @@ def main() -> int:
         help="where inputs and receivers' stores go (default: the temp folder); see the "
         "file creation cost the bench prints first",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="add DICOM TLS receivers and print TLS / plain"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ainode-bench-", dir=args.work_dir))
@@ -252,6 +279,9 @@ def main() -> int:
             servers.append(start_ainode(work, durable=False))
         if args.compare_tree is not None:
             servers.append(start_ainode(work, repo=args.compare_tree, name="ainode-compared"))
+        if args.tls:
+            pki = make_pki(work / "pki")
+            servers += [start_dcmtk(work, pki), start_ainode(work, name="ainode TLS", pki=pki)]
         print(f"{'workload':<22} {'assoc':>5}  {'receiver':<18} {'inst/s':>8} {'MB/s':>8}")
         expected = 0
         for label, count, size in workloads:
@@ -270,8 +300,10 @@ def main() -> int:
                         times[server.name].append(seconds)
                     expected += count
                     shutil.rmtree(folder)
-                    for received in reference.store_dir.iterdir():  # keep the disk use down
-                        received.unlink()
+                    for server in servers:  # keep the disk use down
+                        if server.stats_path is None:
+                            for received in server.store_dir.iterdir():
+                                received.unlink()
                 best = {name: min(values) for name, values in times.items()}
                 for name, seconds in best.items():
                     print(
@@ -282,12 +314,19 @@ def main() -> int:
                 for server in servers[1:]:
                     ratio = best[reference.name] / best[server.name]
                     print(f"{'':<22} {'':>5}  {'ratio ' + server.name:<18} {ratio:>8.2f}")
+                for server in servers:
+                    if server.plain_name is not None:
+                        ratio = best[server.plain_name] / best[server.name]
+                        label_ = f"TLS/plain {server.plain_name.split()[0]}"
+                        print(f"{'':<22} {'':>5}  {label_:<18} {ratio:>8.2f}")
                 if associations == 1:
                     for name, stats in best_stats.items():
                         print_split(name, best[name], count, stats)
         for server in servers:
             server.stop()
         for server in servers[1:]:
+            if server.stats_path is None:
+                continue  # DCMTK's folder is emptied after every round
             stored = sum(1 for _ in server.store_dir.rglob("*.dcm"))
             if stored != expected:
                 print(f"WARNING: {server.name} holds {stored} instances, expected {expected}")

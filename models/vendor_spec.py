@@ -9,6 +9,7 @@ relayed as the job's results. Example::
       ae_title: VENDORAI          # C-STORE to this peer ...
       host: vendor.example
       port: 104
+      # tls: true                 # DICOM TLS, with node.yaml's tls: certificate and CAs
       # stowrs_url: https://vendor.example/dicom-web/studies   # ... or STOW-RS, with
       # token_file: /etc/ainode/vendor.token                   # a token never in the YAML
       results_from: VENDORAI      # the calling AE title its results come back with
@@ -43,6 +44,8 @@ class VendorNodeSpec(ManifestSection):
     quiet_s: float = Field(5, ge=0)
     network_timeout_s: float = Field(60, gt=0)
     deidentify: bool = False
+    tls: bool = Field(False, description="C-STORE over DICOM TLS with node.yaml's tls: identity")
+    verify_hostname: bool = Field(True, description="its certificate must name host")
 
     @field_validator("ae_title", "results_from")
     @classmethod

@@ -16,12 +16,14 @@ from node.config import ConfigError
 
 COMMAND_MODULES = (
     "node.commands",
+    "node.config_cli",
     "models.cli",
     "routers.cli",
     "node.jobs.cli",
     "node.dispatch.cli",
     "node.vendors.cli",
     "node.demo",
+    "node.audit.cli",
 )
 
 

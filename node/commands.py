@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
 
+from node.audit.events import IndexQueried
+from node.audit.messages import operating_system_user
+from node.audit.trail import record_from_command
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.db import connect
+from node.tls import TlsSettings
 
 DEFAULT_CONFIG = Path("config/node.yaml")
 
@@ -24,7 +29,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     studies.add_argument("--limit", type=int, default=50, help="newest N studies (default 50)")
     studies.set_defaults(func=cmd_studies)
 
-    send = subparsers.add_parser("send", help="C-STORE files or folders to a DICOM peer")
+    tls = argparse.ArgumentParser(add_help=False)
+    group = tls.add_argument_group("DICOM TLS")
+    group.add_argument("--tls", action="store_true", help="connect with DICOM TLS")
+    group.add_argument("--tls-ca", type=Path, help="PEM CA bundle the peer must chain to")
+    group.add_argument("--tls-cert", type=Path, help="our PEM certificate, if the peer asks")
+    group.add_argument("--tls-key", type=Path, help="the key of --tls-cert")
+    group.add_argument(
+        "--no-verify-hostname", action="store_true", help="accept a certificate for another name"
+    )
+
+    send = subparsers.add_parser(
+        "send", help="C-STORE files or folders to a DICOM peer", parents=[tls]
+    )
     send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     send.add_argument("--to", required=True, metavar="AET@HOST:PORT", help="destination AE")
     send.add_argument("--aet", default="AINODE", help="our calling AE title (default AINODE)")
@@ -32,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     send.add_argument("--quiet", action="store_true", help="no progress bar")
     send.set_defaults(func=cmd_send)
 
-    echo = subparsers.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo = subparsers.add_parser("echo", help="C-ECHO a DICOM peer", parents=[tls])
     echo.add_argument("peer", metavar="AET@HOST:PORT")
     echo.add_argument("--aet", default="AINODE", help="our calling AE title (default AINODE)")
     echo.add_argument("--timeout", type=float, default=30.0)
@@ -102,6 +119,12 @@ def cmd_studies(args: argparse.Namespace) -> int:
         ).fetchall()
     finally:
         conn.close()
+    record_from_command(
+        config.audit,
+        config.storage.data_dir,
+        config.listener.ae_title,
+        IndexQueried(user=operating_system_user(), query=f"studies --limit {args.limit}"),
+    )
     header = f"{'STUDY INSTANCE UID':<64}  {'STATE':<9} {'VER':>3} {'SER':>3} {'INST':>5}  "
     header += f"{'MODALITY':<10} {'BODY PART':<12} {'DATE':<8}  LAST RECEIVED"
     print(header)
@@ -141,17 +164,26 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the --tls options ask for; None without --tls. TlsError, ValueError."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    settings = TlsSettings(certificate=args.tls_cert, key=args.tls_key, ca_bundle=args.tls_ca)
+    return settings.client_context(verify_hostname=not args.no_verify_hostname)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from node.scu import AssociationFailed, Peer, send
 
     try:
         peer = Peer.parse(args.to)
+        tls = _client_tls(args)
     except ValueError as exc:
         print(f"ainode send: {exc}", file=sys.stderr)
         return 2
     progress = _ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        report = send(args.paths, peer, args.aet, args.timeout, progress=progress)
+        report = send(args.paths, peer, args.aet, args.timeout, progress=progress, tls=tls)
     except AssociationFailed as exc:
         print(f"ainode send: {exc}", file=sys.stderr)
         return 1
@@ -166,7 +198,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     try:
         peer = Peer.parse(args.peer)
-        status = echo(peer, args.aet, args.timeout)
+        status = echo(peer, args.aet, args.timeout, tls=_client_tls(args))
     except ValueError as exc:
         print(f"ainode echo: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ the file's own folder, so ``ainode serve --config /etc/ainode/node.yaml`` works 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -24,9 +25,13 @@ from pydicom.uid import (
 
 from models.containers.engine import EngineSettings
 from node.access import host_networks
+from node.audit.settings import AuditSettings
 from node.config_fields import Section, check_ae_title
 from node.destination_settings import Destination
 from node.pseudonym_settings import PseudonymisationSettings
+from node.tls import TlsError, TlsSettings, parse_subject, pem_fingerprint
+
+LOGGER = logging.getLogger(__name__)
 
 
 class ListenerConfig(Section):
@@ -35,6 +40,13 @@ class ListenerConfig(Section):
     ae_title: str = "AINODE"
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
+    plain: bool = Field(True, description="serve plain DICOM on port; false = TLS only")
+    tls_port: int | None = Field(
+        None, ge=1, le=65535, description="serve DICOM TLS here (needs tls.certificate)"
+    )
+    require_client_certificate: bool = Field(
+        False, description="TLS callers must present a certificate signed by tls.ca_bundle"
+    )
     max_associations: int = Field(16, ge=1, le=1024)
     max_pdu: int = Field(0, ge=0, description="maximum PDU length we receive; 0 = unlimited")
     acse_timeout_s: float = Field(30, gt=0)
@@ -60,6 +72,14 @@ class ListenerConfig(Section):
         """``max_pending_connections``, or twice ``max_associations`` when unset."""
         return self.max_pending_connections or 2 * self.max_associations
 
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> ListenerConfig:
+        if not self.plain and self.tls_port is None:
+            raise ValueError("listener.plain is false and no tls_port is set: nothing to serve")
+        if self.plain and self.tls_port == self.port:
+            raise ValueError(f"tls_port {self.tls_port} is also the plain port; use another")
+        return self
+
 
 class AllowedCaller(Section):
     """One calling AE title allowed to associate, optionally pinned to where it calls from:
@@ -68,6 +88,12 @@ class AllowedCaller(Section):
     ae_title: str
     host: str | None = Field(
         None, description="IP address, network such as 10.1.0.0/16, or resolvable host name"
+    )
+    certificate: Path | None = Field(
+        None, description="PEM certificate the caller must present over TLS (pinned by SHA-256)"
+    )
+    subject: str | None = Field(
+        None, description="subject its TLS certificate must have, e.g. CN=ct-1,O=Hospital"
     )
 
     _ae = field_validator("ae_title")(check_ae_title)
@@ -78,6 +104,17 @@ class AllowedCaller(Section):
         if host is not None:
             host_networks(host)  # raises, saying what to write
         return host
+
+    @field_validator("subject")
+    @classmethod
+    def _readable_subject(cls, subject: str | None) -> str | None:
+        if subject is not None:
+            parse_subject(subject)  # raises, saying how to write it
+        return subject
+
+    @property
+    def needs_certificate(self) -> bool:
+        return self.certificate is not None or self.subject is not None
 
 
 class AccessConfig(Section):
@@ -280,6 +317,28 @@ class NodeConfig(Section):
     http: HttpConfig = HttpConfig()
     containers: EngineSettings = EngineSettings()
     pseudonymisation: PseudonymisationSettings = PseudonymisationSettings()
+    audit: AuditSettings = AuditSettings()
+    tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="after")
+    def _tls_where_needed(self) -> NodeConfig:
+        if self.listener.tls_port is not None and self.tls.certificate is None:
+            raise ValueError("listener.tls_port needs tls.certificate and tls.key")
+        pinned = [c.ae_title for c in self.access.callers if c.needs_certificate]
+        if pinned and self.listener.tls_port is None:
+            raise ValueError(
+                f"callers {', '.join(pinned)} are pinned to a certificate, which only a TLS "
+                "listener can check: set listener.tls_port"
+            )
+        return self
+
+    def _audit_resolved(self, absolute: Callable[[Path], Path]) -> AuditSettings:
+        collector = self.audit.collector
+        if collector is None:
+            return self.audit
+        names = ("ca_file", "cert_file", "key_file")
+        paths = {n: absolute(p) for n in names if (p := getattr(collector, n)) is not None}
+        return self.audit.model_copy(update={"collector": collector.model_copy(update=paths)})
 
     def resolved(self, base: Path) -> NodeConfig:
         """Return a copy with every relative path made absolute against ``base``."""
@@ -291,6 +350,13 @@ class NodeConfig(Section):
             names = ("path", "token_file", "ca_file")
             return {n: absolute(p) for n in names if isinstance(p := getattr(dest, n, None), Path)}
 
+        callers = tuple(
+            caller.model_copy(update={"certificate": absolute(caller.certificate)})
+            if caller.certificate is not None
+            else caller
+            for caller in self.access.callers
+        )
+
         destinations = {
             name: dest.model_copy(update=paths_of(dest)) for name, dest in self.destinations.items()
         }
@@ -300,6 +366,9 @@ class NodeConfig(Section):
                     update={"data_dir": absolute(self.storage.data_dir)}
                 ),
                 "routes_file": absolute(self.routes_file),
+                "access": self.access.model_copy(update={"callers": callers}),
+                "tls": self.tls.resolved(absolute),
+                "audit": self._audit_resolved(absolute),
                 "plugin_dirs": tuple(absolute(p) for p in self.plugin_dirs),
                 "destinations": destinations,
                 "containers": self.containers.model_copy(
@@ -335,4 +404,28 @@ def load_node_config(path: Path) -> NodeConfig:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc
-    return config.resolved(path.resolve().parent)
+    config = config.resolved(path.resolve().parent)
+    try:
+        check_tls_files(config)
+    except TlsError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return config
+
+
+def check_tls_files(config: NodeConfig) -> None:
+    """Load every TLS file the configuration uses now, not at the first connection: TlsError
+    naming the file and the problem."""
+    key = config.tls.key
+    if key is not None and key.exists() and key.stat().st_mode & 0o077:
+        LOGGER.warning(
+            "tls.key %s can be read by other users (mode %o): chmod 600 it",
+            key,
+            key.stat().st_mode & 0o777,
+        )
+    if config.listener.tls_port is not None:
+        config.tls.server_context(config.listener.require_client_certificate)
+    for caller in config.access.callers:
+        if caller.certificate is not None:
+            pem_fingerprint(caller.certificate)
+    if any(getattr(d, "tls", False) for d in config.destinations.values()):
+        config.tls.client_context()

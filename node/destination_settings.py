@@ -71,6 +71,10 @@ class DicomDestination(_Destination):
     host: str
     port: int = Field(ge=1, le=65535)
     timeout_s: float = Field(30, gt=0)
+    tls: bool = Field(False, description="DICOM TLS with node.yaml's tls: identity and CAs")
+    verify_hostname: bool = Field(
+        True, description="the peer's certificate must name host (false: only its chain)"
+    )
 
     _ae = field_validator("ae_title")(check_ae_title)
 

@@ -26,6 +26,7 @@ import logging
 import queue
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -87,8 +88,17 @@ class _FastSocket(AssociationSocket):
 
     #: Until the A-ASSOCIATE-RQ is read: a peer trickling bytes is cut off at this time.
     deadline: float | None = None
+    #: The DUL thread is inside ``recv``: part of a PDU came, the rest has not yet.
+    reading = False
 
     def recv(self, nr_bytes: int) -> bytearray:
+        self.reading = True
+        try:
+            return self._recv(nr_bytes)
+        finally:
+            self.reading = False
+
+    def _recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         if sock is None:
             return bytearray()
@@ -149,6 +159,12 @@ class _EventDUL(DULServiceProvider):
                 self._direct_store.close()
             self._wake_reader.close()
             self._wake_writer.close()
+            # An association thread still waiting for the A-ASSOCIATE-RQ (one that could not
+            # be decoded ended this reactor) takes this as "none came" instead of waiting out
+            # its timeout, the full ACSE one once the request was read: 30 s of a thread and
+            # an association slot per malformed request. Queued behind any real primitive,
+            # and a later look at the queue sees neither an abort nor a release in it.
+            self.to_user_queue.put(None)
             assoc_wake = getattr(self.assoc, "wake", None)
             if assoc_wake is not None:
                 assoc_wake()  # the association notices the DUL has ended
@@ -189,6 +205,8 @@ class _EventDUL(DULServiceProvider):
                 return
             pdu_type, _, length = _PDU_HEADER.unpack(header)
             if pdu_type not in _PDU_TYPES:
+                if self._closing():
+                    return
                 LOGGER.error("unknown PDU type 0x%02X received", pdu_type)
                 self.event_queue.put("Evt19")  # unrecognised PDU
                 return
@@ -229,11 +247,22 @@ class _EventDUL(DULServiceProvider):
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception as exc:
+            if self._closing():
+                return
             LOGGER.error("unable to decode the received PDU: %s", exc)
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def _closing(self) -> bool:
+        """After an abort (Sta13, waiting for the peer to close) a PDU that is not one closes
+        the connection: pynetdicom answered each with another A-ABORT and a log line, so 60 KB
+        of zeros made 10,000 error lines and 100 KB of aborts."""
+        if self.state_machine.current_state != "Sta13" or self.socket is None:
+            return False
+        self.socket.close()  # queues Evt17: the connection is closed
+        return True
 
     def _is_transport_event(self) -> bool:
         """pynetdicom's check, except that when the wait has just seen the socket readable
@@ -249,6 +278,9 @@ class _EventDUL(DULServiceProvider):
         sock = self.socket.socket if self.socket is not None else None
         if sock is not None and sock.fileno() >= 0:
             readers.append(sock)
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self._socket_readable = True  # decrypted bytes wait in OpenSSL, unseen by select
+            return
         ready: list[Any] = []
         # OSError/ValueError: the socket closed under us; the loop will see it.
         with contextlib.suppress(OSError, ValueError):
@@ -361,6 +393,54 @@ class EventAssociation(Association):
     def wake(self) -> None:
         self._wake_event.set()
 
+    def run_reactor(self) -> None:
+        """pynetdicom's, after the TLS handshake of a TLS connection: done here, on the
+        connection's own thread, so a slow or hostile handshake never holds the listener."""
+        if self.is_acceptor and not self._tls_handshake():
+            return
+        try:
+            super().run_reactor()
+        except Exception as exc:
+            self._abort_after(exc)
+
+    def _abort_after(self, exc: Exception) -> None:
+        """pynetdicom's association code failed (a presentation context without an abstract
+        syntax made ``negotiate_unrestricted`` raise AttributeError): abort and close, where
+        the dead thread had left the connection open, and counted against the association
+        limit, for as long as the peer kept it."""
+        LOGGER.error(
+            "association from %s:%s failed, aborting it: %s: %s",
+            self.requestor.address,
+            self.requestor.port,
+            type(exc).__name__,
+            exc,
+        )
+        self.abort()
+        self.kill()
+
+    def _tls_handshake(self) -> bool:
+        """Complete the handshake (bounded by the request timeout in the kernel); a failure is
+        logged with the peer and the reason, reported to the server and closes the
+        connection. True for a plain connection."""
+        sock = self.dul.socket.socket if self.dul.socket is not None else None
+        if not isinstance(sock, ssl.SSLSocket):
+            return True
+        try:
+            sock.do_handshake()
+            return True
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+            reason = str(reason or exc.strerror or type(exc).__name__)
+        peer = (str(self.requestor.address), int(self.requestor.port or 0))
+        LOGGER.warning("TLS handshake with %s:%s failed: %s", *peer, reason)
+        on_failure = getattr(self._server, "on_tls_failure", None)
+        if on_failure is not None:
+            on_failure(peer, reason)
+        self.kill()
+        if self._server is not None:
+            self._server.shutdown_request(sock)
+        return False
+
     def kill(self) -> None:
         self.wake()
         super().kill()
@@ -413,9 +493,22 @@ class EventAssociation(Association):
 
             if self.dul.idle_timer_expired():
                 LOGGER.error("network timeout reached, aborting the association")
-                self.abort()
+                if not self._end_trickling_read():
+                    self.abort()
                 self.kill()
                 return
+
+    def _end_trickling_read(self) -> bool:
+        """A peer that sends a PDU a byte at a time keeps each ``recv`` within the kernel
+        timeout, so the DUL thread never gets back to send the A-ABORT, and ``abort`` waited
+        as long as the peer went on. Ending the read instead closes the connection (the
+        plain socket's shutdown: an ``SSLSocket``'s own would drop its state under the read)."""
+        sock = self.dul.socket
+        if not isinstance(sock, _FastSocket) or not sock.reading or sock.socket is None:
+            return False
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock.socket, socket.SHUT_RD)
+        return True
 
 
 class EventRequestHandler(RequestHandler):

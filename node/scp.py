@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -22,7 +24,11 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.access import CallerAllowList
+from node.access import CallerAllowList, CallerPin, PeerCertificate, host_networks
+from node.admission import Admission
+from node.audit.events import Party
+from node.audit.receiving import ReceiveAudit
+from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.direct_store import StoreHandler, StoreReply, StoreRequest
 from node.index import (
@@ -36,6 +42,7 @@ from node.index import (
 from node.reactor import EventRequestHandler
 from node.sockets import set_kernel_timeouts
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
+from node.tls import parse_subject, pem_fingerprint, subject_of
 from node.vendors.inbox import VendorInbox
 
 LOGGER = logging.getLogger(__name__)
@@ -71,10 +78,6 @@ class ConnectionCountingAE(AE):
         return [a for a in super().active_associations if getattr(a, "requested", True)]
 
 
-#: Refused connections are logged at most this often (a count and the latest peer).
-REFUSAL_LOG_INTERVAL_S = 5.0
-
-
 class _NoDelayServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
     connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
@@ -84,6 +87,10 @@ class _NoDelayServer(ThreadedAssociationServer):
     throughput drops to tens of instances per second.
     """
 
+    #: The listen backlog (socketserver's is 5): a burst of connects beyond it has its SYNs
+    #: dropped, and each such caller waits a second or more for its retry.
+    request_queue_size = 128
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", EventRequestHandler)
         super().__init__(*args, **kwargs)
@@ -91,10 +98,13 @@ class _NoDelayServer(ThreadedAssociationServer):
         self.store_handler: StoreHandler | None = None
         #: How long a new connection may take to send its whole A-ASSOCIATE-RQ.
         self.association_request_timeout: float | None = None
-        #: Connections without an A-ASSOCIATE-RQ yet, at most; further ones are closed.
-        self.max_pending: int | None = None
-        self._refused = 0
-        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
+        #: Bounds the connections that have not sent an A-ASSOCIATE-RQ yet.
+        self.admission: Admission | None = None
+        #: Set for a DICOM TLS listener: accepted sockets are wrapped, and the handshake is
+        #: made on the connection's thread (``node.reactor``), never on the accepting one.
+        self.tls_context: ssl.SSLContext | None = None
+        #: Told of each failed handshake: (peer host, port), the reason.
+        self.on_tls_failure: Callable[[tuple[str, int], str], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
@@ -104,37 +114,18 @@ class _NoDelayServer(ThreadedAssociationServer):
         # A-ASSOCIATE-RQ is read the shorter request timeout applies (``node.reactor``).
         timeouts = [self.ae.network_timeout, self.association_request_timeout]
         set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
+        if self.tls_context is not None:
+            client = self.tls_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Take a connection only while fewer than ``max_pending`` have not sent their
-        A-ASSOCIATE-RQ and fewer than that plus ``maximum_associations`` are open; otherwise
-        it is closed at once (``shutdown_request``) without a thread: a flood of bare
-        connects cannot cost a thread each until the request timeout."""
-        if self.max_pending is None:
+        """Take the connection unless ``admission`` refuses it; refused, it is closed at once
+        (``shutdown_request``) without a thread (``node.admission``)."""
+        if self.admission is None:
             return True
-        open_ = self.active_associations
-        pending = sum(1 for assoc in open_ if not getattr(assoc, "requested", True))
-        if (
-            pending < self.max_pending
-            and len(open_) < self.max_pending + self.ae.maximum_associations
-        ):
-            return True
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
-            LOGGER.warning(
-                "closed %d new connection(s) at once, the latest from %s:%s: %d of %d open "
-                "connections have not sent an A-ASSOCIATE-RQ (max_pending_connections %d)",
-                self._refused,
-                *client_address[:2],
-                pending,
-                len(open_),
-                self.max_pending,
-            )
-            self._refused = 0
-            self._refusal_logged_at = now
-        return False
+        return self.admission.admit(self.active_associations, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Set the association up on the accepting thread (it starts its own threads):
@@ -167,6 +158,27 @@ def _refuse(assoc: Association, calling_ae: str, reason: int, why: str) -> None:
     assoc.kill()
 
 
+def _bound(server: ThreadedAssociationServer) -> tuple[str, int]:
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
+def _party(assoc: Association, calling_ae: str) -> Party:
+    """The calling peer as the audit trail names it."""
+    return Party(calling_ae, str(assoc.requestor.address), calling_ae)
+
+
+def _peer_certificate(assoc: Association) -> PeerCertificate | None:
+    """The verified certificate a TLS caller presented; None over plain DICOM or without one."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return PeerCertificate(der, subject_of(sock.getpeercert() or {}))
+
+
 class StorageSCP:
     """The listening AE: who may associate, and what happens to each received instance."""
 
@@ -176,32 +188,48 @@ class StorageSCP:
         spool: Spool,
         index: Index,
         vendor_inbox: VendorInbox | None = None,
+        audit: AuditTrail = DISABLED,
     ) -> None:
         self._config = config
+        self._audit = ReceiveAudit(audit)
         self._spool = spool
         self._index = index
         # results from vendors' AI nodes go to their inbox, never into the studies
         self._vendor_inbox = vendor_inbox
         self._vendor_aes = vendor_inbox.result_aes if vendor_inbox is not None else frozenset()
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        #: The plain listener, then the TLS one, each with its accepting thread.
+        self._servers: list[tuple[_NoDelayServer, threading.Thread]] = []
         # Studies each open association has delivered to, and how many open associations
         # deliver to each study: a release marks a study only when no other is still sending.
         self._lock = threading.Lock()
         self._delivered: dict[int, set[str]] = {}
         self._open_deliveries: Counter[str] = Counter()
-        self._allowed = CallerAllowList((c.ae_title, c.host) for c in config.access.callers)
+        self._allowed = CallerAllowList(
+            CallerPin(
+                caller.ae_title,
+                host_networks(caller.host) if caller.host else None,
+                pem_fingerprint(caller.certificate) if caller.certificate else None,
+                parse_subject(caller.subject) if caller.subject else None,
+            )
+            for caller in config.access.callers
+        )
         self._called_titles = {config.listener.ae_title, *config.access.called_ae_aliases}
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        """Where the first listener (the plain one, unless there is only TLS) is bound."""
+        if not self._servers:
             raise RuntimeError("the SCP is not started")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return _bound(self._servers[0][0])
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """Where the TLS listener is bound; None without one."""
+        return next((_bound(srv) for srv, _ in self._servers if srv.tls_context), None)
 
     def start(self) -> None:
-        """Bind and serve in a background thread; OSError if the port cannot be bound."""
+        """Bind and serve in background threads; OSError if a port cannot be bound,
+        ``TlsError`` if the TLS files cannot be used."""
         listener = self._config.listener
         ae = ConnectionCountingAE(ae_title=listener.ae_title)
         ae.maximum_associations = listener.max_associations
@@ -210,77 +238,120 @@ class StorageSCP:
         ae.dimse_timeout = listener.dimse_timeout_s
         ae.network_timeout = listener.network_timeout_s
         ae.add_supported_context(Verification)
+        ports: list[tuple[int, ssl.SSLContext | None]] = []
+        if listener.plain:
+            ports.append((listener.port, None))
+        if listener.tls_port is not None:
+            tls = self._config.tls.server_context(listener.require_client_certificate)
+            ports.append((listener.tls_port, tls))
+        try:
+            for port, tls in ports:
+                self._serve(ae, port, tls)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _serve(self, ae: AE, port: int, tls: ssl.SSLContext | None) -> None:
+        listener = self._config.listener
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
-        self._server = ae.make_server(
-            (listener.host, listener.port), evt_handlers=handlers, server_class=_NoDelayServer
+        server = ae.make_server(
+            (listener.host, port), evt_handlers=handlers, server_class=_NoDelayServer
         )
-        self._server.store_handler = self.store
-        self._server.association_request_timeout = listener.association_request_timeout_s
-        self._server.max_pending = listener.pending_connection_limit
-        ae._servers.append(self._server)  # so AE/ server shutdown find it, as start_server does
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="scp-accept", daemon=True
+        server.store_handler = self.store
+        server.association_request_timeout = listener.association_request_timeout_s
+        server.admission = Admission(listener.pending_connection_limit, listener.max_associations)
+        server.tls_context = tls
+        server.on_tls_failure = self._on_tls_failure
+        ae._servers.append(server)  # so AE/ server shutdown find it, as start_server does
+        name = "scp-accept-tls" if tls else "scp-accept"
+        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        thread.start()
+        self._servers.append((server, thread))
+        host, bound_port = _bound(server)
+        LOGGER.info(
+            "listening as %s on %s:%d%s",
+            listener.ae_title,
+            host,
+            bound_port,
+            " (TLS)" if tls else "",
         )
-        self._thread.start()
-        host, port = self.address
-        LOGGER.info("listening as %s on %s:%d", listener.ae_title, host, port)
 
     def stop(self) -> None:
-        """Stop accepting, abort open associations and close the socket."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        for assoc in list(self._server.active_associations):
-            assoc.abort()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
+        """Stop accepting, abort open associations and close the sockets."""
+        while self._servers:
+            server, thread = self._servers.pop()
+            server.shutdown()
+            for assoc in list(server.active_associations):
+                assoc.abort()
+            server.server_close()
+            thread.join(timeout=10)
+
+    def _on_tls_failure(self, peer: tuple[str, int], reason: str) -> None:
+        """A failed handshake (already logged by the association): a node authentication
+        failure for the audit trail."""
+        caller = Party(str(peer[0]), str(peer[0]))
+        why = f"TLS handshake failed: {reason}"
+        self._audit.refused(caller, self._config.listener.ae_title, why)
 
     # -- association control -------------------------------------------------------------
 
-    def _is_allowed(self, calling_ae: str, host: str) -> bool:
-        access = self._config.access
-        if access.accept_any:
-            return True
-        return self._allowed.allows(calling_ae, host)
+    def _caller_refusal(self, assoc: Association, calling_ae: str) -> str | None:
+        """Why the caller may not associate (None: it may): its AE title, address and, over
+        TLS, the certificate it presented, against ``access.callers``."""
+        if self._config.access.accept_any:
+            return None
+        return self._allowed.refusal(
+            calling_ae, str(assoc.requestor.address), _peer_certificate(assoc)
+        )
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
         called_ae = str(assoc.requestor.primitive.called_ae_title).strip()
-        host = str(assoc.requestor.address)
         if self._config.access.check_called_ae and called_ae not in self._called_titles:
             why = f"called AE {called_ae!r} is not ours"
             _refuse(assoc, calling_ae, CALLED_AE_NOT_RECOGNISED, why)
-        elif not self._is_allowed(calling_ae, host):
-            _refuse(assoc, calling_ae, CALLING_AE_NOT_RECOGNISED, "not in access.callers")
+        elif (why := self._caller_refusal(assoc, calling_ae)) is not None:
+            _refuse(assoc, calling_ae, CALLING_AE_NOT_RECOGNISED, why)
+        else:
+            return
+        self._audit.refused(_party(assoc, calling_ae), called_ae, why)
 
-    @staticmethod
-    def _on_rejected(event: evt.Event) -> None:
+    def _on_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc
+        calling_ae = str(assoc.requestor.ae_title).strip()
+        reason = assoc.acceptor.primitive.reason_str if assoc.acceptor.primitive else "?"
         LOGGER.warning(
             "refused association from calling AE %r at %s:%s (result %s, reason %s)",
-            str(assoc.requestor.ae_title).strip(),
+            calling_ae,
             assoc.requestor.address,
             assoc.requestor.port,
             assoc.acceptor.primitive.result_str if assoc.acceptor.primitive else "?",
-            assoc.acceptor.primitive.reason_str if assoc.acceptor.primitive else "?",
+            reason,
         )
+        called_ae = str(assoc.acceptor.ae_title).strip()
+        self._audit.refused(_party(assoc, calling_ae), called_ae, reason)
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = _party(assoc, str(assoc.requestor.ae_title).strip())
+        self._audit.accepted(id(assoc), calling, str(assoc.acceptor.ae_title).strip())
 
     @staticmethod
     def _on_echo(event: evt.Event) -> int:
         return 0x0000
 
     def _on_released(self, event: evt.Event) -> None:
+        self._audit.ended(id(event.assoc), released=True)
         finished = self._forget(event.assoc)
         if finished:
             self._index.mark_released(finished, time.time())
@@ -291,8 +362,10 @@ class StorageSCP:
         # a close after our release response (``_sent_release`` is set before it is sent) is
         # a release.
         assoc = event.assoc
+        released = assoc.is_released or getattr(assoc, "_sent_release", False)
+        self._audit.ended(id(assoc), released)
         finished = self._forget(assoc)
-        if finished and (assoc.is_released or getattr(assoc, "_sent_release", False)):
+        if finished and released:
             self._index.mark_released(finished, time.time())
 
     def _forget(self, assoc: Association) -> list[str]:
@@ -390,12 +463,15 @@ class StorageSCP:
         """
         calling_ae = str(assoc.requestor.ae_title).strip()
         try:
-            return self._store(assoc, request, calling_ae)
+            reply = self._store(assoc, request, calling_ae)
         except Exception as exc:
             LOGGER.exception(
                 "C-STORE of %s from %s failed unexpectedly", request.sop_instance_uid, calling_ae
             )
-            return _failure(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
+            reply = _failure(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
+        if reply.status != StoreStatus.SUCCESS:
+            self._audit.failed(id(assoc))
+        return reply
 
     def _store(self, assoc: Association, request: StoreRequest, calling_ae: str) -> StoreReply:
         data = request.dataset
@@ -443,6 +519,7 @@ class StorageSCP:
         if isinstance(written, StoreReply):
             return written
         relpath, size = written
+        self._audit.stored(id(assoc), header.study_instance_uid, header.patient_id, sop_class)
         if vendor_result:
             self._keep_vendor_result(header, relpath, calling_ae)
             return StoreReply(StoreStatus.SUCCESS)

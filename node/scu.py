@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -146,8 +147,10 @@ def associate(
     calling_ae: str = "AINODE",
     timeout_s: float = 30.0,
     max_pdu: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> Association:
-    """An established association with Nagle off and the response race fixed."""
+    """An established association with Nagle off and the response race fixed; over DICOM
+    TLS when given a client context (the peer's certificate is checked as it says)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
@@ -160,21 +163,28 @@ def associate(
         ae_title=peer.ae_title,
         max_pdu=max_pdu,
         evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+        tls_args=None if tls is None else (tls, peer.host),
     )
     if not assoc.is_established:
         if assoc.is_rejected:
             raise AssociationFailed(f"{peer} rejected the association")
-        raise AssociationFailed(f"cannot associate with {peer}")
+        over = " over TLS (is its port TLS, and its certificate trusted?)" if tls else ""
+        raise AssociationFailed(f"cannot associate with {peer}{over}")
     assoc._reactor_checkpoint = _ReactorGate(assoc)  # type: ignore[assignment]
     return assoc
 
 
-def echo(peer: Peer, calling_ae: str = "AINODE", timeout_s: float = 30.0) -> int:
+def echo(
+    peer: Peer,
+    calling_ae: str = "AINODE",
+    timeout_s: float = 30.0,
+    tls: ssl.SSLContext | None = None,
+) -> int:
     """C-ECHO the peer; return the status (0x0000 is Success)."""
     context = PresentationContext()
     context.abstract_syntax = Verification
     context.transfer_syntax = ["1.2.840.10008.1.2"]
-    assoc = associate(peer, [context], calling_ae, timeout_s)
+    assoc = associate(peer, [context], calling_ae, timeout_s, tls=tls)
     try:
         status = assoc.send_c_echo()
         if "Status" not in status:
@@ -244,6 +254,7 @@ def send(
     calling_ae: str = "AINODE",
     timeout_s: float = 30.0,
     progress: ProgressCallback | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SendReport:
     """C-STORE every Part-10 file in ``paths`` (folders are walked) to ``peer``.
 
@@ -263,7 +274,7 @@ def send(
     sent = 0
     done = 0
     for contexts, batch in _batches(files):
-        assoc = associate(peer, contexts, calling_ae, timeout_s)
+        assoc = associate(peer, contexts, calling_ae, timeout_s, tls=tls)
         try:
             for position, item in enumerate(batch):
                 if not assoc.is_established:

@@ -18,6 +18,8 @@ from models.containers.plugin import remove_leftovers
 from models.errors import PluginError
 from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
+from node.audit.events import ApplicationActivity
+from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
@@ -50,22 +52,22 @@ class Stage(Protocol):
     def stop(self) -> None: ...
 
 
-def build_stages(config: NodeConfig) -> list[Stage]:
+def build_stages(config: NodeConfig, audit: AuditTrail = DISABLED) -> list[Stage]:
     """Every background stage of the node, in start order (stopped in reverse)."""
     stages: list[Stage] = [
         StudyAssembler(config.storage.database_path, config.stability),
     ]
     if config.routes_file.exists():
-        stages.append(RoutingStage(config))
+        stages.append(RoutingStage(config, audit=audit))
     else:
         LOGGER.warning(
             "routes file %s not found: studies are stored but not routed", config.routes_file
         )
     # jobs and dispatch come last: results flow from the executor to the senders
-    dispatcher = Dispatcher(config)
+    dispatcher = Dispatcher(config, audit=audit)
     stages += [
         dispatcher,
-        LocalExecutor(config, on_results=dispatcher.wake),
+        LocalExecutor(config, on_results=dispatcher.wake, audit=audit),
         VendorStage(config, on_results=dispatcher.wake),
     ]
     if config.http.port:
@@ -104,6 +106,7 @@ class Node:
         self._index: Index | None = None
         self._vendor_inbox: VendorInbox | None = None
         self.scp: StorageSCP | None = None
+        self.audit: AuditTrail = DISABLED
 
     def start(self) -> None:
         """Prepare storage, recover from a crash, then serve; undo everything on failure."""
@@ -129,14 +132,19 @@ class Node:
                     "indexed %d complete file(s) an earlier crash left unindexed", recovered
                 )
         try:
-            for stage in build_stages(self.config):
+            # first, so the stages and the SCP record into it; closed last in stop
+            self.audit = AuditTrail.from_settings(
+                self.config.audit, storage.data_dir, self.config.listener.ae_title
+            )
+            for stage in build_stages(self.config, self.audit):
                 stage.start()
                 self._started.append(stage)
                 LOGGER.debug("stage %s started", stage.name)
             result_aes = vendor_result_aes(self.config)
             self._vendor_inbox = VendorInbox(self.config, result_aes) if result_aes else None
-            self.scp = StorageSCP(self.config, spool, self._index, self._vendor_inbox)
+            self.scp = StorageSCP(self.config, spool, self._index, self._vendor_inbox, self.audit)
             self.scp.start()
+            self.audit.record(ApplicationActivity(started=True))
         except BaseException:
             self.stop()
             raise
@@ -181,4 +189,8 @@ class Node:
                 self._mark_clean_stop()
             else:
                 LOGGER.warning("stopped without the clean-stop marker: the next start re-indexes")
+        if self.audit.enabled:
+            self.audit.record(ApplicationActivity(started=False))
+            self.audit.close()
+            self.audit = DISABLED
         self._stop_requested.set()

@@ -8,7 +8,6 @@ file's own content and explain studies on disk.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
@@ -25,7 +24,6 @@ from routers.check import (
     load_route_table,
 )
 from routers.explain import explain_study
-from routers.schema import routes_json_schema
 
 DEFAULT_CONFIG = Path("config/node.yaml")
 
@@ -53,20 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument("--routes", type=Path, help="routes file (default: node.yaml's)")
     explain.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="node.yaml")
     explain.set_defaults(func=cmd_explain)
-
-    config = subparsers.add_parser("config", help="configuration helpers")
-    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    schema = config_commands.add_parser(
-        "schema", help="print the JSON Schema of node.yaml or routes.yaml for editors"
-    )
-    schema.add_argument(
-        "which",
-        nargs="?",
-        choices=("node", "routes"),
-        default="node",
-        help="which file (default: node)",
-    )
-    schema.set_defaults(func=cmd_schema)
 
 
 def _node_config(path: Path, explicit: bool) -> tuple[NodeConfig | None, int]:
@@ -153,15 +137,4 @@ def cmd_explain(args: argparse.Namespace) -> int:
         studies = [study]
     catalog = discover(config.plugin_dirs) if config else None
     print("\n".join(explain_study(table, study, catalog) for study in studies), end="")
-    return 0
-
-
-def cmd_schema(args: argparse.Namespace) -> int:
-    if args.which == "routes":
-        schema = routes_json_schema()
-    else:
-        schema = NodeConfig.model_json_schema()
-        schema["title"] = "ainode node.yaml"
-        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    print(json.dumps(schema, indent=2, ensure_ascii=False))
     return 0

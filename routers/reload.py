@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from node.audit.events import ConfigurationChanged, Outcome
+from node.audit.trail import DISABLED, AuditTrail
 from routers.check import RoutesFileError
 from routers.matcher import RouteTable
 
@@ -32,12 +34,14 @@ class LiveRouteTable:
     """Holds the current table; ``reload`` and ``poll`` swap it only for a valid file.
 
     Construction loads the file and raises ``RoutesFileError`` if it is invalid, which is how
-    ``ainode serve`` refuses to start on a broken routes.yaml.
+    ``ainode serve`` refuses to start on a broken routes.yaml. Every reload, taken or
+    refused, is a configuration change in the audit trail.
     """
 
-    def __init__(self, path: Path, loader: TableLoader) -> None:
+    def __init__(self, path: Path, loader: TableLoader, audit: AuditTrail = DISABLED) -> None:
         self.path = Path(path)
         self._loader = loader
+        self._audit = audit
         self._lock = threading.Lock()
         self._seen_digest = _digest(self.path)
         self._table = loader(self.path)
@@ -63,11 +67,19 @@ class LiveRouteTable:
                     exc,
                 )
                 self.last_error = exc
+                self._audit.record(
+                    ConfigurationChanged(
+                        path=str(self.path),
+                        result=Outcome.MINOR_FAILURE,
+                        description="rejected: the routes in force stay",
+                    )
+                )
                 return False
             self._table = table
             self.last_error = None
             self.generation += 1
             logger.info("routes: reloaded %d route(s) from %s", len(table.routes), self.path)
+            self._audit.record(ConfigurationChanged(path=str(self.path)))
             return True
 
     def poll(self) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect
 from routers.check import destination_flags, installed_plugins, load_route_table
@@ -38,12 +39,13 @@ class RoutingStage:
         poll_interval_s: float | None = None,
         watch_interval_s: float | None = 1.0,
         plugin_catalog: PluginCatalog = installed_plugins,
+        audit: AuditTrail = DISABLED,
     ) -> None:
         self._config = config
         self._plugin_catalog = plugin_catalog
         self._poll_interval_s = poll_interval_s or config.stability.poll_interval_s
         self._watch_interval_s = watch_interval_s
-        self.routes = LiveRouteTable(config.routes_file, self._load)
+        self.routes = LiveRouteTable(config.routes_file, self._load, audit)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._reload_requested = threading.Event()

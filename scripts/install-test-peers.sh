@@ -2,7 +2,8 @@
 # Install the real DICOM peers the test suite talks to: DCMTK, dicom3tools, Orthanc (with its
 # DICOMweb plugin), RabbitMQ, for the viewer tests Chromium and Node.js/npm (fetch-ohif.sh), and
 # for the container-runner tests podman, runc and debootstrap (build-test-images.py builds the
-# test product images with them; rootful podman here needs --runtime runc).
+# test product images with them; rootful podman here needs --runtime runc), and rsyslog with
+# its TLS driver (the audit trail's syslog collector).
 # Idempotent: skips apt entirely when every tool is already there.
 set -euo pipefail
 need=()
@@ -17,6 +18,8 @@ command -v npm >/dev/null || need+=(npm)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+compgen -G '/usr/lib/*/rsyslog/lmnsd_gtls.so' >/dev/null || need+=(rsyslog-gnutls)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

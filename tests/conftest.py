@@ -96,6 +96,18 @@ def dcmtk() -> Callable[[str], str]:
 
 
 @pytest.fixture(scope="session")
+def rsyslogd() -> str:
+    """rsyslogd, the syslog collector the audit trail tests send to (marker ``syslog``)."""
+    path = shutil.which("rsyslogd") or shutil.which("rsyslogd", path="/usr/sbin")
+    if path is None:
+        reason = "rsyslog not installed: apt-get install rsyslog rsyslog-gnutls"
+        if os.environ.get("CI"):  # CI installs it (scripts/install-test-peers.sh)
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
 def validate_dicom() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run ../shared/tools/validate-dicom; returns the completed process (check returncode)."""
     path = validator_path()

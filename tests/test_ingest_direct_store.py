@@ -331,7 +331,7 @@ def test_an_idle_association_is_timed_out_after_the_configured_network_timeout(
     scp, index = _scp(tmp_path, network_timeout_s=1)
     try:
         assoc = _associate(scp)
-        (served,) = scp._server.active_associations  # type: ignore[union-attr]
+        (served,) = scp._servers[0][0].active_associations
         assert served.dul._idle_timer.timeout == 1  # not pynetdicom's default of 60 s
         wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to abort the association")
     finally:
@@ -346,7 +346,7 @@ def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_cut_off(tmp_path: Path) -> 
         _start_a_store_never_finished(assoc, promised_bytes=1000)
         wait_until(lambda: assoc.is_aborted, timeout=15, what="the node to drop the connection")
         wait_until(
-            lambda: not scp._server.active_associations,  # type: ignore[union-attr]
+            lambda: not scp._servers[0][0].active_associations,
             timeout=15,
             what="the node to end its side",
         )

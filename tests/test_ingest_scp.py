@@ -23,7 +23,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.association import Association
 
-from node.access import CallerAllowList, peer_address
+from node.access import CallerAllowList, CallerPin, host_networks, peer_address
 from node.config import AllowedCaller, load_node_config
 from node.direct_store import StoreRequest
 from node.index import Index, derived_uid
@@ -99,9 +99,10 @@ def test_a_host_pin_that_is_no_address_network_or_name_is_refused_at_load() -> N
     with pytest.raises(ValidationError, match="neither an IP address, a network"):
         AllowedCaller(ae_title="PACS", host="no-such-host.invalid")
     assert peer_address("::ffff:10.1.2.3") == ipaddress.ip_address("10.1.2.3")
-    allow = CallerAllowList([("PACS", "10.1.0.0/16")])
-    assert allow.allows("PACS", "::ffff:10.1.2.3") and not allow.allows("PACS", "10.2.0.1")
-    assert not allow.allows("OTHER", "10.1.2.3")
+    allow = CallerAllowList([CallerPin("PACS", host_networks("10.1.0.0/16"))])
+    assert allow.refusal("PACS", "::ffff:10.1.2.3") is None
+    assert allow.refusal("PACS", "10.2.0.1") == "calls from an address its pin does not list"
+    assert allow.refusal("OTHER", "10.1.2.3") == "not in access.callers"
 
 
 def test_association_limit_refuses_the_extra_association(tmp_path: Path) -> None:
@@ -289,6 +290,9 @@ def test_cli_echo_send_and_studies(tmp_path: Path) -> None:
     assert line.split()[1:5] == ["receiving", "1", "1", "3"]
     assert "CT" in line and "CHEST" in line
     assert "Synthetic" not in studies.stdout and "SYNTH-001" not in studies.stdout
+    # listing the index is a query, and the audit trail says who asked what
+    audit_log = (node.data_dir / "audit" / "audit.log").read_text()
+    assert '"kind":"query"' in audit_log and "110112" in audit_log
 
 
 def _stored_directly(

@@ -81,6 +81,8 @@ def test_cli_accepts_a_valid_file(tmp_path: Path, capsys, monkeypatch) -> None:
 
 
 def test_config_schema_describes_both_files(capsys) -> None:
+    from node.cli import main
+
     assert main(["config", "schema", "routes"]) == 0
     routes_schema = json.loads(capsys.readouterr().out)
     assert routes_schema == routes_json_schema()

@@ -17,6 +17,7 @@ from ``node.scu.associate``: Nagle off, and pynetdicom's lost-response race clos
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from node.dispatch.stowrs import StowRsTransport
 from node.outputs.encoding import decompress
 from node.scu import MAX_CONTEXTS, AssociationFailed, Peer, associate
 from node.spool import fsync_dir
+from node.tls import TlsSettings
 
 __all__ = [
     "DicomTransport",
@@ -70,9 +72,15 @@ class _Prepared:
 class DicomTransport:
     """C-STORE SCU to one peer: one association per batch, transcoding where refused."""
 
-    def __init__(self, destination: DicomDestination, calling_ae_title: str) -> None:
+    def __init__(
+        self,
+        destination: DicomDestination,
+        calling_ae_title: str,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.destination = destination
         self.calling_ae_title = calling_ae_title
+        self.tls = tls
 
     def deliver(self, rows: Sequence[OutboxRow]) -> dict[int, str | None]:
         outcome: dict[int, str | None] = {}
@@ -91,7 +99,9 @@ class DicomTransport:
         dest = self.destination
         peer = Peer(dest.ae_title, dest.host, dest.port)
         try:
-            assoc = associate(peer, self._contexts(prepared), self.calling_ae_title, dest.timeout_s)
+            assoc = associate(
+                peer, self._contexts(prepared), self.calling_ae_title, dest.timeout_s, tls=self.tls
+            )
         except AssociationFailed as exc:
             outcome.update({item.row.id: str(exc) for item in prepared})
             return outcome
@@ -192,9 +202,16 @@ class FolderTransport:
         fsync_dir(target_dir)
 
 
-def transport_for(destination: Destination, calling_ae_title: str) -> Transport:
+def transport_for(
+    destination: Destination, calling_ae_title: str, tls: TlsSettings | None = None
+) -> Transport:
+    """The transport for a destination; a DICOM one with ``tls: true`` speaks DICOM TLS with
+    the node's identity (``tls``)."""
     if isinstance(destination, FolderDestination):
         return FolderTransport(destination)
     if isinstance(destination, StowRsDestination):
         return StowRsTransport(destination)
-    return DicomTransport(destination, calling_ae_title)
+    context = None
+    if destination.tls:
+        context = (tls or TlsSettings()).client_context(destination.verify_hostname)
+    return DicomTransport(destination, calling_ae_title, context)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
+from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect
 from node.dispatch.outbox import RetryPolicy
@@ -109,10 +110,12 @@ class LocalExecutor:
         config: NodeConfig,
         runner: str = DEFAULT_RUNNER,
         on_results: Callable[[], None] | None = None,
+        audit: AuditTrail = DISABLED,
     ) -> None:
         self.config = config
         self.runner = runner
         self.on_results = on_results
+        self.audit = audit
         self.policy = RetryPolicy(
             max_attempts=config.jobs.max_attempts,
             backoff_s=config.jobs.backoff_s,
@@ -314,6 +317,8 @@ class LocalExecutor:
         LOG.error("job %d (%s): %s -> %s", job.id, job.plugin, error, state.value)
 
     def _finish(self, conn: sqlite3.Connection, job: Job, result: WorkResult) -> None:
+        for event in result.audit:
+            self.audit.record(event)
         if not result.ok:
             state = table.fail(
                 conn,

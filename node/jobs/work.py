@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from node.audit.events import AuditEvent
 from node.output_kinds import OutputKind
 
 
@@ -76,6 +77,8 @@ class WorkResult:
     error: str | None = None
     retryable: bool = False
     vendor: VendorSent | None = None  # sent to a vendor's node: the job now awaits its results
+    #: What the worker did that the audit trail records (the node process records it).
+    audit: tuple[AuditEvent, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -6,7 +6,9 @@ pseudonymised first (``node.pseudonym``: the mapping stays in this node's databa
 the job key, so a retry sends the same pseudonyms). A vendor that refuses the association,
 is down or refuses an instance fails the attempt with a retryable error (backoff, then
 FAILED); once everything is acknowledged the job waits for the vendor's results
-(``WorkResult.vendor``), which ``node.vendors.stage`` takes from there.
+(``WorkResult.vendor``), which ``node.vendors.stage`` takes from there. Either way the
+WorkResult carries the audit events of the transfer (begun, then sent or failed), under the
+original study and patient, for the node process to record.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydicom import dcmread
 
 from models.manifest import PluginManifest
 from models.vendor_spec import VendorNodeSpec
+from node.audit.events import AuditEvent, InstancesSent, Outcome, Party, StudyRef, TransferBegun
 from node.config import NodeConfig
 from node.db import connect
 from node.destination_settings import StowRsDestination
@@ -60,8 +63,13 @@ def _deliver(paths: list[Path], spec: VendorNodeSpec, config: NodeConfig) -> tup
         return _stow(paths, spec)
     peer = Peer(spec.ae_title or "", spec.host or "", spec.port or 104)
     try:
+        tls = config.tls.client_context(spec.verify_hostname) if spec.tls else None
         report = send(
-            paths, peer, calling_ae=config.listener.ae_title, timeout_s=spec.network_timeout_s
+            paths,
+            peer,
+            calling_ae=config.listener.ae_title,
+            timeout_s=spec.network_timeout_s,
+            tls=tls,
         )
     except (AssociationFailed, OSError) as exc:
         return 0, f"vendor {peer.ae_title} at {peer.host}:{peer.port} unreachable: {exc}"
@@ -97,6 +105,32 @@ def _stow(paths: list[Path], spec: VendorNodeSpec) -> tuple[int, str | None]:
     )
 
 
+def _audit_events(
+    item: WorkItem, manifest: PluginManifest, sent_at: float, problem: str | None
+) -> tuple[AuditEvent, ...]:
+    """Begin Transferring, then Instances Transferred (or its failure), for the audit trail."""
+    spec = manifest.vendor
+    assert spec is not None
+    if spec.stowrs_url is not None:
+        peer = Party(spec.stowrs_url)
+    else:
+        peer = Party(spec.ae_title or "", spec.host, spec.ae_title)
+    classes: dict[str, int] = {}
+    patient_id = None
+    for path in item.files:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "PatientID"])
+        classes[str(header.SOPClassUID)] = classes.get(str(header.SOPClassUID), 0) + 1
+        patient_id = patient_id or str(header.get("PatientID", "")) or None
+    study = StudyRef(item.study_instance_uid, patient_id, tuple(sorted(classes.items())))
+    outcome = Outcome.SUCCESS if problem is None else Outcome.MINOR_FAILURE
+    return (
+        TransferBegun(peer=peer, study=study, at=sent_at),
+        InstancesSent(
+            peer=peer, study=study, destination=manifest.key, result=outcome, description=problem
+        ),
+    )
+
+
 def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig) -> WorkResult:
     """Send the job's series to the vendor; the WorkResult says what went, or why not."""
     spec = manifest.vendor
@@ -110,8 +144,9 @@ def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig)
             paths = list(item.files)
             study, series = item.study_instance_uid, item.series_instance_uid
         sent, problem = _deliver(paths, spec, config)
+    audit = _audit_events(item, manifest, sent_at, problem)
     if problem is not None:
-        return WorkResult(item.job_id, error=problem, retryable=True)
+        return WorkResult(item.job_id, error=problem, retryable=True, audit=audit)
     LOG.info(
         "job %d: %d instance(s) of study %s sent to vendor %s%s",
         item.job_id,
@@ -134,4 +169,5 @@ def send_to_vendor(item: WorkItem, manifest: PluginManifest, config: NodeConfig)
             result_timeout_s=spec.result_timeout_s,
             quiet_s=spec.quiet_s,
         ),
+        audit=audit,
     )
