@@ -6,8 +6,8 @@ nothing to do. Every C-STORE crosses both loops twice (request in, response out)
 fast link most of an instance's time is spent asleep. Here the same loops wait on what they
 are waiting for instead: the DUL on ``select`` over the socket and a wake-up socket that is
 signalled whenever a primitive is queued for it; the association on an event set whenever a
-DIMSE message or an ACSE primitive is queued for it. PDUs are read with ``recv_into`` into one
-buffer instead of 4 KiB ``recv`` calls.
+DIMSE message or an ACSE primitive is queued for it. PDUs are read whole with ``recv_into``
+(``node.pdu_socket``) instead of 4 KiB ``recv`` calls.
 
 C-STORE and C-ECHO requests are served on the DUL thread as soon as their last P-DATA is
 read, instead of being queued for the association thread (plain C-STOREs without pynetdicom's
@@ -29,27 +29,21 @@ import socket
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Callable
-from copy import deepcopy
-from datetime import datetime
 from typing import Any
 
 from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from node.direct_store import DirectStoreReceiver, StoreHandler
+from node.pdu_socket import PduSocket
 from node.responses import FastResponseDIMSE
 from node.sockets import set_kernel_timeouts
 
 LOGGER = logging.getLogger(__name__)
-
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 _PDU_HEADER = struct.Struct(">BBL")
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -62,9 +56,6 @@ TIMER_RESOLUTION_S = 0.05
 #: hundred presentation contexts is under 40 KiB; a longer one is hostile (with ``max_pdu: 0``
 #: the declared length was otherwise taken at its word), so the connection is aborted.
 MAX_PRE_ASSOCIATION_PDU = 64 * 1024
-#: A PDU's buffer starts at most this large and doubles as bytes arrive: memory follows what
-#: was received, not what a PDU header declares (up to 4 GiB).
-FIRST_READ_BYTES = 1 << 20
 #: States of an acceptor before its association is established (PS3.8 9.2; Sta1 until the
 #: DUL has taken its connection event, which a PDU already waiting can overtake).
 _BEFORE_ASSOCIATION = frozenset({"Sta1", "Sta2", "Sta3"})
@@ -80,47 +71,6 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
-
-
-class _FastSocket(AssociationSocket):
-    """Reads a whole PDU with ``recv_into`` instead of a loop of 4 KiB ``recv`` calls, into a
-    buffer that grows with what arrives (``FIRST_READ_BYTES``)."""
-
-    #: Until the A-ASSOCIATE-RQ is read: a peer trickling bytes is cut off at this time.
-    deadline: float | None = None
-    #: The DUL thread is inside ``recv``: part of a PDU came, the rest has not yet.
-    reading = False
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        self.reading = True
-        try:
-            return self._recv(nr_bytes)
-        finally:
-            self.reading = False
-
-    def _recv(self, nr_bytes: int) -> bytearray:
-        sock = self.socket
-        if sock is None:
-            return bytearray()
-        buffer = bytearray(min(nr_bytes, FIRST_READ_BYTES))
-        received = 0
-        while received < nr_bytes:
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                raise TimeoutError("no whole A-ASSOCIATE-RQ within the request timeout")
-            if received == len(buffer):
-                buffer.extend(bytes(min(received, nr_bytes - received)))
-            count = sock.recv_into(memoryview(buffer)[received:], len(buffer) - received)
-            if not count:  # the peer closed the connection
-                del buffer[received:]
-                return buffer
-            received += count
-        if _QUICKACK is not None:
-            # Linux clears quick-ACK mode as it pleases; set it again after each read so a
-            # sender with Nagle on (DCMTK's default) never waits ~40 ms for our delayed ACK
-            # before it may send the rest of a small C-STORE.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        return buffer
 
 
 class _EventDUL(DULServiceProvider):
@@ -385,7 +335,7 @@ class EventAssociation(Association):
         self.requested = True
         self.acse_timeout = self._full_acse_timeout
         sock = self.dul.socket
-        if isinstance(sock, _FastSocket):
+        if isinstance(sock, PduSocket):
             sock.deadline = None
             if sock.socket is not None:
                 set_kernel_timeouts(sock.socket, self.network_timeout)
@@ -504,41 +454,8 @@ class EventAssociation(Association):
         as long as the peer went on. Ending the read instead closes the connection (the
         plain socket's shutdown: an ``SSLSocket``'s own would drop its state under the read)."""
         sock = self.dul.socket
-        if not isinstance(sock, _FastSocket) or not sock.reading or sock.socket is None:
+        if not isinstance(sock, PduSocket) or not sock.reading or sock.socket is None:
             return False
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock.socket, socket.SHUT_RD)
         return True
-
-
-class EventRequestHandler(RequestHandler):
-    """pynetdicom's request handler building an ``EventAssociation`` and a fast socket."""
-
-    def _create_association(self) -> Association:
-        request_timeout = getattr(self.server, "association_request_timeout", None)
-        assoc = EventAssociation(
-            self.ae,
-            MODE_ACCEPTOR,
-            getattr(self.server, "store_handler", None),
-            request_timeout,
-        )
-        assoc._server = self.server
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        sock = _FastSocket(assoc, client_socket=self.request)
-        if request_timeout is not None:
-            sock.deadline = time.monotonic() + request_timeout
-        assoc.set_socket(sock)
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = self.server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
-        assoc.requestor.address_info = self.remote
-        for event in self.server._handlers:
-            if event.is_intervention and self.server._handlers[event]:
-                assoc.bind(event, *self.server._handlers[event])
-            elif isinstance(event, evt.NotificationEvent):
-                for handler in self.server._handlers[event]:
-                    assoc.bind(event, handler[0], handler[1])
-        return assoc

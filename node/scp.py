@@ -9,12 +9,10 @@ with a failure status and an error comment, and leaves nothing behind.
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -22,15 +20,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
-from node.access import CallerAllowList, CallerPin, PeerCertificate, host_networks
-from node.admission import Admission
+from node.access import CallerAllowList, CallerPin, host_networks
+from node.admission import REFUSAL_LOG_INTERVAL_S, Admission
 from node.audit.events import Party
 from node.audit.receiving import ReceiveAudit
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
-from node.direct_store import StoreHandler, StoreReply, StoreRequest
+from node.direct_store import StoreReply, StoreRequest
 from node.index import (
     HeaderError,
     Index,
@@ -39,10 +36,14 @@ from node.index import (
     StoredInstance,
     parse_header,
 )
-from node.reactor import EventRequestHandler
-from node.sockets import set_kernel_timeouts
+from node.listener import (
+    ConnectionCountingAE,
+    ListeningServer,
+    bound_address,
+    peer_certificate,
+)
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
-from node.tls import parse_subject, pem_fingerprint, subject_of
+from node.tls import parse_subject, pem_fingerprint
 from node.vendors.inbox import VendorInbox
 
 LOGGER = logging.getLogger(__name__)
@@ -65,74 +66,6 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
     MISSING_UID = 0xC001
     STORAGE_FAILED = 0xC002
-
-
-class ConnectionCountingAE(AE):
-    """pynetdicom's AE, whose association limit (``maximum_associations``, checked as an
-    A-ASSOCIATE-RQ is negotiated) counts only connections that have sent one: idle or
-    trickling connections cannot make an allowed caller's association *local limit
-    exceeded*; the request timeout bounds them instead."""
-
-    @property
-    def active_associations(self) -> list[Association]:
-        return [a for a in super().active_associations if getattr(a, "requested", True)]
-
-
-class _NoDelayServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
-    connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
-    polling one.
-
-    With Nagle on, each small C-STORE response waits for the peer's delayed ACK and loopback
-    throughput drops to tens of instances per second.
-    """
-
-    #: The listen backlog (socketserver's is 5): a burst of connects beyond it has its SYNs
-    #: dropped, and each such caller waits a second or more for its retry.
-    request_queue_size = 128
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("request_handler", EventRequestHandler)
-        super().__init__(*args, **kwargs)
-        #: Serves plain C-STOREs straight off their PDUs (``node.direct_store``).
-        self.store_handler: StoreHandler | None = None
-        #: How long a new connection may take to send its whole A-ASSOCIATE-RQ.
-        self.association_request_timeout: float | None = None
-        #: Bounds the connections that have not sent an A-ASSOCIATE-RQ yet.
-        self.admission: Admission | None = None
-        #: Set for a DICOM TLS listener: accepted sockets are wrapped, and the handshake is
-        #: made on the connection's thread (``node.reactor``), never on the accepting one.
-        self.tls_context: ssl.SSLContext | None = None
-        #: Told of each failed handshake: (peer host, port), the reason.
-        self.on_tls_failure: Callable[[tuple[str, int], str], None] | None = None
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # A peer that stops in the middle of a PDU must not hold the receiving thread in
-        # ``recv`` for ever (the association's idle timeout cannot reach it there); until its
-        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``node.reactor``).
-        timeouts = [self.ae.network_timeout, self.association_request_timeout]
-        set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
-        if self.tls_context is not None:
-            client = self.tls_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
-        return client, address
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Take the connection unless ``admission`` refuses it; refused, it is closed at once
-        (``shutdown_request``) without a thread (``node.admission``)."""
-        if self.admission is None:
-            return True
-        return self.admission.admit(self.active_associations, client_address)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Set the association up on the accepting thread (it starts its own threads):
-        ``ThreadingMixIn``'s extra thread per connection would cost a thread more each and
-        keep a new connection out of ``active_associations``, so out of the count above,
-        until it ran."""
-        self.finish_request(request, client_address)
 
 
 def _failure(code: StoreStatus, comment: str) -> StoreReply:
@@ -158,25 +91,9 @@ def _refuse(assoc: Association, calling_ae: str, reason: int, why: str) -> None:
     assoc.kill()
 
 
-def _bound(server: ThreadedAssociationServer) -> tuple[str, int]:
-    host, port = server.server_address[:2]
-    return str(host), int(port)
-
-
 def _party(assoc: Association, calling_ae: str) -> Party:
     """The calling peer as the audit trail names it."""
     return Party(calling_ae, str(assoc.requestor.address), calling_ae)
-
-
-def _peer_certificate(assoc: Association) -> PeerCertificate | None:
-    """The verified certificate a TLS caller presented; None over plain DICOM or without one."""
-    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        return None
-    return PeerCertificate(der, subject_of(sock.getpeercert() or {}))
 
 
 class StorageSCP:
@@ -198,10 +115,12 @@ class StorageSCP:
         self._vendor_inbox = vendor_inbox
         self._vendor_aes = vendor_inbox.result_aes if vendor_inbox is not None else frozenset()
         #: The plain listener, then the TLS one, each with its accepting thread.
-        self._servers: list[tuple[_NoDelayServer, threading.Thread]] = []
+        self._servers: list[tuple[ListeningServer, threading.Thread]] = []
         # Studies each open association has delivered to, and how many open associations
         # deliver to each study: a release marks a study only when no other is still sending.
         self._lock = threading.Lock()
+        self._rejections = 0
+        self._rejection_logged_at = -REFUSAL_LOG_INTERVAL_S
         self._delivered: dict[int, set[str]] = {}
         self._open_deliveries: Counter[str] = Counter()
         self._allowed = CallerAllowList(
@@ -220,12 +139,12 @@ class StorageSCP:
         """Where the first listener (the plain one, unless there is only TLS) is bound."""
         if not self._servers:
             raise RuntimeError("the SCP is not started")
-        return _bound(self._servers[0][0])
+        return bound_address(self._servers[0][0])
 
     @property
     def tls_address(self) -> tuple[str, int] | None:
         """Where the TLS listener is bound; None without one."""
-        return next((_bound(srv) for srv, _ in self._servers if srv.tls_context), None)
+        return next((bound_address(srv) for srv, _ in self._servers if srv.tls_context), None)
 
     def start(self) -> None:
         """Bind and serve in background threads; OSError if a port cannot be bound,
@@ -264,7 +183,7 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         server = ae.make_server(
-            (listener.host, port), evt_handlers=handlers, server_class=_NoDelayServer
+            (listener.host, port), evt_handlers=handlers, server_class=ListeningServer
         )
         server.store_handler = self.store
         server.association_request_timeout = listener.association_request_timeout_s
@@ -276,7 +195,7 @@ class StorageSCP:
         thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
         thread.start()
         self._servers.append((server, thread))
-        host, bound_port = _bound(server)
+        host, bound_port = bound_address(server)
         LOGGER.info(
             "listening as %s on %s:%d%s",
             listener.ae_title,
@@ -310,7 +229,7 @@ class StorageSCP:
         if self._config.access.accept_any:
             return None
         return self._allowed.refusal(
-            calling_ae, str(assoc.requestor.address), _peer_certificate(assoc)
+            calling_ae, str(assoc.requestor.address), peer_certificate(assoc)
         )
 
     def _on_requested(self, event: evt.Event) -> None:
@@ -329,17 +248,28 @@ class StorageSCP:
     def _on_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc
         calling_ae = str(assoc.requestor.ae_title).strip()
+        called = str(assoc.acceptor.ae_title).strip()
         reason = assoc.acceptor.primitive.reason_str if assoc.acceptor.primitive else "?"
-        LOGGER.warning(
-            "refused association from calling AE %r at %s:%s (result %s, reason %s)",
-            calling_ae,
-            assoc.requestor.address,
-            assoc.requestor.port,
-            assoc.acceptor.primitive.result_str if assoc.acceptor.primitive else "?",
-            reason,
-        )
-        called_ae = str(assoc.acceptor.ae_title).strip()
-        self._audit.refused(_party(assoc, calling_ae), called_ae, reason)
+        # A flood of association requests beyond max_associations is refused one by one:
+        # logged as a count at most every REFUSAL_LOG_INTERVAL_S (the audit trail has each).
+        with self._lock:
+            self._rejections += 1
+            now = time.monotonic()
+            due = now - self._rejection_logged_at >= REFUSAL_LOG_INTERVAL_S
+            if due:
+                count, self._rejections, self._rejection_logged_at = self._rejections, 0, now
+        if due:
+            LOGGER.warning(
+                "refused %d association(s), the latest from calling AE %r at %s:%s "
+                "(result %s, reason %s)",
+                count,
+                calling_ae,
+                assoc.requestor.address,
+                assoc.requestor.port,
+                assoc.acceptor.primitive.result_str if assoc.acceptor.primitive else "?",
+                reason,
+            )
+        self._audit.refused(_party(assoc, calling_ae), called, reason)
 
     def _on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc

@@ -127,7 +127,7 @@ def test_association_limit_refuses_the_extra_association(tmp_path: Path) -> None
         assert second.send_c_store(files[0]).Status == 0
         second.release()
         log = node.log()
-    assert "refused association from calling AE 'AINODE'" in log
+    assert "refused 1 association(s), the latest from calling AE 'AINODE'" in log
     assert "Local limit exceeded" in log
 
 

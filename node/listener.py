@@ -1,0 +1,158 @@
+"""The listening side of the SCP: sockets, who gets a connection, and the association each
+connection becomes.
+
+``ListeningServer`` is pynetdicom's threaded server with Nagle off, kernel timeouts on every
+accepted socket, the pending-connection bound of ``node.admission``, DICOM TLS (the socket
+wrapped as accepted, the handshake left to the connection's own thread) and the event-driven
+association of ``node.reactor`` instead of the 1 ms polling one. With Nagle on, each small
+C-STORE response waits for the peer's delayed ACK and loopback throughput drops to tens of
+instances per second.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from datetime import datetime
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from node.access import PeerCertificate
+from node.admission import Admission
+from node.direct_store import StoreHandler
+from node.pdu_socket import PduSocket
+from node.reactor import EventAssociation
+from node.sockets import set_kernel_timeouts
+from node.tls import subject_of
+
+__all__ = [
+    "ConnectionCountingAE",
+    "EventRequestHandler",
+    "ListeningServer",
+    "bound_address",
+    "peer_certificate",
+]
+
+
+class EventRequestHandler(RequestHandler):
+    """pynetdicom's request handler building an ``EventAssociation`` and a fast socket."""
+
+    def _create_association(self) -> Association:
+        request_timeout = getattr(self.server, "association_request_timeout", None)
+        assoc = EventAssociation(
+            self.ae,
+            MODE_ACCEPTOR,
+            getattr(self.server, "store_handler", None),
+            request_timeout,
+        )
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        sock = PduSocket(assoc, client_socket=self.request)
+        if request_timeout is not None:
+            sock.deadline = time.monotonic() + request_timeout
+        assoc.set_socket(sock)
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc
+
+
+class ConnectionCountingAE(AE):
+    """pynetdicom's AE, whose association limit (``maximum_associations``, checked as an
+    A-ASSOCIATE-RQ is negotiated) counts only connections that have sent one: idle or
+    trickling connections cannot make an allowed caller's association *local limit
+    exceeded*; the request timeout bounds them instead."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [a for a in super().active_associations if getattr(a, "requested", True)]
+
+
+class ListeningServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
+    connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
+    polling one.
+
+    With Nagle on, each small C-STORE response waits for the peer's delayed ACK and loopback
+    throughput drops to tens of instances per second.
+    """
+
+    #: The listen backlog (socketserver's is 5): a burst of connects beyond it has its SYNs
+    #: dropped, and each such caller waits a second or more for its retry.
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", EventRequestHandler)
+        super().__init__(*args, **kwargs)
+        #: Serves plain C-STOREs straight off their PDUs (``node.direct_store``).
+        self.store_handler: StoreHandler | None = None
+        #: How long a new connection may take to send its whole A-ASSOCIATE-RQ.
+        self.association_request_timeout: float | None = None
+        #: Bounds the connections that have not sent an A-ASSOCIATE-RQ yet.
+        self.admission: Admission | None = None
+        #: Set for a DICOM TLS listener: accepted sockets are wrapped, and the handshake is
+        #: made on the connection's thread (``node.reactor``), never on the accepting one.
+        self.tls_context: ssl.SSLContext | None = None
+        #: Told of each failed handshake: (peer host, port), the reason.
+        self.on_tls_failure: Callable[[tuple[str, int], str], None] | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A peer that stops in the middle of a PDU must not hold the receiving thread in
+        # ``recv`` for ever (the association's idle timeout cannot reach it there); until its
+        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``node.reactor``).
+        timeouts = [self.ae.network_timeout, self.association_request_timeout]
+        set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
+        if self.tls_context is not None:
+            client = self.tls_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Take the connection unless ``admission`` refuses it; refused, it is closed at once
+        (``shutdown_request``) without a thread (``node.admission``)."""
+        if self.admission is None:
+            return True
+        return self.admission.admit(self.active_associations, client_address)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Set the association up on the accepting thread (it starts its own threads):
+        ``ThreadingMixIn``'s extra thread per connection would cost a thread more each and
+        keep a new connection out of ``active_associations``, so out of the count above,
+        until it ran."""
+        self.finish_request(request, client_address)
+
+
+def bound_address(server: ThreadedAssociationServer) -> tuple[str, int]:
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
+def peer_certificate(assoc: Association) -> PeerCertificate | None:
+    """The verified certificate a TLS caller presented; None over plain DICOM or without one."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return PeerCertificate(der, subject_of(sock.getpeercert() or {}))
