@@ -257,3 +257,34 @@ def test_tls_settings_are_checked_when_node_yaml_loads(tmp_path: Path, pki: Pki)
                 key_password_file=str(wrong_password),
             )
         )
+
+
+def test_a_destination_with_tls_true_gets_a_tls_transport_from_node_yaml(
+    tmp_path: Path, pki: Pki
+) -> None:
+    from node.dispatch.dispatcher import Dispatcher
+
+    path = tmp_path / "node.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "tls": tls_section(pki),
+                "destinations": {
+                    "pacs": {
+                        "kind": "dicom",
+                        "ae_title": "PACS",
+                        "host": "127.0.0.1",
+                        "port": 2762,
+                        "tls": True,
+                    },
+                    "plain": {"kind": "dicom", "ae_title": "OLD", "host": "127.0.0.1", "port": 104},
+                },
+            }
+        )
+    )
+    senders = Dispatcher(load_node_config(path)).senders
+    tls = senders["pacs"].transport.tls  # type: ignore[attr-defined]
+    assert isinstance(tls, ssl.SSLContext) and tls.check_hostname
+    assert tls.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert senders["plain"].transport.tls is None  # type: ignore[attr-defined]
