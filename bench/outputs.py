@@ -292,7 +292,6 @@ def encodings(findings: Findings, source: PluginInput, rounds: int) -> None:
 def seg_context(options: SegOptions, outputs: tuple[OutputKind, ...] = (OutputKind.SEG,)):
     return OutputContext(
         job_id="bench",
-        study_version=1,
         plugin_name="ct-lung-nodule",
         plugin_version="1.2.0",
         outputs=outputs,

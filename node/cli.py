@@ -13,6 +13,7 @@ import sys
 
 from node import __version__
 from node.config import ConfigError
+from node.migrations import SchemaTooNew
 
 COMMAND_MODULES = (
     "node.commands",
@@ -24,6 +25,7 @@ COMMAND_MODULES = (
     "node.vendors.cli",
     "node.demo",
     "node.audit.cli",
+    "node.retention.cli",
 )
 
 
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ainode: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except SchemaTooNew as exc:
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from node.audit.settings import AuditSettings
 from node.config_fields import Section, check_ae_title
 from node.destination_settings import Destination
 from node.pseudonym_settings import PseudonymisationSettings
+from node.retention.settings import RetentionSettings
 from node.tls import TlsError, TlsSettings, parse_subject, pem_fingerprint
 
 LOGGER = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class StorageConfig(Section):
     min_free_mb: int = Field(
         512, ge=0, description="below this much free disk, C-STORE answers 0xA700"
     )
+    retention: RetentionSettings = RetentionSettings()
 
     @property
     def spool_dir(self) -> Path:

@@ -8,12 +8,25 @@ either the old state or the new one, never half of both.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: vendor_requests, vendor_inbox, pseudonyms
+from node.migrations import (
+    MIGRATIONS,
+    Migration,
+    SchemaTooNew,
+    backup,
+    execute_statements,
+    pending,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+#: The newest schema version: ``SCHEMA`` below has its shape (``node.migrations``).
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 SCHEMA = """
 -- node.index: one row per stored instance, series and study --------------------------------
@@ -202,18 +215,50 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current < SCHEMA_VERSION:
-        with transaction(conn):
-            _apply_schema(conn)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    try:
+        if _version(conn) != SCHEMA_VERSION:
+            upgrade(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-def _apply_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def upgrade(conn: sqlite3.Connection, path: Path, chain: Sequence[Migration] = MIGRATIONS) -> None:
+    """Bring the database to the chain's last version, or refuse one newer than that.
+
+    Every stage and process connects, so the version is read again under ``BEGIN
+    IMMEDIATE``: the first connection migrates, the others find it done. A new file gets
+    ``SCHEMA``; an older one is backed up, then migrated in the same transaction, so a
+    failed migration leaves it as it was.
+    """
+    latest = chain[-1].version
+    found = _version(conn)
+    if found > latest:
+        raise SchemaTooNew(path, found, latest)
+    with transaction(conn):
+        found = _version(conn)
+        if found > latest:
+            raise SchemaTooNew(path, found, latest)
+        if found == latest:
+            return
+        if found == 0:
+            execute_statements(conn, SCHEMA)
+        else:
+            backup(conn, path, found)
+            for migration in pending(found, chain):
+                LOGGER.warning(
+                    "migrating %s to schema version %d: %s",
+                    path,
+                    migration.version,
+                    migration.summary,
+                )
+                migration.apply(conn)
+        conn.execute(f"PRAGMA user_version={latest}")
 
 
 @contextmanager

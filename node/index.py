@@ -693,6 +693,25 @@ class Index:
                 [(at, uid, at) for uid in uids],
             )
 
+    def indexed_copy(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """(spool path, transfer syntax) of the committed row of an instance, if any."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT path, transfer_syntax_uid FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
+            ).fetchone()
+        return (row[0], row[1]) if row is not None else None
+
+    def is_result(self, sop_instance_uid: str) -> bool:
+        """Whether the node itself made (or relayed) this instance: a ``results`` row."""
+        with self._lock:
+            return (
+                self._conn.execute(
+                    "SELECT 1 FROM results WHERE sop_instance_uid = ?", (sop_instance_uid,)
+                ).fetchone()
+                is not None
+            )
+
     def indexed_paths(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._conn.execute("SELECT path FROM instances")}

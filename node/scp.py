@@ -42,6 +42,7 @@ from node.listener import (
     bound_address,
     peer_certificate,
 )
+from node.resend import already_held
 from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
 from node.tls import parse_subject, pem_fingerprint
 from node.vendors.inbox import VendorInbox
@@ -444,6 +445,14 @@ class StorageSCP:
                 header.study_instance_uid,
             )
         vendor_result = calling_ae in self._vendor_aes
+        held = None
+        if not vendor_result:
+            held = already_held(self._index, self._spool, header, data, transfer_syntax)
+        if held is not None:
+            self._audit.stored(id(assoc), header.study_instance_uid, header.patient_id, sop_class)
+            self._remember(assoc, header.study_instance_uid)
+            LOGGER.debug("%s from %s is %s: the study is unchanged", sop_instance, calling_ae, held)
+            return StoreReply(StoreStatus.SUCCESS)
         spool = self._vendor_inbox.spool if vendor_result and self._vendor_inbox else self._spool
         written = self._write(spool, header, data, transfer_syntax, calling_ae)
         if isinstance(written, StoreReply):

@@ -25,6 +25,8 @@ from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
 from node.index import Index, recover_spool
 from node.jobs.executor import LocalExecutor
+from node.retention.runner import Retention
+from node.retention.stage import RetentionStage
 from node.scp import StorageSCP
 from node.spool import Spool, fsync_dir
 from node.status import StatusServer
@@ -72,7 +74,18 @@ def build_stages(config: NodeConfig, audit: AuditTrail = DISABLED) -> list[Stage
     ]
     if config.http.port:
         stages.append(StatusServer(config))
+    stages.append(RetentionStage(config, audit=audit))
     return stages
+
+
+def _finish_interrupted_purges(config: NodeConfig) -> None:
+    """A purge a ``kill -9`` cut short is finished (or undone) before anything reads the
+    spool: its study is whole in the trash or whole in the spool, never half in each."""
+    conn = connect(config.storage.database_path)
+    try:
+        Retention(config).finish_interrupted(conn)
+    finally:
+        conn.close()
 
 
 def _remove_container_leftovers(config: NodeConfig) -> None:
@@ -120,6 +133,7 @@ class Node:
         if leftovers:
             LOGGER.warning("removed %d partial file(s) left by an earlier crash", leftovers)
         _remove_container_leftovers(self.config)
+        _finish_interrupted_purges(self.config)  # before recover_spool could re-index them
         self._index = Index(storage.database_path)
         clean_stop = storage.data_dir / CLEAN_STOP_FILE
         if clean_stop.exists():

@@ -236,7 +236,7 @@ class Spool:
     def files(self) -> Iterator[str]:
         """Every spooled instance file, as a path relative to the spool folder."""
         for study in os.scandir(self.root):
-            if not study.is_dir() or study.name == TEMP_DIR_NAME:
+            if not study.is_dir() or study.name.startswith("."):  # temp files, purge trash
                 continue
             for series in os.scandir(study.path):
                 if not series.is_dir():

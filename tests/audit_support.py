@@ -138,6 +138,11 @@ def check_message(xml: str) -> ET.Element:
         assert asked.get("ParticipantObjectTypeCodeRole") == "3"
         query = asked.find("ParticipantObjectQuery")
         assert query is not None and base64.b64decode(query.text or "", validate=True)
+    elif event_id == "110105":  # DICOM Study Deleted (A.5.3.5)
+        assert root[0].get("EventActionCode") == "D"
+        assert len(requestors) == 1, "the process that deleted"
+        assert len(_objects(root, "110180")) == 1, "one Study participant object"
+        assert len(_objects(root, "2")) <= 1, "at most one Patient"
     elif event_id == "110101":  # Audit Log Used (A.5.3.1)
         assert root[0].get("EventActionCode") == "R"
         assert len(requestors) == 1, "exactly one reader"

@@ -196,7 +196,6 @@ def key(code: object) -> tuple[str, str]:
 def context(**changes: object) -> OutputContext:
     base = OutputContext(
         job_id="job-42",
-        study_version=1,
         plugin_name="test-plugin",
         plugin_version="1.2.0",
         series_number=7000,

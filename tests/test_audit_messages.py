@@ -25,6 +25,7 @@ from node.audit.events import (
     InstancesSent,
     Outcome,
     Party,
+    StudyDeleted,
     StudyReceived,
     StudyRef,
     TransferBegun,
@@ -60,6 +61,7 @@ EVENTS: dict[EventKind, AuditEvent] = {
     EventKind.LOGIN: UserAuthenticated(user="dr.who", address="10.1.1.1"),
     EventKind.LOGOUT: UserAuthenticated(user="dr.who", address="10.1.1.1", logout=True),
     EventKind.QUERY: IndexQueried(user="pacsadmin", query="studies --limit 50"),
+    EventKind.STUDY_DELETED: StudyDeleted(study=STUDY, reason="retention: retention period"),
     EventKind.AUDIT_LOG_USED: AuditLogUsed(user="secofficer", path="/var/lib/ainode/audit.log"),
 }
 
@@ -85,6 +87,7 @@ def test_every_event_kind_has_an_event_and_renders_a_valid_message() -> None:
         EventKind.LOGIN: ("110114", ["110122"]),
         EventKind.LOGOUT: ("110114", ["110123"]),
         EventKind.QUERY: ("110112", []),
+        EventKind.STUDY_DELETED: ("110105", []),
         EventKind.AUDIT_LOG_USED: ("110101", []),
     }
     for kind, event in EVENTS.items():

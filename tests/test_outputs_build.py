@@ -148,7 +148,7 @@ def test_burned_in_captures_show_the_segment_on_touched_frames(built, ct_input, 
     assert np.abs(red_excess[~inside]).max() == 0  # grey elsewhere
 
 
-def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
+def test_same_job_same_uids_and_only_a_foreign_predecessor_is_cited(ct_input):
     findings = full_findings(ct_input)
     before = [str(header) for header in ct_input.headers]
     first = build_outputs(findings, ct_input, context())
@@ -160,15 +160,22 @@ def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
     seg_first = first[0].dataset.SegmentSequence[0].TrackingUID
     assert seg_first == again[0].dataset.SegmentSequence[0].TrackingUID
     old_sr = next(r for r in first if r.kind is OutputKind.SR)
-    predecessor = PredecessorDocument(
-        study_instance_uid=ct_input.study_instance_uid,
-        series_instance_uid=old_sr.series_instance_uid,
-        sop_instance_uid=old_sr.sop_instance_uid,
-        sop_class_uid=old_sr.sop_class_uid,
-    )
-    newer = build_outputs(
-        findings, ct_input, context(job_id="job-43", study_version=2, predecessor=predecessor)
-    )
+
+    def cite(result) -> PredecessorDocument:
+        return PredecessorDocument(
+            study_instance_uid=ct_input.study_instance_uid,
+            series_instance_uid=result.series_instance_uid,
+            sop_instance_uid=result.sop_instance_uid,
+            sop_class_uid=result.sop_class_uid,
+        )
+
+    # a newer version of the same job key replaces its report: no self-reference
+    replacing = build_outputs(findings, ct_input, context(predecessor=cite(old_sr)))
+    replacing_sr = next(r for r in replacing if r.kind is OutputKind.SR)
+    assert replacing_sr.sop_instance_uid == old_sr.sop_instance_uid
+    assert "PredecessorDocumentsSequence" not in replacing_sr.dataset
+    # a report with other UIDs (another job key, an older ainode) is cited as superseded
+    newer = build_outputs(findings, ct_input, context(job_id="job-43", predecessor=cite(old_sr)))
     old_uids = {r.sop_instance_uid for r in first} | {r.series_instance_uid for r in first}
     assert not old_uids & (
         {r.sop_instance_uid for r in newer} | {r.series_instance_uid for r in newer}
@@ -180,9 +187,6 @@ def test_same_job_same_uids_new_version_new_uids_and_predecessor(ct_input):
     assert series.SeriesInstanceUID == old_sr.series_instance_uid
     assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old_sr.sop_instance_uid
     assert "PredecessorDocumentsSequence" not in old_sr.dataset
-    # same job id, only the study version differs: still new identities
-    bumped = build_outputs(findings, ct_input, context(study_version=2))
-    assert not {r.sop_instance_uid for r in bumped} & {r.sop_instance_uid for r in first}
 
 
 def test_context_from_config_and_kind_selection(ct_input, tmp_path):
@@ -192,7 +196,6 @@ def test_context_from_config_and_kind_selection(ct_input, tmp_path):
     ctx = OutputContext.from_config(
         config,
         job_id="j",
-        study_version=0,
         plugin_name="p",
         plugin_version="9",
         outputs=(OutputKind.SR,),

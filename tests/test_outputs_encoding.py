@@ -24,7 +24,6 @@ from node.outputs.seg import build_segmentation, source_layout
 
 CONTEXT = OutputContext(
     job_id="job-enc",
-    study_version=1,
     plugin_name="test-plugin",
     plugin_version="1.0.0",
     outputs=(OutputKind.SEG, OutputKind.SR),

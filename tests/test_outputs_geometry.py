@@ -19,7 +19,6 @@ from node.outputs import OutputContext, SegmentationGeometryError, build_outputs
 
 CONTEXT = OutputContext(
     job_id="geometry",
-    study_version=1,
     plugin_name="geo",
     plugin_version="1",
     outputs=(OutputKind.SEG,),

@@ -44,7 +44,6 @@ BINARY_VARIANTS = [
 def context(options: SegOptions = DEFAULT) -> OutputContext:
     return OutputContext(
         job_id="job-seg-options",
-        study_version=1,
         plugin_name="test-plugin",
         plugin_version="1.0.0",
         outputs=(OutputKind.SEG,),
@@ -235,13 +234,11 @@ def test_invalid_combinations_say_what_to_change():
         seg_omit_empty_frames=False,
         seg_transfer_syntax="explicit_vr_little_endian",
     )
-    built = OutputContext.from_config(
-        config, job_id="j", study_version=1, plugin_name="p", plugin_version="1"
-    )
+    built = OutputContext.from_config(config, job_id="j", plugin_name="p", plugin_version="1")
     assert built.seg == SegOptions(OverlappingSegments.NESTED, SegType.BINARY, NATIVE, False)
     assert (
         OutputContext.from_config(
-            OutputsConfig(), job_id="j", study_version=1, plugin_name="p", plugin_version="1"
+            OutputsConfig(), job_id="j", plugin_name="p", plugin_version="1"
         ).seg
         == SegOptions()
     )

@@ -30,7 +30,6 @@ def build(files: list[Path], folder: Path, outputs: tuple[OutputKind, ...]) -> l
     source = load_plugin_input(files)
     context = OutputContext(
         job_id=f"validate-{folder.name}",
-        study_version=1,
         plugin_name="test-plugin",
         plugin_version="1.2.0",
         outputs=outputs,

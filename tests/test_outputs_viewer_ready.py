@@ -83,9 +83,7 @@ def test_every_measurement_group_has_image_coordinates(host, tmp_path, plugin) -
     paths = PRODUCTS[plugin](tmp_path / "source")
     series = load_plugin_input(paths)
     findings = host.run_chain(plugin, None, series).final
-    context = OutputContext(
-        job_id=f"viewer-ready/{plugin}", study_version=1, plugin_name=plugin, plugin_version="1"
-    )
+    context = OutputContext(job_id=f"viewer-ready/{plugin}", plugin_name=plugin, plugin_version="1")
     (sr,) = [r.dataset for r in build_outputs(findings, series, context) if r.kind is OutputKind.SR]
     sr = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_encoded(sr)))
     sources = {frame.sop_instance_uid for frame in series.sources}

@@ -244,7 +244,6 @@ def test_findings_become_valid_seg_and_sr(tmp_path, plugin, written, series, val
     findings = plugin.run(series)
     context = OutputContext(
         job_id="test-ct-lung-nodule",
-        study_version=1,
         plugin_name=plugin.name,
         plugin_version=plugin.version,
     )

@@ -198,7 +198,6 @@ def test_findings_become_valid_seg_and_sr(tmp_path, plugin, validate_dicom) -> N
     findings = plugin.run(series)
     context = OutputContext(
         job_id="test-dx-chest",
-        study_version=1,
         plugin_name=plugin.name,
         plugin_version=plugin.version,
     )

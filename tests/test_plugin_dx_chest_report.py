@@ -216,7 +216,6 @@ def test_the_chain_job_yields_valid_seg_sr_and_text_sr(host, tmp_path, validate_
     final = host.run("dx-chest-report", None, series)
     context = OutputContext(
         job_id="test-dx-chest-report",
-        study_version=1,
         plugin_name="dx-chest-report",
         plugin_version="1.0.0",
     )
@@ -242,7 +241,7 @@ def _sr_units(final: Findings, series: PluginInput) -> list[str]:
     from node.outputs import OutputContext, build_outputs
 
     context = OutputContext(
-        job_id="test-spacing", study_version=1, plugin_name="dx-chest-report", plugin_version="1"
+        job_id="test-spacing", plugin_name="dx-chest-report", plugin_version="1"
     )
     (sr,) = [r.dataset for r in build_outputs(final, series, context) if r.kind.value == "sr"]
 

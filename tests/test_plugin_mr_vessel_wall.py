@@ -183,7 +183,6 @@ def test_findings_become_valid_seg_and_sr(tmp_path, plugin, written, series, val
 
     context = OutputContext(
         job_id="test-mr-vessel-wall",
-        study_version=1,
         plugin_name=plugin.name,
         plugin_version=plugin.version,
     )

@@ -75,7 +75,6 @@ def make_product(phantom: Phantom, folder: Path) -> Product:
     findings = host.run(manifests[-1].name, None, source)
     context = OutputContext(
         job_id=f"{study_uid}/viewer/{manifests[-1].name}",
-        study_version=1,
         plugin_name=manifests[-1].name,
         plugin_version=manifests[-1].version,
         outputs=phantom.outputs,

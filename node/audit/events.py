@@ -23,6 +23,7 @@ __all__ = [
     "InstancesSent",
     "Outcome",
     "Party",
+    "StudyDeleted",
     "StudyReceived",
     "StudyRef",
     "TransferBegun",
@@ -44,6 +45,7 @@ class EventKind(StrEnum):
     LOGIN = "login"
     LOGOUT = "logout"
     QUERY = "query"
+    STUDY_DELETED = "study-deleted"
     AUDIT_LOG_USED = "audit-log-used"
 
 
@@ -278,3 +280,19 @@ class AuditLogUsed(AuditEvent):
     @property
     def kind(self) -> EventKind:
         return EventKind.AUDIT_LOG_USED
+
+
+@dataclass(frozen=True)
+class StudyDeleted(AuditEvent):
+    """Retention deleted a study's instances and rows (DICOM Study Deleted)."""
+
+    study: StudyRef
+    reason: str  # "retention period", "disk below the watermark", ...
+
+    @property
+    def kind(self) -> EventKind:
+        return EventKind.STUDY_DELETED
+
+    @property
+    def study_uids(self) -> tuple[str, ...]:
+        return (self.study.study_instance_uid,)

@@ -12,7 +12,8 @@ Which message each event becomes (PS3.15 A.5.3):
 - console login/logout: User Authentication (110114), Login/Logout (110122/110123);
 - the index listed (``ainode studies``): Query (110112), the query text as the object's
   ParticipantObjectQuery under the Study Root C-FIND SOP class, the nearest DICOM query;
-- the audit trail read (``ainode audit``): Audit Log Used (110101).
+- the audit trail read (``ainode audit``): Audit Log Used (110101);
+- a study deleted by retention: DICOM Study Deleted (110105), action D.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from node.audit.events import (
     IndexQueried,
     InstancesSent,
     Party,
+    StudyDeleted,
     StudyReceived,
     StudyRef,
     TransferBegun,
@@ -58,6 +60,7 @@ APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 AUDIT_LOG_USED = Code("110101", "DCM", "Audit Log Used")
 BEGIN_TRANSFERRING = Code("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+STUDY_DELETED = Code("110105", "DCM", "DICOM Study Deleted")
 QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
@@ -240,6 +243,11 @@ def _body(event: AuditEvent, source: AuditSource) -> tuple[ET.Element, ET.Elemen
             head = _identification(event, "E", USER_AUTHENTICATION, LOGOUT if logout else LOGIN)
             _participant(people, user, True, None, host=address)
             _node(people, source, False, APPLICATION)
+        case StudyDeleted(study=study, reason=reason):
+            head = _identification(event, "D", STUDY_DELETED, None)
+            _node(people, source, True, APPLICATION)
+            _study_objects(objects, study)
+            _detail(objects[0], "Reason", reason)
         case IndexQueried(user=user, query=query):
             head = _identification(event, "E", QUERY, None)
             _participant(people, user, True, SOURCE_ROLE)

@@ -131,7 +131,6 @@ class PipelineRunner:
         context = OutputContext.from_config(
             self.config.outputs,
             job_id=item.job_key,
-            study_version=item.study_version,
             plugin_name=manifest.name,
             plugin_version=manifest.version,
             outputs=item.output_kinds,

@@ -66,7 +66,7 @@ def build_burned_in(
     findings: Findings, source: PluginInput, context: OutputContext
 ) -> list[hd.sc.SCImage]:
     """One secondary capture per frame with any segmented pixel, in input frame order."""
-    uids = ResultUids(context.job_id, context.study_version)
+    uids = ResultUids(context.job_id)
     headers = {header.SOPInstanceUID: header for header in source.headers}
     masks = [
         (s.binary, np.array(s.color_rgb or DEFAULT_COLORS[n % len(DEFAULT_COLORS)], np.float32))

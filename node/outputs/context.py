@@ -79,16 +79,16 @@ class SegOptions:
 class OutputContext:
     """One job's identity and labelling choices.
 
-    ``job_id`` and ``study_version`` seed every UID (see ``uids``), so they must be the
-    job's stable identifiers, not per-attempt ones. ``series_number`` is the SEG's series
-    number; the SR, text SR and burned-in series follow it (``SERIES_OFFSET``).
+    ``job_id`` seeds every UID (see ``uids``), so it must be the job's stable key (study,
+    route, plugin), not a per-attempt or per-version one: a re-run replaces its results.
+    ``series_number`` is the SEG's series number; the SR, text SR and burned-in series
+    follow it (``SERIES_OFFSET``).
     ``fractional_segmentation`` asks for a FRACTIONAL SEG where every mask is a
     probability map; otherwise probability masks are thresholded at 0.5 into a BINARY SEG.
     ``seg`` says how the SEG is encoded.
     """
 
     job_id: str
-    study_version: int
     plugin_name: str
     plugin_version: str
     series_number: int = 9000
@@ -104,8 +104,6 @@ class OutputContext:
     def __post_init__(self) -> None:
         if not self.job_id:
             raise ValueError("OutputContext.job_id must not be empty")
-        if self.study_version < 0:
-            raise ValueError(f"study_version must be >= 0, got {self.study_version}")
         if not self.plugin_name or not self.plugin_version:
             raise ValueError("OutputContext needs the plugin name and version")
         if not 1 <= self.series_number <= 2**31 - 1 - max(SERIES_OFFSET.values()):
@@ -121,7 +119,6 @@ class OutputContext:
         config: OutputsConfig,
         *,
         job_id: str,
-        study_version: int,
         plugin_name: str,
         plugin_version: str,
         outputs: tuple[OutputKind, ...] = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR),
@@ -131,7 +128,6 @@ class OutputContext:
         """The context for a job, labelled as node.yaml's ``outputs`` section says."""
         return cls(
             job_id=job_id,
-            study_version=study_version,
             plugin_name=plugin_name,
             plugin_version=plugin_version,
             series_number=config.series_number_base,

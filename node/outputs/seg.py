@@ -134,7 +134,7 @@ def build_segmentation(
     fractional = context.fractional_segmentation and all(
         np.issubdtype(s.mask.dtype, np.floating) for s in findings.segments
     )
-    uids = ResultUids(context.job_id, context.study_version)
+    uids = ResultUids(context.job_id)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=findings.algorithm.name,
         version=findings.algorithm.version,

@@ -12,8 +12,10 @@ Every measurement made along a line carries that line as image coordinates (SCOO
 FROM, on its source image; ``sr_graphics``): a viewer such as OHIF places a group only by its
 coordinates, and lists its values beside what it draws. Study-level results (a nodule count,
 "no nodule") go in the document's Qualitative Evaluations container (TID 1500 row 12), not in
-a measurement group that no viewer can place. A re-run of a newer study version names the
-report it supersedes in the Predecessor Documents Sequence.
+a measurement group that no viewer can place. A re-run of a newer study version keeps the
+report's UIDs (``uids``), so it replaces the report; a report it supersedes that has other
+UIDs (one written by an ainode whose UIDs named the study version) is named in the
+Predecessor Documents Sequence.
 
 Comprehensive SR, not Comprehensive 3D SR: 2D coordinates on source images and SEG
 references, and Comprehensive SR is the class more PACS and viewers accept.
@@ -314,7 +316,7 @@ def build_measurement_report(
     if not source.headers:
         raise ValueError("PluginInput.headers is empty: the report needs the source headers")
     check_placement(findings, source)
-    uids = ResultUids(context.job_id, context.study_version)
+    uids = ResultUids(context.job_id)
     algorithm = hd.sr.AlgorithmIdentification(
         name=findings.algorithm.name, version=findings.algorithm.version
     )
@@ -326,13 +328,17 @@ def build_measurement_report(
     report = _report(findings, source, context, groups, algorithm, uids)
     headers = [prepared_header(header) for header in source.headers]
     evidence = ([segmentation] if segmentation is not None else []) + headers
-    previous = [_predecessor_dataset(context.predecessor)] if context.predecessor else None
+    sop_instance_uid = uids.instance(OutputKind.SR)
+    predecessor = context.predecessor
+    if predecessor is not None and predecessor.sop_instance_uid == sop_instance_uid:
+        predecessor = None  # the same report, replaced in place: not its own predecessor
+    previous = [_predecessor_dataset(predecessor)] if predecessor else None
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=report[0],
         series_instance_uid=uids.series(OutputKind.SR),
         series_number=context.series_number_of(OutputKind.SR),
-        sop_instance_uid=uids.instance(OutputKind.SR),
+        sop_instance_uid=sop_instance_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=context.plugin_name[:64],

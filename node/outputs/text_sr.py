@@ -60,7 +60,7 @@ def build_text_report(
         raise ValueError("build_text_report needs Findings.report")
     if not source.headers:
         raise ValueError("PluginInput.headers is empty: the report needs the source headers")
-    uids = ResultUids(context.job_id, context.study_version)
+    uids = ResultUids(context.job_id)
     finding_text = hd.sr.TextContentItem(
         name=codes.DCM.Finding,
         value=findings.report.findings,

@@ -1,9 +1,10 @@
 """Deterministic UIDs for result objects.
 
-Every UID an output carries is derived from the job id, the study version and what the UID
-names (output kind, series or instance, tracking id). A job that runs twice (a crash, a
-redelivered Celery message) therefore rebuilds byte-for-byte the same identities and the PACS
-replaces rather than duplicates; a new study version is a new job and gets new UIDs.
+Every UID an output carries is derived from the job key (study, route, plugin) and what the
+UID names (output kind, series or instance, tracking id), not from the study version. A job
+that runs twice (a crash, a redelivered Celery message) and the job of a newer version of the
+study (a late or changed instance) both send the same identities, so a PACS that overwrites a
+re-sent SOP Instance UID keeps one set of results per product, the newest (README "Re-sends").
 
 UIDs use the ``2.25`` root (ISO/IEC 9834-8): the decimal value of a name-based UUID (v5).
 """
@@ -24,14 +25,12 @@ def uid_from_name(name: str) -> str:
 
 
 class ResultUids:
-    """The UIDs of one job's results: same job and study version, same UIDs."""
+    """The UIDs of one job key's results, the same for every version of the study."""
 
-    def __init__(self, job_id: str, study_version: int) -> None:
+    def __init__(self, job_id: str) -> None:
         if not job_id:
             raise ValueError("job_id must not be empty: result UIDs are derived from it")
-        if study_version < 0:
-            raise ValueError(f"study_version must be >= 0, got {study_version}")
-        self._prefix = f"ainode/job/{job_id}/v{study_version}"
+        self._prefix = f"ainode/job/{job_id}"
 
     def series(self, kind: OutputKind) -> str:
         return uid_from_name(f"{self._prefix}/{kind.value}/series")

@@ -1,0 +1,136 @@
+"""Numbered schema migrations, and the backup taken before they run.
+
+``PRAGMA user_version`` is the schema version of a database file. Migration N turns version
+N-1 into version N; ``node.db.upgrade`` runs every pending one, in order, in one transaction,
+after copying the file with SQLite's online backup API. A migration's SQL is history: once
+released it never changes, while ``node.db.SCHEMA`` (what a new database gets) is always the
+newest shape, so a new file and a migrated one must end up alike (the tests compare them).
+
+To change the schema: write ``_vN(conn)`` below, append ``Migration(N, "what", _vN)`` to
+``MIGRATIONS`` and make ``node.db.SCHEMA`` the same shape. A migration runs inside a
+transaction: no ``executescript`` (it commits) and no ``PRAGMA foreign_keys`` (a no-op there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.spool import fsync_dir
+
+LOGGER = logging.getLogger(__name__)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer ainode: this one must not touch it."""
+
+    def __init__(self, path: Path, found: int, known: int) -> None:
+        super().__init__(
+            f"database {path} has schema version {found}, newer than version {known} that "
+            f"this ainode knows: run the newer ainode, or restore a backup made for version "
+            f"{known} or older"
+        )
+        self.found = found
+        self.known = known
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Turns schema version ``version - 1`` into ``version``."""
+
+    version: int
+    summary: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def execute_statements(conn: sqlite3.Connection, script: str) -> None:
+    """Each ``;``-separated statement of ``script`` in the open transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    execute_statements(
+        conn,
+        """
+CREATE TABLE IF NOT EXISTS vendor_requests (
+    job_id              INTEGER PRIMARY KEY REFERENCES jobs(id),
+    vendor              TEXT NOT NULL,
+    results_from        TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    deidentified        INTEGER NOT NULL,
+    instances_sent      INTEGER NOT NULL,
+    sent_at             REAL NOT NULL,
+    expires_at          REAL NOT NULL,
+    quiet_s             REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vendor_inbox (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    received_at         REAL NOT NULL,
+    job_id              INTEGER REFERENCES jobs(id),
+    state               TEXT NOT NULL DEFAULT 'NEW'
+);
+CREATE INDEX IF NOT EXISTS vendor_inbox_study ON vendor_inbox(calling_ae, study_instance_uid);
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    job_key             TEXT NOT NULL,
+    kind                TEXT NOT NULL,
+    original            TEXT NOT NULL,
+    pseudonym           TEXT NOT NULL,
+    created_at          REAL NOT NULL,
+    UNIQUE (job_key, kind, original),
+    UNIQUE (job_key, kind, pseudonym)
+);
+""",
+    )
+
+
+#: Version 1 is the first release's schema; each entry's version is one more than the last.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "vendor_requests, vendor_inbox, pseudonyms", _v2),
+)
+
+
+def pending(current: int, chain: Sequence[Migration]) -> list[Migration]:
+    """The migrations that take version ``current`` to the chain's last, checked in order."""
+    steps = [migration for migration in chain if migration.version > current]
+    expected = list(range(current + 1, current + 1 + len(steps)))
+    if [step.version for step in steps] != expected:
+        raise RuntimeError(f"migrations are not numbered {expected}: a gap or a duplicate")
+    return steps
+
+
+def backup(conn: sqlite3.Connection, path: Path, version: int) -> Path:
+    """Copy the database as ``conn`` sees it to ``<db>.v<version>.bak``, durably.
+
+    The online backup API copies a consistent snapshot (the WAL included) while ``conn``
+    holds the write lock; the copy is renamed into place only once it is on disk.
+    """
+    target = path.with_name(f"{path.name}.v{version}.bak")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    copy = sqlite3.connect(partial)
+    try:
+        conn.backup(copy)
+        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    finally:
+        copy.close()
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, target)
+    fsync_dir(target.parent)
+    LOGGER.warning("database %s (schema version %d) backed up to %s", path, version, target)
+    return target

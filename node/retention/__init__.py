@@ -1,0 +1,1 @@
+"""Retention: what the node deletes, when, and how a purge survives a crash."""
