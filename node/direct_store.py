@@ -22,6 +22,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from pynetdicom.dimse_primitives import C_STORE
@@ -67,12 +68,27 @@ class StoreRequest:
     dataset: bytes
 
 
+class StoreStatus(IntEnum):
+    """C-STORE response statuses the SCP returns (PS3.4 Annex B.2.3)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_MISMATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    MISSING_UID = 0xC001
+    STORAGE_FAILED = 0xC002
+
+
 @dataclass(frozen=True)
 class StoreReply:
     """The status a store handler answers with (PS3.4 Annex B.2.3)."""
 
     status: int
     error_comment: str | None = None
+
+    @classmethod
+    def failure(cls, code: StoreStatus, comment: str) -> StoreReply:
+        return cls(int(code), comment[:64])  # Error Comment is LO: at most 64 characters
 
 
 StoreHandler = Callable[["EventAssociation", StoreRequest], StoreReply]

@@ -12,8 +12,6 @@ import logging
 import ssl
 import threading
 import time
-from collections import Counter
-from enum import IntEnum
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -27,7 +25,8 @@ from node.audit.events import Party
 from node.audit.receiving import ReceiveAudit
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
-from node.direct_store import StoreReply, StoreRequest
+from node.deliveries import OpenDeliveries
+from node.direct_store import StoreReply, StoreRequest, StoreStatus
 from node.index import (
     HeaderError,
     Index,
@@ -56,21 +55,6 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 _config.LOG_HANDLER_LEVEL = "none"
 # pynetdicom logs every association at INFO; ours say what matters (refusals, failures).
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
-class StoreStatus(IntEnum):
-    """C-STORE response statuses this SCP returns (PS3.4 Annex B.2.3)."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700
-    DATASET_MISMATCH = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    MISSING_UID = 0xC001
-    STORAGE_FAILED = 0xC002
-
-
-def _failure(code: StoreStatus, comment: str) -> StoreReply:
-    return StoreReply(int(code), comment[:64])  # Error Comment is LO: at most 64 characters
 
 
 # A-ASSOCIATE-RJ reasons (rejected permanent, by the service user), PS3.8 9.3.4
@@ -117,13 +101,11 @@ class StorageSCP:
         self._vendor_aes = vendor_inbox.result_aes if vendor_inbox is not None else frozenset()
         #: The plain listener, then the TLS one, each with its accepting thread.
         self._servers: list[tuple[ListeningServer, threading.Thread]] = []
-        # Studies each open association has delivered to, and how many open associations
-        # deliver to each study: a release marks a study only when no other is still sending.
+        self._deliveries = OpenDeliveries()
+        #: pynetdicom's own refusals since the last log line (``_on_rejected``).
         self._lock = threading.Lock()
         self._rejections = 0
         self._rejection_logged_at = -REFUSAL_LOG_INTERVAL_S
-        self._delivered: dict[int, set[str]] = {}
-        self._open_deliveries: Counter[str] = Counter()
         self._allowed = CallerAllowList(
             CallerPin(
                 caller.ae_title,
@@ -283,7 +265,7 @@ class StorageSCP:
 
     def _on_released(self, event: evt.Event) -> None:
         self._audit.ended(id(event.assoc), released=True)
-        finished = self._forget(event.assoc)
+        finished = self._deliveries.forget(id(event.assoc))
         if finished:
             self._index.mark_released(finished, time.time())
 
@@ -295,28 +277,9 @@ class StorageSCP:
         assoc = event.assoc
         released = assoc.is_released or getattr(assoc, "_sent_release", False)
         self._audit.ended(id(assoc), released)
-        finished = self._forget(assoc)
+        finished = self._deliveries.forget(id(assoc))
         if finished and released:
             self._index.mark_released(finished, time.time())
-
-    def _forget(self, assoc: Association) -> list[str]:
-        """Drop an association's deliveries; return studies no open association is sending."""
-        with self._lock:
-            studies = self._delivered.pop(id(assoc), set())
-            finished = []
-            for study in studies:
-                self._open_deliveries[study] -= 1
-                if self._open_deliveries[study] <= 0:
-                    del self._open_deliveries[study]
-                    finished.append(study)
-            return finished
-
-    def _remember(self, assoc: Association, study_uid: str) -> None:
-        with self._lock:
-            studies = self._delivered.setdefault(id(assoc), set())
-            if study_uid not in studies:
-                studies.add(study_uid)
-                self._open_deliveries[study_uid] += 1
 
     # -- C-STORE ------------------------------------------------------------------------
 
@@ -359,12 +322,14 @@ class StorageSCP:
                 header.sop_instance_uid,
                 calling_ae,
             )
-            return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full")
+            return StoreReply.failure(
+                StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full"
+            )
         except OSError as exc:
             LOGGER.error(
                 "cannot write %s from %s: %s", header.sop_instance_uid, calling_ae, exc.strerror
             )
-            return _failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
+            return StoreReply.failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
 
     def _keep_vendor_result(self, header: InstanceHeader, relpath: str, calling_ae: str) -> None:
         """A vendor's result, written to its inbox: indexed there, never in the studies."""
@@ -399,7 +364,9 @@ class StorageSCP:
             LOGGER.exception(
                 "C-STORE of %s from %s failed unexpectedly", request.sop_instance_uid, calling_ae
             )
-            reply = _failure(StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}")
+            reply = StoreReply.failure(
+                StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}"
+            )
         if reply.status != StoreStatus.SUCCESS:
             self._audit.failed(id(assoc))
         return reply
@@ -418,7 +385,7 @@ class StorageSCP:
             )
             missing = isinstance(exc, MissingUidError)
             code = StoreStatus.MISSING_UID if missing else StoreStatus.CANNOT_UNDERSTAND
-            return _failure(code, str(exc))
+            return StoreReply.failure(code, str(exc))
 
         own_instance_uid = "SOPInstanceUID" not in header.derived_uids
         if (own_instance_uid and header.sop_instance_uid != sop_instance) or (
@@ -431,7 +398,7 @@ class StorageSCP:
                 header.sop_instance_uid,
                 header.sop_class_uid,
             )
-            return _failure(
+            return StoreReply.failure(
                 StoreStatus.DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request"
             )
 
@@ -450,7 +417,7 @@ class StorageSCP:
             held = already_held(self._index, self._spool, header, data, transfer_syntax)
         if held is not None:
             self._audit.stored(id(assoc), header.study_instance_uid, header.patient_id, sop_class)
-            self._remember(assoc, header.study_instance_uid)
+            self._deliveries.remember(id(assoc), header.study_instance_uid)
             LOGGER.debug("%s from %s is %s: the study is unchanged", sop_instance, calling_ae, held)
             return StoreReply(StoreStatus.SUCCESS)
         spool = self._vendor_inbox.spool if vendor_result and self._vendor_inbox else self._spool
@@ -479,7 +446,7 @@ class StorageSCP:
             raise
         if outcome.replaced_path and outcome.replaced_path != relpath:
             self._spool.remove(outcome.replaced_path)
-        self._remember(assoc, header.study_instance_uid)
+        self._deliveries.remember(id(assoc), header.study_instance_uid)
         LOGGER.debug(
             "stored %s of study %s (version %d) from %s%s",
             sop_instance,
