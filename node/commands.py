@@ -187,9 +187,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     except AssociationFailed as exc:
         print(f"ainode send: {exc}", file=sys.stderr)
         return 1
+    for path in report.skipped:
+        print(f"skipped: {path}: a DICOMDIR (media directory), not an object", file=sys.stderr)
     for failure in report.failed:
         print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
-    print(f"sent {report.sent}, failed {len(report.failed)}")
+    skipped = f", skipped {len(report.skipped)}" if report.skipped else ""
+    print(f"sent {report.sent}, failed {len(report.failed)}{skipped}")
     return 0 if report.ok else 1
 
 

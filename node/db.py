@@ -134,6 +134,7 @@ CREATE TABLE IF NOT EXISTS results (
     path                TEXT NOT NULL,   -- relative to the outputs folder
     created_at          REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS results_job ON results(job_id);
 
 -- node.dispatch: one row per (result instance, destination) ----------------------------------
 CREATE TABLE IF NOT EXISTS outbox (
@@ -249,7 +250,7 @@ def upgrade(conn: sqlite3.Connection, path: Path, chain: Sequence[Migration] = M
         if found == 0:
             execute_statements(conn, SCHEMA)
         else:
-            backup(conn, path, found)
+            backup(path, found)
             for migration in pending(found, chain):
                 LOGGER.warning(
                     "migrating %s to schema version %d: %s",

@@ -95,9 +95,16 @@ CREATE TABLE IF NOT EXISTS pseudonyms (
     )
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    # retention re-checks a study's results inside the write transaction that deletes it:
+    # without this index that read walked the whole results table while C-STOREs waited
+    conn.execute("CREATE INDEX IF NOT EXISTS results_job ON results(job_id)")
+
+
 #: Version 1 is the first release's schema; each entry's version is one more than the last.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "vendor_requests, vendor_inbox, pseudonyms", _v2),
+    Migration(3, "results(job_id) index, for retention", _v3),
 )
 
 
@@ -110,21 +117,24 @@ def pending(current: int, chain: Sequence[Migration]) -> list[Migration]:
     return steps
 
 
-def backup(conn: sqlite3.Connection, path: Path, version: int) -> Path:
-    """Copy the database as ``conn`` sees it to ``<db>.v<version>.bak``, durably.
+def backup(path: Path, version: int) -> Path:
+    """Copy the database at ``path`` to ``<db>.v<version>.bak``, durably.
 
-    The online backup API copies a consistent snapshot (the WAL included) while ``conn``
-    holds the write lock; the copy is renamed into place only once it is on disk.
+    Called while the migrating connection holds the write lock, which blocks a backup on
+    that same connection; a second connection reads (WAL lets it) the state the migration
+    starts from, with the online backup API. The copy is renamed into place once on disk.
     """
     target = path.with_name(f"{path.name}.v{version}.bak")
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
+    source = sqlite3.connect(path)
     copy = sqlite3.connect(partial)
     try:
-        conn.backup(copy)
+        source.backup(copy)
         copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
     finally:
         copy.close()
+        source.close()
     fd = os.open(partial, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -35,6 +35,8 @@ LOGGER = logging.getLogger(__name__)
 _config.STORE_SEND_CHUNKED_DATASET = True
 _config.LOG_HANDLER_LEVEL = "none"
 
+#: Media Storage Directory Storage: a DICOMDIR indexes a medium; no SCP stores one.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
 
@@ -82,6 +84,7 @@ class SendReport:
 
     sent: int
     failed: tuple[SendFailure, ...] = field(default=())
+    skipped: tuple[Path, ...] = field(default=())  # DICOMDIR files: media indexes, not objects
 
     @property
     def ok(self) -> bool:
@@ -260,16 +263,23 @@ def send(
 
     One association carries all files whose contexts fit in 128; more distinct
     (SOP class, transfer syntax) pairs open further associations in turn. Files without
-    usable file meta are reported as failed, not sent.
+    usable file meta are reported as failed, not sent; DICOMDIR files (a scanner's export
+    has them) are skipped.
     """
     files: list[_File] = []
     failures: list[SendFailure] = []
+    skipped: list[Path] = []
     all_paths = expand_paths(paths)
     for path in all_paths:
         try:
-            files.append(_read_meta(path))
+            meta = _read_meta(path)
         except Exception as exc:
             failures.append(SendFailure(path, f"not a Part-10 file: {exc}"[:200]))
+            continue
+        if meta.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
+            skipped.append(path)
+        else:
+            files.append(meta)
     total = len(files)
     sent = 0
     done = 0
@@ -301,4 +311,4 @@ def send(
         finally:
             if assoc.is_established:
                 assoc.release()
-    return SendReport(sent=sent, failed=tuple(failures))
+    return SendReport(sent=sent, failed=tuple(failures), skipped=tuple(skipped))

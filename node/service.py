@@ -9,6 +9,7 @@ stops it.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from typing import Protocol, runtime_checkable
 
@@ -109,6 +110,30 @@ def _remove_container_leftovers(config: NodeConfig) -> None:
         )
 
 
+def _log_work_left(config: NodeConfig, stopped: list[str]) -> None:
+    """Say at stop what the node leaves for its next start (read only: a full disk allows it)."""
+    try:
+        conn = connect(config.storage.database_path)
+        try:
+            jobs = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            pending = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'")
+            outbox = pending.fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        LOGGER.warning("stopped stages %s; cannot count the work left: %s", ", ".join(stopped), exc)
+        return
+    LOGGER.info(
+        "stopped stages %s; left for the next start: %d job(s) running (re-queued then), "
+        "%d queued, %d awaiting a vendor, %d outbox row(s) pending",
+        ", ".join(stopped) or "none",
+        jobs.get("RUNNING", 0),
+        jobs.get("QUEUED", 0),
+        jobs.get("AWAITING_VENDOR", 0),
+        outbox,
+    )
+
+
 class Node:
     """The SCP and the stages, started and stopped together."""
 
@@ -190,13 +215,16 @@ class Node:
         if self._vendor_inbox is not None:
             self._vendor_inbox.close()
             self._vendor_inbox = None
+        stopped: list[str] = []
         while self._started:
             stage = self._started.pop()
             try:
                 stage.stop()
             except Exception:
                 LOGGER.exception("stage %s did not stop cleanly", stage.name)
+            stopped.append(stage.name)
         if self._index is not None:
+            _log_work_left(self.config, stopped)
             flushed = self._index.close()
             self._index = None
             if flushed:

@@ -1,0 +1,88 @@
+"""ainode in a container: built from the repository and the local base, answers C-ECHO,
+stops on SIGTERM with exit 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.scu import AssociationFailed, Peer, echo
+from tests.conftest import free_port
+from tests.container_support import ENGINE
+from tests.node_image import node_image
+
+pytestmark = pytest.mark.containers
+
+UID = 10001  # the image's user
+
+
+def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _answers(peer: Peer) -> bool:
+    try:
+        return echo(peer, "PROBE", timeout_s=5) == 0
+    except AssociationFailed:
+        return False
+
+
+def test_container_answers_echo_and_stops_on_sigterm(tmp_path: Path) -> None:
+    try:
+        image = node_image()
+    except LookupError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    port = free_port()
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = {
+        "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port},
+        "access": {"accept_any": True},
+        "storage": {"data_dir": "/var/lib/ainode", "min_free_mb": 1},
+    }
+    (etc / "node.yaml").write_text(yaml.safe_dump(config))
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, UID, UID)
+    name = f"ainode-packaging-{port}"
+    started = _podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--runtime",
+        ENGINE["runtime"],
+        *ENGINE["run_options"],
+        "--network",
+        "host",
+        "--volume",
+        f"{etc}:/etc/ainode:ro",
+        "--volume",
+        f"{data}:/var/lib/ainode",
+        image,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        peer = Peer("AINODE", "127.0.0.1", port)
+        deadline = time.monotonic() + 60
+        while not _answers(peer):
+            state = _podman("inspect", name, "--format", "{{.State.Running}}").stdout.strip()
+            assert state == "true", _podman("logs", name).stderr
+            assert time.monotonic() < deadline, _podman("logs", name).stderr
+            time.sleep(0.2)
+        stopped = _podman("stop", "--time", "60", name, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        code = _podman("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip()
+        logs = _podman("logs", name)
+        assert code == "0", logs.stdout + logs.stderr
+        assert "stopped stages" in logs.stdout + logs.stderr
+        assert (data / "ainode.sqlite3").exists()
+    finally:
+        _podman("rm", "--force", name)
