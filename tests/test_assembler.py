@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from node.assembler import StudyAssembler
 from node.config import StabilityConfig
@@ -178,7 +179,11 @@ def test_pending_study_becomes_stable_on_schedule_after_kill_9(tmp_path: Path) -
         stop_node(node)
     node = start_node(tmp_path / "node", node.port, stability=stability)
     try:
-        assert send(files[:1], Peer("AINODE", "127.0.0.1", node.port)).ok  # a duplicate
+        # the same instance again, changed: re-opens the study (an identical re-send would not)
+        changed = dcmread(files[0])
+        changed.ImageComments = "re-sent with a change"
+        changed.save_as(tmp_path / "changed.dcm", enforce_file_format=True)
+        assert send([tmp_path / "changed.dcm"], Peer("AINODE", "127.0.0.1", node.port)).ok
         wait_until(
             lambda: conn.execute("SELECT COUNT(*) FROM study_versions").fetchone()[0] == 2,
             timeout=30,
