@@ -12,11 +12,9 @@ from pathlib import Path
 from node.audit.events import IndexQueried
 from node.audit.messages import operating_system_user
 from node.audit.trail import record_from_command
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import DEFAULT_CONFIG, ConfigError, NodeConfig, load_node_config
 from node.db import connect
 from node.tls import TlsSettings
-
-DEFAULT_CONFIG = Path("config/node.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -34,6 +34,9 @@ from node.tls import TlsError, TlsSettings, parse_subject, pem_fingerprint
 
 LOGGER = logging.getLogger(__name__)
 
+#: Where the commands look for node.yaml unless given ``--config``.
+DEFAULT_CONFIG = Path("config/node.yaml")
+
 
 class ListenerConfig(Section):
     """Where the SCP listens and how much it accepts at once."""

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import DEFAULT_CONFIG, ConfigError, NodeConfig, load_node_config
 from routers.schema import routes_json_schema
 
-DEFAULT_CONFIG = Path("config/node.yaml")
 MASK = "********"
 #: Keys whose values are secrets; ``*_file`` and ``*_env`` only say where one is kept.
 _SECRET_KEY = re.compile(r"(password|passphrase|secret|token|private_key|api_key)", re.I)

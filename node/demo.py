@@ -24,12 +24,11 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import DEFAULT_CONFIG, ConfigError, NodeConfig, load_node_config
 from node.db import connect
 from node.destination_settings import FolderDestination, StowRsDestination
 from node.scu import AssociationFailed, Peer, echo, send
 
-DEFAULT_CONFIG = Path("config/node.yaml")
 REPO = Path(__file__).resolve().parent.parent
 CALLING_AE = "AINODE-DEMO"
 

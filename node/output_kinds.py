@@ -10,7 +10,27 @@ from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-__all__ = ["PROFILE_DEFAULTS", "OutputKind", "SourceKind", "ViewerProfile"]
+from pydicom.uid import (
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EncapsulatedPDFStorage,
+    EnhancedSRStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
+
+__all__ = [
+    "KIND_BY_SOP_CLASS",
+    "PROFILE_DEFAULTS",
+    "OutputKind",
+    "SourceKind",
+    "ViewerProfile",
+]
 
 
 class OutputKind(StrEnum):
@@ -18,6 +38,26 @@ class OutputKind(StrEnum):
     SR = "sr"
     TEXT_SR = "text_sr"
     BURNED_IN_SC = "burned_in_sc"
+
+
+#: The SOP classes a result can have (the node's own, or a product's DICOM it relays), and the
+#: kind each is sent as: a product's PDF report goes where text reports go.
+KIND_BY_SOP_CLASS: Mapping[str, OutputKind] = MappingProxyType(
+    {
+        SegmentationStorage: OutputKind.SEG,
+        "1.2.840.10008.5.1.4.1.1.66.7": OutputKind.SEG,  # Label Map Segmentation
+        ComprehensiveSRStorage: OutputKind.SR,
+        Comprehensive3DSRStorage: OutputKind.SR,
+        EnhancedSRStorage: OutputKind.SR,
+        BasicTextSRStorage: OutputKind.TEXT_SR,
+        EncapsulatedPDFStorage: OutputKind.TEXT_SR,
+        SecondaryCaptureImageStorage: OutputKind.BURNED_IN_SC,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage: OutputKind.BURNED_IN_SC,
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage: OutputKind.BURNED_IN_SC,
+        MultiFrameSingleBitSecondaryCaptureImageStorage: OutputKind.BURNED_IN_SC,
+        MultiFrameTrueColorSecondaryCaptureImageStorage: OutputKind.BURNED_IN_SC,
+    }
+)
 
 
 class ViewerProfile(StrEnum):

@@ -14,42 +14,11 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom.uid import (
-    BasicTextSRStorage,
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EncapsulatedPDFStorage,
-    EnhancedSRStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    MultiFrameSingleBitSecondaryCaptureImageStorage,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
-
+from node.output_kinds import KIND_BY_SOP_CLASS
 from node.spool import Spool, instance_relpath
 
 if TYPE_CHECKING:
     from node.index import Index, InstanceHeader
-
-#: SOP classes a result of the node (its own or a container product's relayed DICOM) can have.
-RESULT_SOP_CLASSES = frozenset(
-    {
-        BasicTextSRStorage,
-        Comprehensive3DSRStorage,
-        ComprehensiveSRStorage,
-        EncapsulatedPDFStorage,
-        EnhancedSRStorage,
-        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-        MultiFrameSingleBitSecondaryCaptureImageStorage,
-        MultiFrameTrueColorSecondaryCaptureImageStorage,
-        SecondaryCaptureImageStorage,
-        SegmentationStorage,
-        "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation (a product's)
-    }
-)
 
 #: Preamble, ``DICM`` and the File Meta group length element (tag, VR, length, value).
 _META_LENGTH_AT = 128 + 4 + 8
@@ -92,7 +61,7 @@ def already_held(
     """What a received instance is, if the node holds it already: one of its own results sent
     back, or byte for byte the indexed instance (whose committed row and fsynced spool file
     already keep the Success promise). None: store it as usual."""
-    if header.sop_class_uid in RESULT_SOP_CLASSES and index.is_result(header.sop_instance_uid):
+    if header.sop_class_uid in KIND_BY_SOP_CLASS and index.is_result(header.sop_instance_uid):
         return "one of the node's results"
     relpath = _spool_relpath(header)
     if not spool.path(relpath).exists():

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from models.discovery import discover
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import DEFAULT_CONFIG, ConfigError, NodeConfig, load_node_config
 from routers.attributes import study_view_from_index, study_views_from_paths
 from routers.check import (
     RoutesFileError,
@@ -24,8 +24,6 @@ from routers.check import (
     load_route_table,
 )
 from routers.explain import explain_study
-
-DEFAULT_CONFIG = Path("config/node.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

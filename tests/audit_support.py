@@ -11,7 +11,6 @@ import base64
 import shutil
 import signal
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, poll_until
 
 ACTIONS = {"C", "R", "U", "D", "E"}
 OUTCOMES = {"0", "4", "8", "12"}
@@ -225,12 +224,13 @@ def rsyslog_collector(folder: Path, rsyslogd: str, pki=None) -> Iterator[Collect
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not _listening(tcp) or (tls is not None and not _listening(tls)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                text = (folder / "rsyslogd.out").read_text(errors="replace")
-                raise RuntimeError(f"rsyslogd did not start:\n{text}")
-            time.sleep(0.05)
+
+        def listening() -> bool:
+            return process.poll() is None and all(_listening(p) for p in (tcp, tls) if p)
+
+        if not poll_until(listening, 10):
+            text = (folder / "rsyslogd.out").read_text(errors="replace")
+            raise RuntimeError(f"rsyslogd did not start:\n{text}")
         yield Collector(udp, tcp, tls, output)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -49,18 +50,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> object:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+T = TypeVar("T")
+
+
+def poll_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
+    """``predicate``'s first truthy result, or its last (falsy) one at the deadline: the one
+    place the suite waits; a predicate may raise to give up early (a process that died)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
-        if result:
+        if result or time.monotonic() > deadline:
             return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    result = poll_until(predicate, timeout, interval)
+    if not result:
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+    return result
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

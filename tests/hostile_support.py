@@ -25,6 +25,8 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AddressInformation
 
+from tests.conftest import poll_until
+
 PDU_HEADER = struct.Struct(">BBL")
 A_ASSOCIATE_AC = 0x02
 A_ASSOCIATE_RJ = 0x03
@@ -60,13 +62,13 @@ def process_figures(pid: int) -> ProcessFigures:
 def settled_figures(pid: int, baseline: ProcessFigures, timeout: float) -> ProcessFigures:
     """The process's figures once its fds and threads are back to ``baseline`` (or what they
     are at the deadline, for the test to report)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def back() -> ProcessFigures | None:
         now = process_figures(pid)
-        back = now.open_fds <= baseline.open_fds and now.threads <= baseline.threads
-        if back or time.monotonic() > deadline:
-            return now
-        time.sleep(0.05)
+        settled = now.open_fds <= baseline.open_fds and now.threads <= baseline.threads
+        return now if settled else None
+
+    return poll_until(back, timeout) or process_figures(pid)
 
 
 def associate_rq(calling_ae: str = "FUZZER", called_ae: str = "AINODE") -> bytes:

@@ -18,7 +18,7 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, poll_until
 
 #: DCMTK 3.6.7 keeps Nagle on unless this is set; with it on every store waits for a
 #: delayed ACK (~40 ms), which only slows the tests down.
@@ -176,14 +176,15 @@ def start_node(folder: Path, port: int | None = None, **sections: dict) -> Runni
             stderr=subprocess.STDOUT,
         )
     node = RunningNode(process, config_path, folder / "data", port, "AINODE", log_path)
-    deadline = time.monotonic() + 30
-    while not _answering(port):
+
+    def answering() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"ainode serve exited {process.returncode}:\n{node.log()}")
-        if time.monotonic() > deadline:
-            stop_node(node)
-            raise RuntimeError(f"ainode serve did not listen within 30 s:\n{node.log()}")
-        time.sleep(0.05)
+        return _answering(port)
+
+    if not poll_until(answering, 30):
+        stop_node(node)
+        raise RuntimeError(f"ainode serve did not listen within 30 s:\n{node.log()}")
     return node
 
 

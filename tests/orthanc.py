@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import poll_until
 
 ORTHANC_BINARY = Path(os.environ.get("AINODE_ORTHANC", "/usr/sbin/Orthanc"))
 ORTHANC_AE = "ORTHANC"
@@ -128,15 +129,17 @@ class OrthancServer:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
                 raise OrthancError(
-                    f"Orthanc exited with {self.process.returncode}; log: {self._log_tail()}"
+                    f"Orthanc exited with {process.returncode}; log: {self._log_tail()}"
                 )
-            if self._answers() and self._dicom_listening():
-                return
-            time.sleep(0.1)
+            return self._answers() and self._dicom_listening()
+
+        if poll_until(ready, timeout, interval=0.1):
+            return
         self.stop()
         raise OrthancError(f"Orthanc not ready after {timeout:.0f}s; log: {self._log_tail()}")
 

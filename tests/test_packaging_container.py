@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from node.scu import AssociationFailed, Peer, echo
-from tests.conftest import free_port
+from tests.conftest import free_port, poll_until
 from tests.container_support import ENGINE
 from tests.node_image import node_image
 
@@ -71,12 +70,13 @@ def test_container_answers_echo_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert started.returncode == 0, started.stderr
     try:
         peer = Peer("AINODE", "127.0.0.1", port)
-        deadline = time.monotonic() + 60
-        while not _answers(peer):
+
+        def answers() -> bool:
             state = _podman("inspect", name, "--format", "{{.State.Running}}").stdout.strip()
             assert state == "true", _podman("logs", name).stderr
-            assert time.monotonic() < deadline, _podman("logs", name).stderr
-            time.sleep(0.2)
+            return _answers(peer)
+
+        assert poll_until(answers, 60, interval=0.2), _podman("logs", name).stderr
         stopped = _podman("stop", "--time", "60", name, timeout=90)
         assert stopped.returncode == 0, stopped.stderr
         code = _podman("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip()

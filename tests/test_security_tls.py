@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from node.dispatch.outbox import OutboxRow, OutboxState
 from node.dispatch.sender import transport_for
 from node.scu import AssociationFailed, Peer, echo, send
 from node.tls import TlsSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.ingest_support import DCMTK_ENV, RunningNode, make_instances, running_node
 from tests.orthanc import OrthancServer, orthanc_available
 from tests.tls_support import Pki, dcmtk_tls_args, make_pki, tls_section
@@ -58,15 +57,6 @@ def _stored(node: RunningNode) -> int:
         return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
 
 
-def _wait_for_log(node: RunningNode, text: str, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in node.log():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_dcmtk_stores_over_tls_beside_the_plain_listener(tmp_path: Path, dcmtk, pki: Pki) -> None:
     tls_port = free_port()
     files = make_instances(tmp_path / "in", 3)
@@ -97,7 +87,7 @@ def test_callers_without_a_valid_certificate_are_refused_and_the_listener_goes_o
         assert "rc=0" not in untrusted, untrusted
         plain_on_tls = _dcmtk(echoscu, ["-to", "5", "-ta", "5"], tls_port)
         assert "rc=0" not in plain_on_tls, plain_on_tls
-        assert _wait_for_log(node, "TLS handshake with 127.0.0.1:"), node.log()
+        wait_until(lambda: "TLS handshake with 127.0.0.1:" in node.log(), 10, what="the log")
         assert node.process.poll() is None
         # after all that, a valid caller is served on both ports
         assert "rc=0" in _dcmtk(echoscu, dcmtk_tls_args(pki.client, pki), tls_port)

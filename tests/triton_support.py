@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, free_port, poll_until
 
 TRITON_PYTHON = REPO / ".cache" / "triton-venv" / "bin" / "python"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "triton_server.py"
@@ -128,20 +127,21 @@ class TritonServer:
 
     def _wait_ready(self) -> None:
         # ready over HTTP, and READY printed: the script sets up --also-unloaded after the load
-        deadline = time.monotonic() + START_TIMEOUT
         marker = f"READY {self.model_name}"
-        while not (self._model_ready() and marker in self.log_tail(sys.maxsize)):
+
+        def ready() -> bool:
             if self.process.poll() is not None:
                 pytest.fail(
                     f"Triton server exited with {self.process.returncode} before "
                     f"{self.model_name} was ready; log tail:\n{self.log_tail()}"
                 )
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"Triton server: {self.model_name} not ready after {START_TIMEOUT:.0f}s; "
-                    f"log tail:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+            return self._model_ready() and marker in self.log_tail(sys.maxsize)
+
+        if not poll_until(ready, START_TIMEOUT, interval=0.1):
+            pytest.fail(
+                f"Triton server: {self.model_name} not ready after {START_TIMEOUT:.0f}s; "
+                f"log tail:\n{self.log_tail()}"
+            )
 
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL to it after 20 s; idempotent."""
@@ -155,10 +155,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 continue
             # the script is gone; its children (tritonserver, stubs) may linger in the group
-            deadline = time.monotonic() + wait
-            while _group_alive(self.process.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not _group_alive(self.process.pid):
+            if poll_until(lambda: not _group_alive(self.process.pid), wait, interval=0.1):
                 break
 
     def __enter__(self) -> TritonServer:

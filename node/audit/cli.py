@@ -18,9 +18,7 @@ from pathlib import Path
 from node.audit.events import AuditLogUsed, EventKind, Outcome
 from node.audit.messages import operating_system_user
 from node.audit.trail import record_from_command
-from node.config import load_node_config
-
-DEFAULT_CONFIG = Path("config/node.yaml")
+from node.config import DEFAULT_CONFIG, load_node_config
 
 
 def _moment(text: str) -> datetime:

@@ -11,11 +11,9 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from node.config import load_node_config
+from node.config import DEFAULT_CONFIG, load_node_config
 from node.db import connect
 from node.dispatch.outbox import OutboxRow, OutboxState, list_rows, retry_dead
-
-DEFAULT_CONFIG = Path("config/node.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

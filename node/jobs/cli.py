@@ -13,12 +13,10 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from node.config import load_node_config
+from node.config import DEFAULT_CONFIG, load_node_config
 from node.db import connect
 from node.jobs import table
 from node.jobs.table import Job, JobState
-
-DEFAULT_CONFIG = Path("config/node.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -16,37 +16,15 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pydicom.uid import (
-    UID,
-    BasicTextSRStorage,
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EncapsulatedPDFStorage,
-    EnhancedSRStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    MultiFrameSingleBitSecondaryCaptureImageStorage,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
+from pydicom.uid import UID
 
 from models.api import ProductInstance
-from node.output_kinds import OutputKind
+from node.output_kinds import KIND_BY_SOP_CLASS, OutputKind
 from node.outputs.build import ResultInstance
 
 __all__ = ["RelayRefused", "default_validator", "relayed_results", "result_kind"]
 
 _REPO = Path(__file__).resolve().parents[2]
-_SR_CLASSES = {ComprehensiveSRStorage, Comprehensive3DSRStorage, EnhancedSRStorage}
-_SECONDARY_CAPTURE_CLASSES = {
-    SecondaryCaptureImageStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    MultiFrameSingleBitSecondaryCaptureImageStorage,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
-}
-_LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 _VALIDATOR_TIMEOUT_S = 600
 
 
@@ -57,14 +35,8 @@ class RelayRefused(ValueError):
 def result_kind(sop_class_uid: str) -> OutputKind:
     """The result kind of a product's DICOM object, by its SOP class."""
     uid = UID(sop_class_uid)
-    if uid in (SegmentationStorage, _LABEL_MAP_SEGMENTATION):
-        return OutputKind.SEG
-    if uid in _SR_CLASSES:
-        return OutputKind.SR
-    if uid in (BasicTextSRStorage, EncapsulatedPDFStorage):
-        return OutputKind.TEXT_SR  # a product's PDF report goes where text reports go
-    if uid in _SECONDARY_CAPTURE_CLASSES:
-        return OutputKind.BURNED_IN_SC
+    if uid in KIND_BY_SOP_CLASS:
+        return KIND_BY_SOP_CLASS[uid]
     raise RelayRefused(
         f"SOP class {uid.name or uid} is not a result the node relays (SEG, SR, "
         "secondary capture, encapsulated PDF)"

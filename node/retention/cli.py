@@ -12,8 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from node.audit.trail import DISABLED, AuditTrail
-from node.commands import DEFAULT_CONFIG
-from node.config import load_node_config
+from node.config import DEFAULT_CONFIG, load_node_config
 from node.db import connect
 from node.retention.policy import Verdict
 from node.retention.runner import Retention

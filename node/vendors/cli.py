@@ -12,10 +12,8 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from node.config import load_node_config
+from node.config import DEFAULT_CONFIG, load_node_config
 from node.db import connect
-
-DEFAULT_CONFIG = Path("config/node.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
