@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/node.yaml
 
-.PHONY: run test install install-test lint bench
+.PHONY: run test install install-test lint bench image
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ test: install-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+image: install
+	$(PY) scripts/build-node-image.py --tag ainode:cpu
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

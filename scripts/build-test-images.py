@@ -9,11 +9,12 @@ Products (sources under tests/container_products/<product>/):
   broken            a misbehaving vendor image (exit / garbage / hang, chosen by BROKEN_MODE)
   dx-chest-mercure-v2  the same module labelled version 2.0.0: another digest, for shadow
 
-No registry is needed: the base image (Debian bookworm + python3) is made with debootstrap and
-`podman import`, the Python packages are installed on the host with the venv's pip into a
-site-packages folder, and the Containerfiles have no RUN steps, so builds run no container.
-Each product is tagged localhost/ainode-test/<product>:<hash12>, the hash covering every input
-(Containerfile, copied files, pin list, base image id); a tag already present is not rebuilt.
+No registry is needed: the base image (Debian bookworm + python3, scripts/debian_base.py) is
+made with debootstrap and `podman import`, the Python packages are installed on the host with
+the venv's pip into a site-packages folder, and the Containerfiles have no RUN steps, so builds
+run no container. Each product is tagged localhost/ainode-test/<product>:<hash12>, the hash
+covering every input (Containerfile, copied files, pin list, base image id); a tag already
+present is not rebuilt.
 Writes .cache/container-images.json with the digest reference of each image.
 """
 
@@ -31,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from debian_base import BASE_IMAGE, build_base, image_exists
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 CACHE = ROOT / ".cache"
@@ -38,8 +42,6 @@ BUILD = CACHE / "container-build"
 MANIFEST = CACHE / "container-images.json"
 PRODUCTS_DIR = ROOT / "tests" / "container_products"
 REPO = "localhost/ainode-test"
-BASE_IMAGE = f"{REPO}/base:bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 PRODUCTS = ("dx-chest-mercure", "lungs-map", "broken", "dx-chest-mercure-v2")
 # a product built from another's sources with its own labels: a second version of one
 # product (its own digest), for production beside shadow
@@ -88,55 +90,6 @@ def podman(*args: str, capture: bool = True) -> str:
         detail = (done.stderr or "").strip() if capture else ""
         raise SystemExit(f"podman {' '.join(args)} failed ({done.returncode}): {detail}")
     return (done.stdout or "").strip()
-
-
-def image_exists(ref: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", ref]).returncode == 0
-
-
-# --- base image -----------------------------------------------------------------------------
-
-
-def build_base(force: bool) -> str:
-    """Make BASE_IMAGE (debootstrap minbase + python3) unless present; returns built/cached."""
-    if not force and image_exists(BASE_IMAGE):
-        return "cached"
-    if shutil.which("debootstrap") is None:
-        raise SystemExit("debootstrap is missing: apt-get install debootstrap")
-    rootfs = BUILD / "rootfs-bookworm"
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
-    BUILD.mkdir(parents=True, exist_ok=True)
-    run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            "--include=python3",
-            "bookworm",
-            str(rootfs),
-            DEBIAN_MIRROR,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for leftover in ("var/cache/apt", "var/lib/apt/lists"):
-        folder = rootfs / leftover
-        for child in folder.glob("*") if folder.is_dir() else ():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(
-        ["podman", "import", "--quiet", "-", BASE_IMAGE],
-        stdin=tar.stdout,
-        stdout=subprocess.DEVNULL,
-    )
-    assert tar.stdout is not None
-    tar.stdout.close()
-    if tar.wait() != 0 or imported.returncode != 0:
-        raise SystemExit(f"importing {rootfs} as {BASE_IMAGE} failed")
-    shutil.rmtree(rootfs)
-    return "built"
 
 
 # --- site-packages --------------------------------------------------------------------------
@@ -327,7 +280,7 @@ def main() -> int:
 
 def build_all(force: bool) -> int:
     started = time.monotonic()
-    state = build_base(force)
+    state = build_base(BUILD, force)
     log(f"{BASE_IMAGE:<56} {state:<6} {time.monotonic() - started:6.1f}s")
     base_id = podman("image", "inspect", BASE_IMAGE, "--format", "{{.Id}}")
 
