@@ -27,6 +27,7 @@ from models.containers.engine import EngineSettings
 from node.access import host_networks
 from node.audit.settings import AuditSettings
 from node.config_fields import Section, check_ae_title
+from node.console.settings import ConsoleSettings
 from node.destination_settings import Destination
 from node.pseudonym_settings import PseudonymisationSettings
 from node.retention.settings import RetentionSettings
@@ -299,10 +300,12 @@ class DispatchConfig(Section):
 
 
 class HttpConfig(Section):
-    """Status page and Prometheus metrics; port 0 disables it."""
+    """The console, its REST API, the status page and Prometheus metrics; port 0 = off."""
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="loopback unless the console must be reached")
     port: int = Field(0, ge=0, le=65535)
+    tls: bool = Field(False, description="HTTPS with the node's tls certificate and key")
+    console: ConsoleSettings = ConsoleSettings()
 
 
 class NodeConfig(Section):
@@ -329,6 +332,8 @@ class NodeConfig(Section):
     def _tls_where_needed(self) -> NodeConfig:
         if self.listener.tls_port is not None and self.tls.certificate is None:
             raise ValueError("listener.tls_port needs tls.certificate and tls.key")
+        if self.http.tls and self.tls.certificate is None:
+            raise ValueError("http.tls needs tls.certificate and tls.key")
         pinned = [c.ae_title for c in self.access.callers if c.needs_certificate]
         if pinned and self.listener.tls_port is None:
             raise ValueError(
@@ -344,6 +349,13 @@ class NodeConfig(Section):
         names = ("ca_file", "cert_file", "key_file")
         paths = {n: absolute(p) for n in names if (p := getattr(collector, n)) is not None}
         return self.audit.model_copy(update={"collector": collector.model_copy(update=paths)})
+
+    def _http_resolved(self, absolute: Callable[[Path], Path]) -> HttpConfig:
+        users_file = self.http.console.users_file
+        if users_file is None:
+            return self.http
+        console = self.http.console.model_copy(update={"users_file": absolute(users_file)})
+        return self.http.model_copy(update={"console": console})
 
     def resolved(self, base: Path) -> NodeConfig:
         """Return a copy with every relative path made absolute against ``base``."""
@@ -376,6 +388,7 @@ class NodeConfig(Section):
                 "audit": self._audit_resolved(absolute),
                 "plugin_dirs": tuple(absolute(p) for p in self.plugin_dirs),
                 "destinations": destinations,
+                "http": self._http_resolved(absolute),
                 "containers": self.containers.model_copy(
                     update={
                         "validator": None

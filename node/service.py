@@ -21,6 +21,7 @@ from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
 from node.audit.events import ApplicationActivity
 from node.audit.trail import DISABLED, AuditTrail
+from node.console.server import ConsoleServer
 from node.config import NodeConfig
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
@@ -30,7 +31,6 @@ from node.retention.runner import Retention
 from node.retention.stage import RetentionStage
 from node.scp import StorageSCP
 from node.spool import Spool, fsync_dir
-from node.status import StatusServer
 from node.vendors.inbox import VendorInbox, vendor_result_aes
 from node.vendors.stage import VendorStage
 from routers.stage import RoutingStage
@@ -60,8 +60,10 @@ def build_stages(config: NodeConfig, audit: AuditTrail = DISABLED) -> list[Stage
     stages: list[Stage] = [
         StudyAssembler(config.storage.database_path, config.stability),
     ]
+    routing: RoutingStage | None = None
     if config.routes_file.exists():
-        stages.append(RoutingStage(config, audit=audit))
+        routing = RoutingStage(config, audit=audit)
+        stages.append(routing)
     else:
         LOGGER.warning(
             "routes file %s not found: studies are stored but not routed", config.routes_file
@@ -74,7 +76,8 @@ def build_stages(config: NodeConfig, audit: AuditTrail = DISABLED) -> list[Stage
         VendorStage(config, on_results=dispatcher.wake),
     ]
     if config.http.port:
-        stages.append(StatusServer(config))
+        reload_routes = routing.request_reload if routing is not None else None
+        stages.append(ConsoleServer(config, audit=audit, reload_routes=reload_routes))
     stages.append(RetentionStage(config, audit=audit))
     return stages
 

@@ -1,35 +1,30 @@
-"""Status page and Prometheus metrics over HTTP, read from the database when asked.
+"""The record in numbers: the status page's counts and Prometheus gauges, read when asked.
 
 Counting at request time keeps the ingest hot path free of instrumentation, and the numbers
 are the record itself, so they survive restarts and agree with ``ainode studies`` and
 ``ainode jobs``. ``GET /status`` answers JSON for people and scripts, ``GET /metrics`` the
 Prometheus text format, ``GET /healthz`` 200 while the database answers. No patient data is
-exposed: only counts by state, destination names and AE titles.
+exposed: only counts by state, destination names and AE titles. ``node.console.app`` serves
+them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from node import __version__
-from node.config import NodeConfig
 from node.db import connect
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["NodeStatus", "StatusServer", "read_status"]
+__all__ = ["NodeStatus", "RecordCollector", "read_status"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +59,7 @@ def read_status(conn: sqlite3.Connection, ae_title: str) -> NodeStatus:
     return NodeStatus(__version__, ae_title, instances, stored, studies, jobs, outbox)
 
 
-class _RecordCollector(Collector):
+class RecordCollector(Collector):
     """Prometheus gauges computed from ``read_status`` at scrape time."""
 
     def __init__(self, database: Path, ae_title: str) -> None:
@@ -98,89 +93,3 @@ class _RecordCollector(Collector):
             for state, count in sorted(states.items()):
                 outbox.add_metric([destination, state], count)
         yield outbox
-
-
-class StatusServer:
-    """The ``http`` stage of ``ainode serve``: a small threaded HTTP server on its own thread."""
-
-    name = "http"
-
-    def __init__(self, config: NodeConfig) -> None:
-        self._config = config
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(
-            _RecordCollector(config.storage.database_path, config.listener.ae_title)
-        )
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        if self._server is None:
-            raise RuntimeError("the status server is not started")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        http = self._config.http
-        self._server = ThreadingHTTPServer((http.host, http.port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="http-status", daemon=True
-        )
-        self._thread.start()
-        LOGGER.info("status on http://%s:%d/status, metrics on /metrics", *self.address)
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        registry = self._registry
-        database = self._config.storage.database_path
-        ae_title = self._config.listener.ae_title
-
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:
-                try:
-                    if self.path == "/metrics":
-                        self._answer(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(registry))
-                    elif self.path in ("/status", "/healthz"):
-                        conn = connect(database)
-                        try:
-                            status = read_status(conn, ae_title)
-                        finally:
-                            conn.close()
-                        if self.path == "/healthz":
-                            self._answer(HTTPStatus.OK, "text/plain", b"ok\n")
-                        else:
-                            self._answer(HTTPStatus.OK, "application/json", _json(status))
-                    else:
-                        self._answer(HTTPStatus.NOT_FOUND, "text/plain", b"try /status\n")
-                except sqlite3.Error as exc:
-                    LOGGER.error("status request failed: %s", exc)
-                    message = f"database unavailable: {exc}\n".encode()
-                    self._answer(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", message)
-
-            def _answer(self, code: HTTPStatus, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                LOGGER.debug("http %s - " + format, self.client_address[0], *args)
-
-        return Handler
-
-
-def _json(status: NodeStatus) -> bytes:
-    return (json.dumps(asdict(status), indent=2, sort_keys=True) + "\n").encode()

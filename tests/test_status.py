@@ -35,4 +35,5 @@ def test_status_and_metrics_count_what_was_stored(tmp_path):
         assert code == 200 and content_type.startswith("text/plain")
         assert "ainode_instances 5.0" in metrics
         assert 'ainode_studies{state="receiving"} 1.0' in metrics
-        assert _get(http_port, "/healthz")[:2] == (200, "text/plain")
+        code, content_type, body = _get(http_port, "/healthz")
+        assert (code, content_type.split(";")[0], body) == (200, "text/plain", "ok\n")
