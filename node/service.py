@@ -21,8 +21,8 @@ from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
 from node.audit.events import ApplicationActivity
 from node.audit.trail import DISABLED, AuditTrail
-from node.console.server import ConsoleServer
 from node.config import NodeConfig
+from node.console.server import ConsoleServer
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
 from node.index import Index, recover_spool
