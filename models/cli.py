@@ -113,7 +113,7 @@ def _catalog_and_gpus(
     return discover(plugin_dirs, entry_points=not args.no_entry_points), gpus, checks
 
 
-def _device(manifest: PluginManifest, gpus: tuple[int, ...]) -> str:
+def device_label(manifest: PluginManifest, gpus: tuple[int, ...]) -> str:
     share = manifest.resources.gpu
     device = f"cuda ×{share:g}" if share and gpus else "cpu"
     return f"{device} (isolated)" if manifest.isolated else device
@@ -140,7 +140,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if manifest.vendor is not None:
             vendor = manifest.vendor
             runner += " " + (vendor.stowrs_url or f"{vendor.ae_title}@{vendor.host}:{vendor.port}")
-        rows.append((manifest.name, manifest.version, runner, _device(manifest, gpus), state))
+        rows.append((manifest.name, manifest.version, runner, device_label(manifest, gpus), state))
     for problem in catalog.problems:
         rows.append((_shown(Path(problem.source)), "-", "-", "-", "broken"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "node.demo",
     "node.audit.cli",
     "node.retention.cli",
+    "node.console.cli",
 )
 
 

@@ -24,6 +24,7 @@ from routers.check import (
     load_route_table,
 )
 from routers.explain import explain_study
+from routers.matcher import RouteTable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -122,17 +123,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        from node.db import connect
-
-        conn = connect(config.storage.database_path)
-        try:
-            study = study_view_from_index(conn, args.target)
-        finally:
-            conn.close()
-        if study is None:
+        text = explain_indexed_study(config, table, args.target)
+        if text is None:
             print(f"{args.target}: no such file, folder or study in the index", file=sys.stderr)
             return 1
-        studies = [study]
+        print(text, end="")
+        return 0
     catalog = discover(config.plugin_dirs) if config else None
     print("\n".join(explain_study(table, study, catalog) for study in studies), end="")
     return 0
+
+
+def explain_indexed_study(config: NodeConfig, table: RouteTable, study_uid: str) -> str | None:
+    """``routes explain`` for a study in the index (None when it is not there): the CLI and
+    the console's API answer with this same text."""
+    from node.db import connect
+
+    conn = connect(config.storage.database_path)
+    try:
+        study = study_view_from_index(conn, study_uid)
+    finally:
+        conn.close()
+    if study is None:
+        return None
+    return explain_study(table, study, discover(config.plugin_dirs))

@@ -116,15 +116,15 @@ class RunningNode:
         return self.log_path.read_text(errors="replace")
 
 
-def write_config(folder: Path, port: int, **sections: dict) -> Path:
+def write_config(folder: Path, port: int, **sections: object) -> Path:
     config = {
         "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port},
         "access": {"accept_any": True},
         "storage": {"data_dir": str(folder / "data"), "min_free_mb": 1},
         "stability": {"stable_after_s": 30, "after_release_s": None, "poll_interval_s": 0.1},
     }
-    for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
+    for name, values in sections.items():  # a mapping merges into the defaults; else replaces
+        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
     path = folder / "node.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -103,4 +103,6 @@ def create_app(context: ConsoleContext) -> FastAPI:
 
 def api_routers() -> list:
     """The API's routers, one module per area."""
-    return []
+    from node.console import api_jobs, api_plugins, api_records, api_studies
+
+    return [api_records.router, api_studies.router, api_jobs.router, api_plugins.router]

@@ -196,26 +196,31 @@ def mark_failed(
     return dead
 
 
-def retry_dead(conn: sqlite3.Connection, now: float | None = None) -> int:
-    """Put every dead-lettered row back to PENDING with fresh attempts; returns how many."""
+def retry_dead(
+    conn: sqlite3.Connection, now: float | None = None, destination: str | None = None
+) -> int:
+    """Put every dead-lettered row (of ``destination``, when given) back to PENDING with fresh
+    attempts; returns how many."""
     now = time.time() if now is None else now
+    which = "" if destination is None else " AND destination = ?"
     with transaction(conn):
         cursor = conn.execute(
             "UPDATE outbox SET state = 'PENDING', attempts = 0, next_attempt_at = ? "
-            "WHERE state = 'DEAD'",
-            (now,),
+            "WHERE state = 'DEAD'" + which,
+            (now,) if destination is None else (now, destination),
         )
     return cursor.rowcount
 
 
 def list_rows(
-    conn: sqlite3.Connection, outputs_dir: Path, state: OutboxState | None = None
+    conn: sqlite3.Connection,
+    outputs_dir: Path,
+    state: OutboxState | None = None,
+    limit: int | None = None,
 ) -> list[OutboxRow]:
-    """Every outbox row (or those in ``state``), newest first."""
-    if state is None:
-        records = conn.execute(_SELECT + " ORDER BY o.id DESC").fetchall()
-    else:
-        records = conn.execute(
-            _SELECT + " WHERE o.state = ? ORDER BY o.id DESC", (state.value,)
-        ).fetchall()
+    """Every outbox row (or those in ``state``), newest first; at most ``limit`` when given."""
+    where, params = ("", ()) if state is None else (" WHERE o.state = ?", (state.value,))
+    records = conn.execute(
+        _SELECT + where + " ORDER BY o.id DESC LIMIT ?", (*params, -1 if limit is None else limit)
+    ).fetchall()
     return [_row(r, outputs_dir) for r in records]

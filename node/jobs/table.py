@@ -239,14 +239,14 @@ def get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
     return None if record is None else _job(record)
 
 
-def list_jobs(conn: sqlite3.Connection, state: JobState | None = None) -> list[Job]:
-    """Jobs (all, or in ``state``), newest first."""
-    if state is None:
-        records = conn.execute(_SELECT + " ORDER BY j.id DESC").fetchall()
-    else:
-        records = conn.execute(
-            _SELECT + " WHERE j.state = ? ORDER BY j.id DESC", (state.value,)
-        ).fetchall()
+def list_jobs(
+    conn: sqlite3.Connection, state: JobState | None = None, limit: int | None = None
+) -> list[Job]:
+    """Jobs (all, or in ``state``), newest first; at most ``limit`` of them when given."""
+    where, params = ("", ()) if state is None else (" WHERE j.state = ?", (state.value,))
+    records = conn.execute(
+        _SELECT + where + " ORDER BY j.id DESC LIMIT ?", (*params, -1 if limit is None else limit)
+    ).fetchall()
     return [_job(r) for r in records]
 
 
