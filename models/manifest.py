@@ -39,7 +39,7 @@ Example (every section but name/version/runner is optional)::
           category: {value: "123037004", scheme: SCT, meaning: Anatomical Structure}
           type: {value: "44029006", scheme: SCT, meaning: Left lung}
       fractional: false
-    resources: {gpu: 1, memory_mb: 2048, cpu_fallback_on_oom: true}
+    resources: {gpu: 1, memory_mb: 2048, cpu_fallback_on_oom: true, max_concurrent_jobs: 2}
     needs: [dx-chest]                            # run these first; their Findings arrive in
                                                  # PluginInput.prior
     python: /opt/vendor-venv/bin/python          # run in an isolated interpreter
@@ -220,17 +220,29 @@ class Outputs(ManifestSection):
 
 
 class Resources(ManifestSection):
-    """``gpu`` is the share of one GPU slot the plugin occupies: 0 (CPU), 0.5 or 1."""
+    """``gpu`` is the share of one GPU slot the plugin occupies: 0 (CPU), 0.5 or 1.
+    ``max_concurrent_jobs`` caps the plugin's jobs RUNNING at once across the node's executors
+    (a licence, a shared service); its other jobs wait, and other plugins' go ahead."""
 
     gpu: float = Field(0, ge=0, le=1)
     memory_mb: int | None = Field(None, ge=1)
     cpu_fallback_on_oom: bool = True
+    max_concurrent_jobs: int | None = Field(None, description="empty = no limit")
 
     @field_validator("gpu")
     @classmethod
     def _slot_share(cls, value: float) -> float:
         if value not in (0, 0.25, 0.5, 1):
             raise ValueError("resources.gpu is 0, 0.25, 0.5 or 1 (the share of one GPU slot)")
+        return value
+
+    @field_validator("max_concurrent_jobs")
+    @classmethod
+    def _at_least_one(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(
+                f"give 1 or more jobs at once, or leave it out for no limit (got {value})"
+            )
         return value
 
 

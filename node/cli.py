@@ -23,12 +23,14 @@ COMMAND_MODULES = (
     "models.cli",
     "routers.cli",
     "node.jobs.cli",
+    "node.jobs.workers_cli",
     "node.dispatch.cli",
     "node.vendors.cli",
     "node.demo",
     "node.audit.cli",
     "node.retention.cli",
     "node.console.cli",
+    "node.jobs.remote.cli",
 )
 
 

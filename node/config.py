@@ -29,6 +29,7 @@ from node.audit.settings import AuditSettings
 from node.config_fields import Section, check_ae_title
 from node.console.settings import ConsoleSettings
 from node.destination_settings import Destination
+from node.jobs.remote.settings import CelerySettings
 from node.pseudonym_settings import PseudonymisationSettings
 from node.retention.settings import RetentionSettings
 from node.tls import TlsError, TlsSettings, parse_subject, pem_fingerprint
@@ -184,10 +185,19 @@ class DeviceConfig(Section):
     slots_per_gpu: int = Field(1, ge=1, le=16)
 
 
-class JobsConfig(Section):
-    """The local executor and its retry policy."""
+class ExecutorKind(StrEnum):
+    """Where jobs run: worker processes of the node, or ``ainode worker``s through Celery."""
 
-    workers: int = Field(2, ge=1, le=64)
+    LOCAL = "local"
+    CELERY = "celery"
+
+
+class JobsConfig(Section):
+    """The executor and its retry policy."""
+
+    executor: ExecutorKind = ExecutorKind.LOCAL
+    celery: CelerySettings = CelerySettings()
+    workers: int = Field(2, ge=1, le=64, description="local executor: worker processes")
     timeout_s: float = Field(900, gt=0)
     max_attempts: int = Field(3, ge=1)
     backoff_s: float = Field(10, ge=0)
@@ -334,6 +344,16 @@ class NodeConfig(Section):
             raise ValueError("listener.tls_port needs tls.certificate and tls.key")
         if self.http.tls and self.tls.certificate is None:
             raise ValueError("http.tls needs tls.certificate and tls.key")
+        if self.jobs.executor is ExecutorKind.CELERY:
+            if not self.http.port:
+                raise ValueError(
+                    "jobs.executor: celery needs http.port: workers reach the node there"
+                )
+            if self.jobs.celery.worker_token_file is None:
+                raise ValueError(
+                    "jobs.executor: celery needs jobs.celery.worker_token_file, the token "
+                    "workers present"
+                )
         pinned = [c.ae_title for c in self.access.callers if c.needs_certificate]
         if pinned and self.listener.tls_port is None:
             raise ValueError(
@@ -349,6 +369,12 @@ class NodeConfig(Section):
         names = ("ca_file", "cert_file", "key_file")
         paths = {n: absolute(p) for n in names if (p := getattr(collector, n)) is not None}
         return self.audit.model_copy(update={"collector": collector.model_copy(update=paths)})
+
+    def _jobs_resolved(self, absolute: Callable[[Path], Path]) -> JobsConfig:
+        celery = self.jobs.celery
+        names = ("worker_token_file", "broker_url_file")
+        paths = {n: absolute(p) for n in names if (p := getattr(celery, n)) is not None}
+        return self.jobs.model_copy(update={"celery": celery.model_copy(update=paths)})
 
     def _http_resolved(self, absolute: Callable[[Path], Path]) -> HttpConfig:
         users_file = self.http.console.users_file
@@ -389,6 +415,7 @@ class NodeConfig(Section):
                 "plugin_dirs": tuple(absolute(p) for p in self.plugin_dirs),
                 "destinations": destinations,
                 "http": self._http_resolved(absolute),
+                "jobs": self._jobs_resolved(absolute),
                 "containers": self.containers.model_copy(
                     update={
                         "validator": None

@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS route_matches (
     destinations        TEXT NOT NULL,   -- JSON list of destination names
     mode                TEXT NOT NULL,   -- 'production' | 'shadow'
     created_at          REAL NOT NULL,
+    urgency             INTEGER NOT NULL DEFAULT 1,  -- the route's: 0 urgent 1 normal 2 background
     UNIQUE (study_version_id, route_name, plugin)
 );
 
@@ -121,9 +122,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at          REAL,
     finished_at         REAL,
     error               TEXT,
-    timings             TEXT NOT NULL DEFAULT '{}'  -- JSON: stage -> seconds
+    timings             TEXT NOT NULL DEFAULT '{}', -- JSON: stage -> seconds
+    worker              TEXT,            -- who ran the latest attempt: local/<host>/<pid> or
+                                         -- a Celery worker's name
+    urgency             INTEGER NOT NULL DEFAULT 1  -- route_matches.urgency: claimed in this order
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
+
+-- node.jobs.remote: the Celery workers, as their heartbeats last described them --------------
+CREATE TABLE IF NOT EXISTS workers (
+    name                TEXT PRIMARY KEY,  -- the Celery worker's name
+    queues              TEXT NOT NULL,   -- JSON list of queue names
+    devices             TEXT NOT NULL,   -- JSON list of devices
+    plugins             TEXT NOT NULL,   -- JSON list of name@version
+    current_job         INTEGER,         -- jobs.id it runs now, or NULL when idle
+    started_at          REAL NOT NULL,
+    last_seen           REAL NOT NULL,   -- its last heartbeat
+    jobs_succeeded      INTEGER NOT NULL DEFAULT 0,
+    jobs_failed         INTEGER NOT NULL DEFAULT 0
+);
 
 -- node.outputs: result instances built by a job --------------------------------------------------
 CREATE TABLE IF NOT EXISTS results (

@@ -101,10 +101,35 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS results_job ON results(job_id)")
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    # a second executor (Celery workers on other machines) shares the job table: which worker
+    # ran a job, how urgent its route is, and the workers' heartbeats
+    execute_statements(
+        conn,
+        """
+ALTER TABLE route_matches ADD COLUMN urgency INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN worker TEXT;
+ALTER TABLE jobs ADD COLUMN urgency INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE IF NOT EXISTS workers (
+    name                TEXT PRIMARY KEY,
+    queues              TEXT NOT NULL,
+    devices             TEXT NOT NULL,
+    plugins             TEXT NOT NULL,
+    current_job         INTEGER,
+    started_at          REAL NOT NULL,
+    last_seen           REAL NOT NULL,
+    jobs_succeeded      INTEGER NOT NULL DEFAULT 0,
+    jobs_failed         INTEGER NOT NULL DEFAULT 0
+);
+""",
+    )
+
+
 #: Version 1 is the first release's schema; each entry's version is one more than the last.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "vendor_requests, vendor_inbox, pseudonyms", _v2),
     Migration(3, "results(job_id) index, for retention", _v3),
+    Migration(4, "jobs.worker, jobs.urgency, route_matches.urgency, workers", _v4),
 )
 
 

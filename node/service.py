@@ -21,7 +21,7 @@ from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
 from node.audit.events import ApplicationActivity
 from node.audit.trail import DISABLED, AuditTrail
-from node.config import NodeConfig
+from node.config import ExecutorKind, NodeConfig
 from node.console.server import ConsoleServer
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
@@ -72,14 +72,27 @@ def build_stages(config: NodeConfig, audit: AuditTrail = DISABLED) -> list[Stage
     dispatcher = Dispatcher(config, audit=audit)
     stages += [
         dispatcher,
-        LocalExecutor(config, on_results=dispatcher.wake, audit=audit),
+        _executor(config, on_results=dispatcher.wake, audit=audit),
         VendorStage(config, on_results=dispatcher.wake),
     ]
     if config.http.port:
         reload_routes = routing.request_reload if routing is not None else None
-        stages.append(ConsoleServer(config, audit=audit, reload_routes=reload_routes))
+        stages.append(
+            ConsoleServer(
+                config, audit=audit, reload_routes=reload_routes, wake_dispatcher=dispatcher.wake
+            )
+        )
     stages.append(RetentionStage(config, audit=audit))
     return stages
+
+
+def _executor(config: NodeConfig, **options) -> Stage:
+    """The ``jobs`` stage: worker processes here, or ``ainode worker``s through Celery."""
+    if config.jobs.executor is ExecutorKind.CELERY:
+        from node.jobs.remote.executor import CeleryExecutor
+
+        return CeleryExecutor(config, **options)
+    return LocalExecutor(config, **options)
 
 
 def _finish_interrupted_purges(config: NodeConfig) -> None:

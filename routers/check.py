@@ -221,6 +221,7 @@ def _check_route(
         spec.run,
         spec.send_to,
         spec.mode,
+        spec.urgency,
     )
     return route, problems
 

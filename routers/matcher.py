@@ -17,7 +17,7 @@ from node.db import transaction
 from routers.attributes import SeriesView, StudyView, study_view_from_index
 from routers.bodypart import BodyPartTable, RegionDecision
 from routers.conditions import Condition, Failure, Subject
-from routers.schema import Mode, PluginRef
+from routers.schema import Mode, PluginRef, Urgency
 from routers.selection import Selection, SeriesCriteria, select_series
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class Route:
     run: tuple[PluginRef, ...]
     send_to: tuple[str, ...]
     mode: Mode
+    urgency: Urgency = Urgency.NORMAL
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class RouteMatch:
     series_instance_uid: str
     destinations: tuple[str, ...]
     mode: Mode
+    urgency: Urgency = Urgency.NORMAL  # the job's: node.jobs claims urgent jobs first
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class RouteOutcome:
                 series_instance_uid=chosen,
                 destinations=self.route.send_to,
                 mode=self.route.mode,
+                urgency=self.route.urgency,
             )
             for plugin in self.route.run
         )
@@ -176,8 +179,8 @@ def route_version(
             return ()
         conn.executemany(
             "INSERT OR IGNORE INTO route_matches (study_version_id, route_name, plugin, "
-            "plugin_version, series_instance_uid, destinations, mode, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "plugin_version, series_instance_uid, destinations, mode, created_at, urgency) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     version_id,
@@ -188,6 +191,7 @@ def route_version(
                     json.dumps(list(m.destinations)),
                     m.mode.value,
                     stamp,
+                    m.urgency.rank,
                 )
                 for m in matches
             ],

@@ -34,6 +34,29 @@ class Mode(StrEnum):
     SHADOW = "shadow"
 
 
+class Urgency(StrEnum):
+    """How soon a route's jobs run: every executor claims urgent jobs first, background last.
+
+    Stored as ``rank`` (0, 1, 2) in ``route_matches.urgency`` and ``jobs.urgency``.
+    """
+
+    URGENT = "urgent"
+    NORMAL = "normal"
+    BACKGROUND = "background"
+
+    @property
+    def rank(self) -> int:
+        return _URGENCY_ORDER.index(self)
+
+    @classmethod
+    def of_rank(cls, rank: int) -> Urgency:
+        """The urgency stored as ``rank``; an unknown rank (a newer node's) reads as normal."""
+        return _URGENCY_ORDER[rank] if 0 <= rank < len(_URGENCY_ORDER) else cls.NORMAL
+
+
+_URGENCY_ORDER = tuple(Urgency)
+
+
 class Orientation(StrEnum):
     AXIAL = "axial"
     CORONAL = "coronal"
@@ -192,6 +215,10 @@ class RouteSpec(_Model):
     )
     send_to: tuple[str, ...] = Field((), description="destination names from node.yaml")
     mode: Mode = Mode.PRODUCTION
+    urgency: Urgency = Field(
+        Urgency.NORMAL,
+        description="urgent jobs are claimed before normal ones, background ones last",
+    )
 
 
 class BodyPartEntry(_Model):

@@ -1,29 +1,53 @@
 #!/usr/bin/env python3
-"""Write tests/fixtures/ainode-schema-v2.sqlite3: a database as the schema-2 release left it.
+"""Write tests/fixtures/ainode-schema-v<N>.sqlite3: a database as the schema-N release left it.
 
-    .venv/bin/python scripts/make-schema-fixture.py
+    .venv/bin/python scripts/make-schema-fixture.py        # every version in RELEASES
+    .venv/bin/python scripts/make-schema-fixture.py 3      # only ainode-schema-v3.sqlite3
 
-The schema comes from ``node/db.py`` at the last commit with schema version 2 (``git show``),
-not from today's code, so the file stays what that release wrote after the schema moves on.
-A few rows in every table the pipeline fills (study, series, instances, a stable version, a
-route match, jobs, results, outbox) let the migration tests check that data survives.
+The schema comes from ``node/db.py`` (and, from version 3 on, the ``node/migrations.py`` it
+imports) at the last commit with schema version N (``git show``), not from today's code, so
+the file stays what that release wrote after the schema moves on. A few rows in every table
+the pipeline fills (study, series, instances, a stable version, a route match, jobs, results,
+outbox) let the migration tests check that data survives.
+
+A release that changes the schema adds its line to ``RELEASES``: its version, the last commit
+whose ``node/db.py`` has that version (``git log -S``), and the modules to take from it.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-RELEASE = "558f960c310644dafd3ddd328ee15cea772adff7"  # node/db.py with SCHEMA_VERSION = 2
-TARGET = REPO / "tests" / "fixtures" / "ainode-schema-v2.sqlite3"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@dataclass(frozen=True)
+class Release:
+    """The commit a fixture's schema comes from, and its modules, each in import order."""
+
+    commit: str
+    modules: tuple[str, ...]  # dotted names; the last one is the db module
+
+
+RELEASES: dict[int, Release] = {
+    # node/db.py with SCHEMA_VERSION = 2, before node/migrations.py existed
+    2: Release("558f960c310644dafd3ddd328ee15cea772adff7", ("node.db",)),
+    # node/db.py with SCHEMA_VERSION = MIGRATIONS[-1].version = 3 (node/migrations.py)
+    3: Release("7aafba654b618f8d883ef003c5849bec8df9329f", ("node.migrations", "node.db")),
+}
+
 STUDY = "1.2.826.0.1.3680043.8.498.10000000000000000000000000000000001"
 SERIES = (
     "1.2.826.0.1.3680043.8.498.20000000000000000000000000000000001",
@@ -32,17 +56,38 @@ SERIES = (
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z: fixed, so the file is the same at every run
 
 
-def _release_db_module(folder: Path) -> ModuleType:
-    source = subprocess.run(
-        ["git", "show", f"{RELEASE}:node/db.py"], cwd=REPO, check=True, capture_output=True
-    ).stdout
-    path = folder / "release_db.py"
-    path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("release_db", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@contextmanager
+def _release_modules(release: Release, folder: Path) -> Iterator[ModuleType]:
+    """The release's db module, its own modules standing in for today's while it loads (a
+    module they import from beyond ``release.modules``, e.g. ``node.spool``, is today's)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    saved = {name: sys.modules.get(name) for name in release.modules}
+    module: ModuleType | None = None
+    try:
+        for name in release.modules:
+            path = folder / (name.replace(".", "_") + ".py")
+            path.write_bytes(
+                subprocess.run(
+                    ["git", "show", f"{release.commit}:{name.replace('.', '/')}.py"],
+                    cwd=REPO,
+                    check=True,
+                    capture_output=True,
+                ).stdout
+            )
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        assert module is not None
+        yield module
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
 
 
 def _fill(conn: sqlite3.Connection, transaction: Callable[..., Any]) -> None:
@@ -108,22 +153,54 @@ def _fill(conn: sqlite3.Connection, transaction: Callable[..., Any]) -> None:
             )
 
 
-def main() -> int:
-    with tempfile.TemporaryDirectory() as folder:
-        release = _release_db_module(Path(folder))
-        assert release.SCHEMA_VERSION == 2, release.SCHEMA_VERSION
-        built = Path(folder) / TARGET.name
-        conn = release.connect(built)
-        _fill(conn, release.transaction)
+def write_fixture(version: int, folder: Path = FIXTURES) -> Path:
+    """Build the schema-``version`` fixture in a temporary folder, then put it in ``folder``."""
+    release = RELEASES[version]
+    target = folder / f"ainode-schema-v{version}.sqlite3"
+    with tempfile.TemporaryDirectory() as work, _release_modules(release, Path(work)) as db:
+        if version != db.SCHEMA_VERSION:
+            raise SystemExit(
+                f"node/db.py at {release.commit[:12]} has schema version {db.SCHEMA_VERSION}, "
+                f"not {version}: fix RELEASES[{version}] in {Path(__file__).name}"
+            )
+        built = Path(work) / target.name
+        conn = db.connect(built)
+        _fill(conn, db.transaction)
         # the smallest pages keep the committed file a few KB; WAL stays, as the node sets it
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA page_size=512")
         conn.execute("VACUUM")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
-        TARGET.parent.mkdir(parents=True, exist_ok=True)
-        TARGET.write_bytes(built.read_bytes())
-    print(f"wrote {TARGET.relative_to(REPO)} ({TARGET.stat().st_size} bytes)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in ("-wal", "-shm"):  # left by something that opened the file in place
+            target.with_name(target.name + stale).unlink(missing_ok=True)
+        target.write_bytes(built.read_bytes())
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "versions",
+        nargs="*",
+        type=int,
+        metavar="VERSION",
+        help=f"schema versions to write (default: all of {sorted(RELEASES)})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=FIXTURES, help="folder to write to (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.versions) - set(RELEASES))
+    if unknown:
+        parser.error(
+            f"no release known for schema version(s) {unknown}: known are {sorted(RELEASES)}; "
+            "add the release's commit to RELEASES"
+        )
+    for version in args.versions or sorted(RELEASES):
+        target = write_fixture(version, args.out)
+        print(f"wrote {target} ({target.stat().st_size} bytes)")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Job runners for executor tests: what a plugin run can do (succeed, raise, hang, crash),
-without models. The plugin name of the job picks the behaviour; each runs in a worker process.
+"""Job runners for executor tests: what a plugin run can do (succeed, raise, hang, crash,
+wait for the test), without models. The plugin name of the job picks the behaviour; each runs
+in a worker process.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class FakeRunner:
             os._exit(3)
         if behaviour == "crash-once" and item.attempt == 1:
             os._exit(4)
+        if behaviour.startswith("gated"):  # runs until the test opens the gate
+            wait_for_gate(gate(self.config))
         source = dcmread(item.files[0], stop_before_pixels=True)
         results = []
         item.output_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +60,17 @@ class FakeRunner:
                 )
             )
         return WorkResult(item.job_id, tuple(results), {"inference": 0.01})
+
+
+def gate(config: NodeConfig) -> Path:
+    """The file whose existence lets every ``gated*`` job finish."""
+    return Path(config.storage.data_dir) / "gate-open"
+
+
+def wait_for_gate(path: Path, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s  # a test that never opens it still ends
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def result_pid(path: Path) -> int:

@@ -26,6 +26,7 @@ def seed_route_match(
     route_name: str = "test-route",
     mode: str = "production",
     new_version: bool = True,
+    urgency: int = 1,
 ) -> int:
     """A route match on a new stable version of the study (or on its latest one)."""
     now = time.time()
@@ -50,8 +51,18 @@ def seed_route_match(
             ).lastrowid
         return conn.execute(
             "INSERT INTO route_matches (study_version_id, route_name, plugin, "
-            "series_instance_uid, destinations, mode, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (version_id, route_name, plugin, series_uid, json.dumps(list(destinations)), mode, now),
+            "series_instance_uid, destinations, mode, created_at, urgency) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                version_id,
+                route_name,
+                plugin,
+                series_uid,
+                json.dumps(list(destinations)),
+                mode,
+                now,
+                urgency,
+            ),
         ).lastrowid
 
 

@@ -72,6 +72,16 @@ def test_failure_backs_off_then_dead_letters(outbox):
     assert len(due_rows(conn, "a", outputs, now + 100, 10)) == 3
 
 
+def test_dead_letters_of_one_destination_are_retried_alone(outbox):
+    conn, outputs, _ = outbox
+    policy = RetryPolicy(max_attempts=1, backoff_s=0, backoff_max_s=0)
+    for destination in ("a", "b"):
+        mark_failed(conn, due_rows(conn, destination, outputs, 1e12, 10), "down", policy, 1e12)
+    assert retry_dead(conn, now=1e12, destination="b") == 3
+    assert {r.destination for r in list_rows(conn, outputs, OutboxState.DEAD)} == {"a"}
+    assert len(list_rows(conn, outputs, OutboxState.PENDING, limit=2)) == 2
+
+
 def test_sent_rows_stay_sent_and_reenqueue_resets(outbox):
     conn, outputs, _ = outbox
     rows = due_rows(conn, "a", outputs, 1e12, 10)

@@ -1,13 +1,16 @@
 """The local executor with worker processes: results and their outbox rows, failures with
-their reasons (raise, hang, crash, bad route), cancellation, and start-up reconcile."""
+their reasons (raise, hang, crash, bad route), cancellation, start-up reconcile, and the
+claiming order and per-plugin limits it shares with every executor."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 
 import pytest
 from conftest import wait_until
-from jobs_fake_runners import result_pid
+from jobs_fake_runners import gate, result_pid
 from pipeline_rows import secondary_capture, seed_route_match, seed_series
 from pydicom.uid import generate_uid
 
@@ -21,10 +24,11 @@ from node.jobs.table import JobState
 RUNNER = "jobs_fake_runners:FakeRunner"
 
 
-def make_config(tmp_path, **jobs) -> NodeConfig:
+def make_config(tmp_path, plugin_dirs=(), **jobs) -> NodeConfig:
     return NodeConfig.model_validate(
         {
             "storage": {"data_dir": str(tmp_path / "data")},
+            "plugin_dirs": [str(p) for p in plugin_dirs],
             "jobs": {"workers": 2, "timeout_s": 60, "max_attempts": 2, "backoff_s": 0, **jobs},
             "destinations": {
                 "results": {
@@ -39,12 +43,12 @@ def make_config(tmp_path, **jobs) -> NodeConfig:
     )
 
 
-def add_study(conn, config, plugin, destinations=("results",), mode="production") -> int:
+def add_study(conn, config, plugin, destinations=("results",), mode="production", urgency=1) -> int:
     study, series = generate_uid(), generate_uid()
     datasets = [secondary_capture(study, series, seed) for seed in range(2)]
     seed_series(conn, config.storage.spool_dir, datasets)
     return seed_route_match(
-        conn, study, series, plugin=plugin, destinations=destinations, mode=mode
+        conn, study, series, plugin=plugin, destinations=destinations, mode=mode, urgency=urgency
     )
 
 
@@ -62,8 +66,8 @@ def finished(conn, match_id):
 def node(tmp_path):
     started = []
 
-    def start(**jobs):
-        config = make_config(tmp_path, **jobs)
+    def start(plugin_dirs=(), **jobs):
+        config = make_config(tmp_path, plugin_dirs, **jobs)
         conn = connect(config.storage.database_path)
         executor = LocalExecutor(config, runner=RUNNER)
         started.append((executor, conn))
@@ -161,3 +165,53 @@ def test_jobs_left_running_by_a_crash_are_run_at_start(node):
     executor.start()
     done = wait_until(lambda: finished(conn, match), timeout=60, what="reconciled job")
     assert (done.state, done.attempts) == (JobState.SUCCEEDED, 2)
+
+
+def limited_plugin(folder, name: str, max_concurrent_jobs: int):
+    """A manifest that only sets the limit: the fake runner stands in for the plugin."""
+    (folder / name).mkdir(parents=True)
+    (folder / name / "plugin.yaml").write_text(
+        f"name: {name}\nversion: 1.0.0\nrunner: python\nentry: plugin:Fake\n"
+        f"resources: {{max_concurrent_jobs: {max_concurrent_jobs}}}\n"
+    )
+    return folder
+
+
+def test_a_plugin_at_its_limit_waits_while_another_goes_ahead(node, tmp_path):
+    plugins = limited_plugin(tmp_path / "plugins", "gated-a", 1)
+    config, conn, executor = node(plugin_dirs=(plugins,))  # 2 workers
+    limited = [add_study(conn, config, "gated-a") for _ in range(3)]  # run until the gate opens
+    other = add_study(conn, config, "ok")  # queued after them
+    executor.start()
+    done = wait_until(lambda: finished(conn, other), timeout=60, what="the other plugin's job")
+    waiting = [job_of(conn, m) for m in limited]
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert [j.state for j in waiting] == [JobState.RUNNING, JobState.QUEUED, JobState.QUEUED]
+    assert waiting[0].started_at <= done.started_at
+    path = conn.execute("SELECT path FROM results WHERE job_id = ?", (done.id,)).fetchone()[0]
+    pid = result_pid(config.storage.outputs_dir / path)
+    assert done.worker == f"local/{socket.gethostname()}/{pid}"
+    assert waiting[0].worker.startswith("local/") and waiting[0].worker != done.worker
+
+    gate(config).touch()
+    ran = [
+        wait_until(lambda m=m: finished(conn, m), timeout=60, what="limited job") for m in limited
+    ]
+    assert [j.state for j in ran] == [JobState.SUCCEEDED] * 3
+    ran.sort(key=lambda j: j.started_at)
+    for before, after in itertools.pairwise(ran):
+        assert after.started_at >= before.finished_at  # never two RUNNING at once
+
+
+def test_an_urgent_job_queued_after_normal_ones_is_claimed_first(node):
+    config, conn, executor = node(workers=1)
+    normal = [add_study(conn, config, "ok") for _ in range(2)]
+    urgent = add_study(conn, config, "ok", urgency=0)
+    executor.start()
+    ran = [
+        wait_until(lambda m=m: finished(conn, m), timeout=60, what="job done")
+        for m in (*normal, urgent)
+    ]
+    assert {j.state for j in ran} == {JobState.SUCCEEDED}
+    ran.sort(key=lambda j: j.started_at)
+    assert [j.route_match_id for j in ran] == [urgent, *normal]

@@ -3,13 +3,18 @@ actions."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pipeline_rows import seed_route_match
 from pydicom.uid import generate_uid
 
+from models.discovery import Catalog
+from models.manifest import PluginManifest
 from node.db import connect
 from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
+from node.jobs.limits import PluginLimits, limits_of
 from node.jobs.table import JobState
 
 POLICY = RetryPolicy(max_attempts=2, backoff_s=60, backoff_max_s=600)
@@ -86,6 +91,86 @@ def test_finished_jobs_stay_finished_and_a_new_version_makes_a_new_job(conn):
     new = table.claim_next(conn, now=200)
     assert (new.study_version, new.id != job.id) == (2, True)
     assert table.get_job(conn, job.id).timings == {"inference": 1.5}
+
+
+def test_urgent_first_then_due_longest_then_oldest(conn):
+    normal = [seed_route_match(conn, generate_uid(), generate_uid()) for _ in range(2)]
+    background = seed_route_match(conn, generate_uid(), generate_uid(), urgency=2)
+    urgent = seed_route_match(conn, generate_uid(), generate_uid(), urgency=0)
+    table.create_jobs(conn, now=100)
+    claimed = [table.claim_next(conn, now=100) for _ in range(4)]
+    assert [j.route_match_id for j in claimed] == [urgent, *normal, background]
+    assert [j.urgency for j in claimed] == [0, 1, 1, 2]
+    # a normal job retried later waits behind normal jobs due before it, not behind background
+    table.fail(conn, claimed[1].id, "x", retryable=True, policy=POLICY, now=100)  # due at 160
+    late = seed_route_match(conn, generate_uid(), generate_uid(), urgency=2)
+    later = seed_route_match(conn, generate_uid(), generate_uid())
+    table.create_jobs(conn, now=150)
+    order = [table.claim_next(conn, now=200).route_match_id for _ in range(3)]
+    assert order == [later, normal[0], late]
+
+
+def test_a_plugin_at_its_limit_is_passed_over(conn):
+    matches = [seed_route_match(conn, generate_uid(), generate_uid(), plugin="a") for _ in range(3)]
+    other = seed_route_match(conn, generate_uid(), generate_uid(), plugin="b")
+    table.create_jobs(conn, now=100)
+    limits = {"a": 1, "c": 5}
+    first = table.claim_next(conn, now=100, limits=limits, worker="local/host/1")
+    assert (first.route_match_id, first.worker) == (matches[0], "local/host/1")
+    assert table.claim_next(conn, now=100, limits=limits).route_match_id == other
+    assert table.claim_next(conn, now=100, limits=limits) is None  # a is at 1, b has none left
+    assert table.running_by_plugin(conn) == {"a": 1, "b": 1}
+    second = table.claim_next(conn, now=100, limits={"a": 2})
+    assert second.route_match_id == matches[1]
+    table.fail(conn, first.id, "x", retryable=True, policy=POLICY, now=100)  # due at 160
+    assert table.claim_next(conn, now=1000, limits=limits) is None  # the second a still runs
+    assert table.mark_succeeded(conn, second.id, {}, now=101)
+    third = table.claim_next(conn, now=1000, limits=limits, worker="celery@gpu-1")
+    assert (third.route_match_id, third.worker) == (matches[2], "celery@gpu-1")
+    assert table.mark_succeeded(conn, third.id, {}, now=1001)
+    again = table.claim_next(conn, now=1000, limits=limits)
+    assert (again.id, again.attempts, again.worker) == (first.id, 2, None)  # not the last one's
+
+
+def _manifest(name: str, version: str, limit: int | None) -> PluginManifest:
+    return PluginManifest.model_validate(
+        {
+            "name": name,
+            "version": version,
+            "runner": "python",
+            "entry": "plugin:P",
+            "resources": {"max_concurrent_jobs": limit},
+        }
+    )
+
+
+def test_limits_are_the_smallest_of_a_plugins_versions():
+    catalog = Catalog.of(
+        [
+            _manifest("a", "1.0", 3),
+            _manifest("a", "2.0", 2),
+            _manifest("a", "3.0", None),
+            _manifest("b", "1.0", None),
+        ]
+    )
+    assert limits_of(catalog) == {"a": 2}
+
+
+def test_limits_follow_a_changed_manifest(tmp_path):
+    folder = tmp_path / "plugins" / "a"
+    folder.mkdir(parents=True)
+    manifest = folder / "plugin.yaml"
+    text = "name: a\nversion: 1.0.0\nrunner: python\nentry: plugin:P\n"
+    manifest.write_text(text + "resources: {max_concurrent_jobs: 1}\n")
+    clock = [0.0]
+    limits = PluginLimits([tmp_path / "plugins"], refresh_s=5, clock=lambda: clock[0])
+    assert limits.current()["a"] == 1
+    manifest.write_text(text + "resources: {max_concurrent_jobs: 4}\n")
+    os.utime(manifest, ns=(0, manifest.stat().st_mtime_ns + 10**9))
+    clock[0] = 4.0
+    assert limits.current()["a"] == 1  # not looked at again yet
+    clock[0] = 9.5
+    assert limits.current()["a"] == 4
 
 
 def test_cancel_and_retry(conn):

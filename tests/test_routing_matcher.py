@@ -10,6 +10,7 @@ import pytest
 from routing_support import add_instance, add_series, make_stable
 
 from node.db import connect
+from node.jobs import table as jobs
 from routers.attributes import study_view_from_index
 from routers.check import check_text
 from routers.matcher import RouteTable, route_pending
@@ -27,8 +28,10 @@ routes:
       include_sop_class: [CTImageStorage]
     run: [ct-lung-nodule@1.0.0, ct-lung-report]
     send_to: [pacs]
+    urgency: urgent
   - name: chest-ct-candidate
     mode: shadow
+    urgency: background
     when: {modality: CT, body_part: chest}
     series: {orientation: axial, min_instances: 10, prefer: most_instances,
              include_sop_class: [CTImageStorage]}
@@ -122,6 +125,22 @@ def test_stable_version_gets_one_row_per_route_and_plugin(conn, table) -> None:
     assert routed_at is not None
     assert route_pending(conn, table) == 0  # nothing pending: no duplicate rows
     assert len(rows(conn)) == 3
+
+
+def test_route_urgency_goes_to_its_matches_and_their_jobs(conn, table) -> None:
+    chest_study(conn)
+    make_stable(conn, STUDY)
+    route_pending(conn, table)
+    jobs.create_jobs(conn)
+    ranked = conn.execute(
+        "SELECT m.route_name, m.plugin, m.urgency, j.urgency FROM route_matches m "
+        "JOIN jobs j ON j.route_match_id = m.id"
+    ).fetchall()
+    assert {tuple(r) for r in ranked} == {
+        ("chest-ct", "ct-lung-nodule", 0, 0),
+        ("chest-ct", "ct-lung-report", 0, 0),
+        ("chest-ct-candidate", "ct-lung-nodule", 2, 2),
+    }
 
 
 def test_reopened_study_is_matched_again_with_its_late_series(conn, table) -> None:

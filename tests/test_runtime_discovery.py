@@ -74,6 +74,16 @@ def _manifest(tmp_path: Path, body: dict) -> Path:
             },
             "model.sha256: sha256 must be 64 hexadecimal digits",
         ),
+        (
+            {
+                "name": "p",
+                "version": "1.0",
+                "runner": "python",
+                "entry": "plugin:P",
+                "resources": {"max_concurrent_jobs": 0},
+            },
+            "resources.max_concurrent_jobs: give 1 or more jobs at once, or leave it out",
+        ),
     ],
 )
 def test_manifest_errors_name_the_field(tmp_path: Path, body: dict, message: str) -> None:

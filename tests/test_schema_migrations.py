@@ -1,4 +1,6 @@
-"""Schema versions: the schema-2 release's database migrated, backed up, served; newer refused."""
+"""Schema versions: the schema-2 and -3 releases' databases migrated, backed up, served; newer
+refused. A fixture is only ever opened as a copy in tmp_path (opening it in place leaves
+``-shm``/``-wal`` files beside it)."""
 
 from __future__ import annotations
 
@@ -17,16 +19,17 @@ from node.migrations import MIGRATIONS, Migration, SchemaTooNew
 from tests.conftest import REPO
 from tests.ingest_support import running_node, write_config
 
-FIXTURE = REPO / "tests" / "fixtures" / "ainode-schema-v2.sqlite3"
+FIXTURES = {v: REPO / "tests" / "fixtures" / f"ainode-schema-v{v}.sqlite3" for v in (2, 3)}
 FIXTURE_STUDY = "1.2.826.0.1.3680043.8.498.10000000000000000000000000000000001"
 COUNTED = ("studies", "series", "instances", "study_versions", "route_matches", "jobs", "outbox")
 
 
-def _copy_fixture(folder: Path, version: int = 2) -> Path:
-    """The fixture in ``folder``; version 1 is it without the tables migration 2 adds."""
+def _copy_fixture(folder: Path, version: int = max(FIXTURES)) -> Path:
+    """That release's fixture, copied into ``folder``; version 1 is the schema-2 fixture
+    without the tables migration 2 adds."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ainode.sqlite3"
-    shutil.copyfile(FIXTURE, path)
+    shutil.copyfile(FIXTURES[max(version, 2)], path)
     if version == 1:
         conn = sqlite3.connect(path)
         for table in ("vendor_requests", "vendor_inbox", "pseudonyms"):
@@ -87,9 +90,11 @@ def _shape(path: Path) -> dict[str, object]:
         conn.close()
 
 
-def test_fixture_is_the_schema_2_release() -> None:
-    assert _version(FIXTURE) == 2
-    assert _counts(FIXTURE) == {
+@pytest.mark.parametrize("version", sorted(FIXTURES))
+def test_fixture_is_its_release(tmp_path: Path, version: int) -> None:
+    path = _copy_fixture(tmp_path, version)
+    assert _version(path) == version
+    assert _counts(path) == {
         "studies": 1,
         "series": 2,
         "instances": 4,
@@ -100,7 +105,7 @@ def test_fixture_is_the_schema_2_release() -> None:
     }
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, *sorted(FIXTURES)])
 def test_migrated_database_has_the_new_schema_and_its_rows(tmp_path: Path, version: int) -> None:
     old = _copy_fixture(tmp_path / "old", version)
     before = _counts(old)
@@ -115,6 +120,21 @@ def test_migrated_database_has_the_new_schema_and_its_rows(tmp_path: Path, versi
         assert _counts(backup) == before
     else:
         assert not backup.exists()  # nothing migrated, nothing to back up
+
+
+def test_migration_4_keeps_jobs_normal_and_unassigned(tmp_path: Path) -> None:
+    path = _copy_fixture(tmp_path, 3)
+    connect(path).close()
+    conn = _raw(path)
+    try:
+        jobs = conn.execute("SELECT id, state, urgency, worker FROM jobs ORDER BY id").fetchall()
+        matches = conn.execute("SELECT urgency FROM route_matches").fetchall()
+        workers = conn.execute("SELECT COUNT(*) FROM workers").fetchone()[0]
+    finally:
+        conn.close()
+    assert jobs == [(1, "SUCCEEDED", 1, None), (2, "QUEUED", 1, None)]
+    assert matches == [(1,), (1,)]
+    assert workers == 0
 
 
 def _add_column(conn: sqlite3.Connection) -> None:
@@ -202,8 +222,9 @@ def test_newer_database_is_refused_naming_both_versions(tmp_path: Path) -> None:
     assert _version(path) == SCHEMA_VERSION + 7  # untouched
 
 
-def test_node_serves_the_schema_2_release_database(tmp_path: Path) -> None:
-    _copy_fixture(tmp_path / "data")
+@pytest.mark.parametrize("version", sorted(FIXTURES))
+def test_node_serves_a_release_database(tmp_path: Path, version: int) -> None:
+    _copy_fixture(tmp_path / "data", version)
     with running_node(tmp_path) as node:
         listed = subprocess.run(
             [sys.executable, "-m", "node", "studies", "--config", str(node.config_path)],

@@ -162,15 +162,16 @@ def _results(conn: sqlite3.Connection, job_id: int) -> list[Result]:
 @router.post("/jobs/{job_id}/retry", response_model=JobChanged, summary="queue a job again")
 def retry_job(job_id: int, context: Context, who: Admin) -> JobChanged:
     """A FAILED or CANCELLED job back to QUEUED with fresh attempts (``ainode jobs retry``)."""
-    return _change(context, who, job_id, "job.retry", table.retry, "FAILED or CANCELLED")
+    only = "only a FAILED or CANCELLED job can be retried"
+    return _change(context, who, job_id, "job.retry", table.retry, only)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobChanged, summary="cancel a job")
 def cancel_job(job_id: int, context: Context, who: Admin) -> JobChanged:
     """A QUEUED, RUNNING or AWAITING_VENDOR job to CANCELLED (``ainode jobs cancel``); the
     executor stops a running one."""
-    allowed = "QUEUED, RUNNING or AWAITING_VENDOR"
-    return _change(context, who, job_id, "job.cancel", table.cancel, allowed)
+    only = "only a QUEUED, RUNNING or AWAITING_VENDOR job can be cancelled"
+    return _change(context, who, job_id, "job.cancel", table.cancel, only)
 
 
 def _change(
@@ -179,8 +180,9 @@ def _change(
     job_id: int,
     action: str,
     change: Callable[[sqlite3.Connection, int], bool],
-    allowed: str,
+    only: str,
 ) -> JobChanged:
+    """Apply the table's own transition (the CLI's), and record it or why it was refused."""
     target = f"job {job_id}"
     with context.database() as conn:
         before = table.get_job(conn, job_id)
@@ -191,7 +193,7 @@ def _change(
     if after is None:  # purged with its study meanwhile
         refuse(context, who, action, target, 404, f"job {job_id} was purged with its study")
     if not changed:
-        reason = f"job {job_id} is {after.state.value}; only a {allowed} job can be changed so"
+        reason = f"job {job_id} is {after.state.value}; {only}"
         refuse(context, who, action, target, 409, reason, before={"state": after.state.value})
     context.actions.record(
         who.name,

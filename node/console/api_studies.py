@@ -95,25 +95,25 @@ SELECT s.study_instance_uid, s.state, s.version, s.first_received_at, s.last_rec
        s.study_date, s.study_description, {patient},
        (SELECT COUNT(*) FROM instances i WHERE i.study_instance_uid = s.study_instance_uid)
            AS instances,
-       (SELECT GROUP_CONCAT(modality, '\\') FROM (
-            SELECT DISTINCT se.modality FROM series se
-            WHERE se.study_instance_uid = s.study_instance_uid AND se.modality IS NOT NULL
-            ORDER BY se.modality)) AS modalities
-FROM studies s
+       (SELECT GROUP_CONCAT(se.modality, '\\') FROM series se
+        WHERE se.study_instance_uid = s.study_instance_uid) AS modalities
+FROM (SELECT * FROM studies {where} ORDER BY last_received_at DESC LIMIT ?) s
+ORDER BY s.last_received_at DESC
 """
 
 
-def _select(show_patient: bool) -> str:
+def _select(show_patient: bool, where: str = "") -> str:
+    """The studies query; ``where`` and the limit pick the rows before anything is counted."""
     patient = "s.patient_name, s.patient_id"
     if not show_patient:
         patient = "NULL AS patient_name, NULL AS patient_id"
-    return _STUDIES.format(patient=patient)
+    return _STUDIES.format(patient=patient, where=where)
 
 
 def _study(row: sqlite3.Row) -> Study:
     fields = dict(row)
     modalities = fields.pop("modalities")
-    return Study(**fields, modalities=modalities.split("\\") if modalities else [])
+    return Study(**fields, modalities=sorted(set(modalities.split("\\"))) if modalities else [])
 
 
 @router.get("/studies", response_model=list[Study], summary="studies, newest first")
@@ -123,19 +123,18 @@ def list_studies(
     state: Literal["receiving", "stable"] | None = None,
     limit: Limit = 100,
 ) -> list[Study]:
-    sql = _select(context.config.http.console.show_patient_names)
-    where = " WHERE s.state = ?" if state else ""
-    params = (state, limit) if state else (limit,)
+    where = "WHERE state = ?" if state else ""
+    sql = _select(context.config.http.console.show_patient_names, where)
     with context.database() as conn:
-        rows = conn.execute(sql + where + " ORDER BY s.last_received_at DESC LIMIT ?", params)
+        rows = conn.execute(sql, (state, limit) if state else (limit,))
         return [_study(row) for row in rows]
 
 
 @router.get("/studies/{uid}", response_model=StudyDetail, summary="a study, its series, versions")
 def get_study(uid: str, context: Context, who: Viewer) -> StudyDetail:
-    sql = _select(context.config.http.console.show_patient_names)
+    sql = _select(context.config.http.console.show_patient_names, "WHERE study_instance_uid = ?")
     with context.database() as conn:
-        row = conn.execute(sql + " WHERE s.study_instance_uid = ?", (uid,)).fetchone()
+        row = conn.execute(sql, (uid, 1)).fetchone()
         if row is None:
             raise HTTPException(404, f"no study {uid} in the index (GET /api/studies lists them)")
         series = [
@@ -214,8 +213,8 @@ def reroute(uid: str, context: Context, who: Admin, body: RerouteRequest | None 
     routes it as routed it first, nothing here loads routes or plugins, and no reload is
     asked for (that is for a changed file). A match the version already has is kept (its
     route, plugin pair is unique per version), so its job stays; a new match gets a new job.
-    The request waits up to ten polls for the stamp to come back, to answer what was added;
-    when the stage is slower the answer says it is still pending.
+    The request waits up to ten polls (``REROUTE_WAIT_S`` bounds it) for the stamp to come
+    back, to answer what was added; when the stage is slower the answer says it is pending.
     """
     action = "study.reroute"
     with context.database() as conn:

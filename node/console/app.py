@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from node import __version__
+from node.config import ExecutorKind
 from node.console import auth
 from node.console.context import ConsoleContext
 from node.console.latency import LatencyCollector
@@ -83,6 +84,10 @@ def create_app(context: ConsoleContext) -> FastAPI:
     app.include_router(auth.router)
     for router in api_routers():
         app.include_router(router)
+    if context.config.jobs.executor is ExecutorKind.CELERY:
+        from node.jobs.remote import node_api
+
+        app.include_router(node_api.router)
 
     if context.config.http.console.enabled:
         app.mount("/console", StaticFiles(directory=STATIC, html=True), name="console")

@@ -24,6 +24,8 @@ class ConsoleContext:
     audit: AuditTrail = DISABLED
     #: asks the routing stage to re-read routes.yaml, as SIGHUP does (None: no routing stage)
     reload_routes: Callable[[], None] | None = None
+    #: tells the dispatcher results are waiting (a remote worker's job succeeded)
+    wake_dispatcher: Callable[[], None] | None = None
     #: the console is served over HTTPS: cookies get the Secure flag
     secure: bool = False
 

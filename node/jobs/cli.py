@@ -17,6 +17,7 @@ from node.config import DEFAULT_CONFIG, load_node_config
 from node.db import connect
 from node.jobs import table
 from node.jobs.table import Job, JobState
+from routers.schema import Urgency
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,10 +46,13 @@ def _when(epoch: float | None) -> str:
 
 def format_job(job: Job) -> str:
     timings = " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in job.timings.items())
+    urgency = Urgency.of_rank(job.urgency)
     lines = [
         f"{job.id:>6}  {job.state.value:<9}  attempts={job.attempts}  {job.plugin}"
         f"{'@' + job.plugin_version if job.plugin_version else ''}  route={job.route_name}"
-        f"{' (shadow)' if job.mode == 'shadow' else ''}",
+        f"{' (shadow)' if job.mode == 'shadow' else ''}"
+        f"{'' if urgency is Urgency.NORMAL else f' ({urgency.value})'}"
+        f"  worker={job.worker or '-'}",
         f"        study {job.study_instance_uid} v{job.study_version}  "
         f"series {job.series_instance_uid}",
         f"        created {_when(job.created_at)}  finished {_when(job.finished_at)}"

@@ -5,7 +5,9 @@ crashing native library never slows or stops the SCP. One scheduler thread in th
 route matches into jobs, hands due jobs to idle workers, and enforces the per-job timeout by
 killing the worker (a plugin stuck in native code cannot be interrupted any other way); a
 killed or crashed worker is replaced and its job counts a failed attempt. Only this thread
-writes job state; results, outbox rows and SUCCEEDED commit in one transaction.
+writes job state; results, outbox rows and SUCCEEDED commit in one transaction. Jobs are
+claimed in ``table.claim_next``'s order (urgency first) under the plugins' limits on jobs
+running at once (``node.jobs.limits``), and record ``local/<host>/<worker pid>`` as their worker.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -28,6 +31,7 @@ from node.config import NodeConfig
 from node.db import connect
 from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
+from node.jobs.limits import PluginLimits
 from node.jobs.results import store_results, work_item_for
 from node.jobs.table import Job, JobState
 from node.jobs.work import JobRunner, WorkResult
@@ -126,6 +130,8 @@ class LocalExecutor:
         self._stop = threading.Event()
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
+        self._limits = PluginLimits(config.plugin_dirs)  # resources.max_concurrent_jobs
+        self._host = socket.gethostname()
 
     # -- stage -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -262,7 +268,11 @@ class LocalExecutor:
 
     def _assign(self, conn: sqlite3.Connection, worker: _Worker) -> None:
         while True:
-            job = table.claim_next(conn)
+            job = table.claim_next(
+                conn,
+                limits=self._limits.current(),
+                worker=f"local/{self._host}/{worker.process.pid}",
+            )
             if job is None:
                 return
             try:

@@ -197,14 +197,19 @@ def work_item_for(conn: sqlite3.Connection, job: Job, config: NodeConfig) -> Wor
 
 
 def store_results(
-    conn: sqlite3.Connection, job: Job, result: WorkResult, config: NodeConfig
+    conn: sqlite3.Connection,
+    job: Job,
+    result: WorkResult,
+    config: NodeConfig,
+    attempt: int | None = None,
 ) -> bool:
     """Results + outbox rows + SUCCEEDED, all or nothing. False (nothing stored) if the job
-    was cancelled while it ran."""
+    was cancelled while it ran, or (``attempt`` given: a remote worker's) another attempt
+    of it runs now."""
     now = time.time()
     _, by_destination = kinds_by_destination(conn, job, config)
     with transaction(conn):
-        if not table.mark_succeeded(conn, job.id, result.timings, now):
+        if not table.mark_succeeded(conn, job.id, result.timings, now, attempt):
             return False
         for item in result.results:
             conn.execute(

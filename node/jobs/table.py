@@ -37,6 +37,7 @@ __all__ = [
     "reconcile",
     "retry",
     "retry_failed",
+    "running_by_plugin",
 ]
 
 
@@ -74,6 +75,8 @@ class Job:
     plugin_version: str | None
     destinations: tuple[str, ...]
     mode: str
+    urgency: int = 1  # 0 urgent, 1 normal, 2 background (routers.schema.Urgency.rank)
+    worker: str | None = None  # who ran the latest attempt: local/<host>/<pid>, a Celery name
 
 
 _SELECT = """
@@ -105,6 +108,8 @@ def _job(record: sqlite3.Row) -> Job:
         plugin_version=record["plugin_version"],
         destinations=tuple(json.loads(record["destinations"] or "[]")),
         mode=record["mode"],
+        urgency=record["urgency"],
+        worker=record["worker"],
     )
 
 
@@ -122,8 +127,9 @@ def create_jobs(conn: sqlite3.Connection, now: float | None = None) -> int:
     with transaction(conn):
         cursor = conn.execute(
             """
-            INSERT INTO jobs (route_match_id, state, attempts, next_attempt_at, created_at)
-            SELECT m.id, 'QUEUED', 0, ?, ? FROM route_matches m
+            INSERT INTO jobs (route_match_id, state, attempts, next_attempt_at, created_at,
+                              urgency)
+            SELECT m.id, 'QUEUED', 0, ?, ?, m.urgency FROM route_matches m
             WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.route_match_id = m.id)
             ORDER BY m.id
             """,
@@ -151,23 +157,60 @@ def reconcile(conn: sqlite3.Connection, policy: RetryPolicy, now: float | None =
     return failed + queued
 
 
-def claim_next(conn: sqlite3.Connection, now: float | None = None) -> Job | None:
-    """Take the oldest due QUEUED job: RUNNING, one more attempt, started now."""
+def claim_next(
+    conn: sqlite3.Connection,
+    now: float | None = None,
+    limits: Mapping[str, int] | None = None,
+    *,
+    worker: str | None = None,
+) -> Job | None:
+    """Take the next due QUEUED job: RUNNING, one more attempt, started now, run by ``worker``.
+
+    Every executor claims through here, so the order is the same for all: the most urgent
+    first, then the one due longest, then the oldest. ``limits`` (plugin name → most jobs
+    RUNNING at once, from the manifests' ``resources.max_concurrent_jobs``) passes over a
+    plugin that has that many RUNNING already, on any executor, so its jobs wait and the
+    others' go ahead.
+    """
     now = time.time() if now is None else now
-    due = "SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= ? "
-    due += "ORDER BY next_attempt_at, id LIMIT 1"
-    if conn.execute(due, (now,)).fetchone() is None:  # read first, as in create_jobs
+    limits = limits or {}
+    if _next_due(conn, now, limits) is None:  # read first, as in create_jobs
         return None
     with transaction(conn):
-        record = conn.execute(due, (now,)).fetchone()
-        if record is None:
+        job_id = _next_due(conn, now, limits)
+        if job_id is None:
             return None
         conn.execute(
             "UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, started_at = ?, "
-            "finished_at = NULL WHERE id = ?",
-            (now, record["id"]),
+            "finished_at = NULL, worker = ? WHERE id = ?",
+            (now, worker, job_id),
         )
-        return _job(conn.execute(_SELECT + " WHERE j.id = ?", (record["id"],)).fetchone())
+        return _job(conn.execute(_SELECT + " WHERE j.id = ?", (job_id,)).fetchone())
+
+
+def running_by_plugin(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many jobs of each plugin are RUNNING now, on every executor."""
+    return {
+        record[0]: record[1]
+        for record in conn.execute(
+            "SELECT m.plugin, COUNT(*) FROM jobs j JOIN route_matches m ON m.id = j.route_match_id"
+            " WHERE j.state = 'RUNNING' GROUP BY m.plugin"
+        )
+    }
+
+
+def _next_due(conn: sqlite3.Connection, now: float, limits: Mapping[str, int]) -> int | None:
+    """The id of the job ``claim_next`` takes now, or None."""
+    running = running_by_plugin(conn) if limits else {}
+    full = sorted(name for name, limit in limits.items() if running.get(name, 0) >= limit)
+    skip = f" AND m.plugin NOT IN ({','.join('?' * len(full))})" if full else ""
+    record = conn.execute(
+        "SELECT j.id FROM jobs j JOIN route_matches m ON m.id = j.route_match_id "
+        f"WHERE j.state = 'QUEUED' AND j.next_attempt_at <= ?{skip} "
+        "ORDER BY j.urgency, j.next_attempt_at, j.id LIMIT 1",
+        (now, *full),
+    ).fetchone()
+    return None if record is None else int(record[0])
 
 
 def next_due_at(conn: sqlite3.Connection) -> float | None:
@@ -210,17 +253,25 @@ def fail(
 
 
 def mark_succeeded(
-    conn: sqlite3.Connection, job_id: int, timings: Mapping[str, float], now: float
+    conn: sqlite3.Connection,
+    job_id: int,
+    timings: Mapping[str, float],
+    now: float,
+    attempt: int | None = None,
 ) -> bool:
     """RUNNING (or AWAITING_VENDOR) → SUCCEEDED. Call inside the transaction that stores the
     job's results, so the results, their outbox rows and the state change commit together.
-    False if the job is no longer running (cancelled meanwhile): the caller must roll back."""
-    cursor = conn.execute(
+    False if the job is no longer running (cancelled meanwhile), or (``attempt`` given) runs
+    another attempt now: the caller must roll back."""
+    sql = (
         "UPDATE jobs SET state = 'SUCCEEDED', finished_at = ?, error = NULL, timings = ? "
-        "WHERE id = ? AND state IN ('RUNNING', 'AWAITING_VENDOR')",
-        (now, json.dumps(dict(timings)), job_id),
+        "WHERE id = ? AND state IN ('RUNNING', 'AWAITING_VENDOR')"
     )
-    return cursor.rowcount == 1
+    values: tuple = (now, json.dumps(dict(timings)), job_id)
+    if attempt is not None:
+        sql += " AND attempts = ?"
+        values += (attempt,)
+    return conn.execute(sql, values).rowcount == 1
 
 
 def mark_awaiting_vendor(

@@ -24,6 +24,12 @@ const enc = encodeURIComponent;
 
 // -- plugins ---------------------------------------------------------------------------------
 const fixed = (value, digits = 3) => (typeof value === 'number' ? value.toFixed(digits) : value == null ? '—' : String(value));
+/** Four significant digits, as `ainode shadow report` prints them. */
+function number(value, signed = false) {
+  if (typeof value !== 'number') return '—';
+  const shown = Number(value.toPrecision(4)).toString();
+  return signed && value > 0 ? `+${shown}` : shown;
+}
 
 /** Does a shadow report row compare versions of this plugin? */
 function aboutPlugin(row, name) {
@@ -40,14 +46,13 @@ function side(value) {
 
 /** One shadow agreement row: which versions, on which series, Dice per segment, measurements. */
 function agreement(row) {
-  const known = ['series_instance_uid', 'production', 'shadow', 'segments', 'measurements', 'evaluations_agree', 'evaluations_total', 'plugin', 'mean_dice'];
+  const known = ['series_instance_uid', 'production', 'shadow', 'segments', 'measurements', 'evaluations_agree', 'evaluations_total', 'plugin'];
   const rest = Object.entries(row).filter(([key]) => !known.includes(key));
   return h(
     'div',
     { class: 'agreement', 'data-testid': 'shadow-row' },
     h('p', {}, h('strong', {}, side(row.production)), ' in production vs ', h('strong', {}, side(row.shadow)), ' in shadow'),
     row.series_instance_uid ? h('p', { class: 'sub' }, 'series ', uid(row.series_instance_uid, true)) : null,
-    row.mean_dice != null ? h('p', {}, 'mean Dice ', h('strong', { 'data-testid': 'shadow-mean-dice' }, fixed(row.mean_dice))) : null,
     (row.segments || []).length
       ? table(
           [
@@ -60,11 +65,10 @@ function agreement(row) {
     (row.measurements || []).length
       ? table(
           [
-            { title: 'Measurement', cell: (m) => m.meaning },
-            { title: 'Production', class: 'number', cell: (m) => fixed(m.production, 4) },
-            { title: 'Shadow', class: 'number', cell: (m) => fixed(m.shadow, 4) },
-            { title: 'Δ', class: 'number', cell: (m) => (m.production != null && m.shadow != null ? fixed(m.shadow - m.production, 4) : '—') },
-            { title: 'Unit', cell: (m) => m.unit || '' },
+            { title: 'Measurement', cell: (m) => `${m.meaning}${m.unit ? ` (${m.unit})` : ''}` },
+            { title: 'Production', class: 'number', cell: (m) => number(m.production) },
+            { title: 'Shadow', class: 'number', cell: (m) => number(m.shadow) },
+            { title: 'Δ', class: 'number', cell: (m) => (m.production != null && m.shadow != null ? number(m.shadow - m.production, true) : '—') },
           ],
           row.measurements,
         )
@@ -74,13 +78,29 @@ function agreement(row) {
   );
 }
 
+/** Why a version cannot be promoted (null: it can): promotion puts a shadow version in
+ * production, so a version that runs in no shadow route has nothing to show for itself. */
+function promotable(version) {
+  if (version.shadow) return null;
+  if (version.production) return 'already in production';
+  return 'only a version that runs in a shadow route can be promoted (Roll back returns to an earlier one)';
+}
+
+/** Mean Dice over every segment compared on every series, as `ainode shadow report` ends. */
+function meanDice(rows) {
+  const values = rows.flatMap((row) => (row.segments || []).map((s) => s.dice)).filter((d) => typeof d === 'number');
+  if (!values.length) return null;
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  return h('p', { class: 'mean-dice' }, `${rows.length} series compared; mean Dice `, h('strong', { 'data-testid': 'shadow-mean-dice' }, mean.toFixed(3)));
+}
+
 /** A RoutesChange: what a promotion or rollback did to routes.yaml. */
 function routesChange(change) {
   const previous = Object.entries(change.previous || {});
   return h(
     'div',
     { class: 'panel change', 'data-testid': 'routes-change', 'data-action': change.action, 'data-version': change.version },
-    h('h2', {}, `${change.action} ${change.plugin} → ${change.version}`),
+    h('h2', {}, change.action === 'promote' ? `Promoted ${change.plugin} ${change.version} to production` : `Rolled ${change.plugin} back to ${change.version || 'the newest installed version'}`),
     h(
       'dl',
       { class: 'facts' },
@@ -127,8 +147,7 @@ export function pluginsPage(view) {
   const render = changes(({ plugins, shadow }) => {
     const names = [...new Set(plugins.map((p) => p.name))].sort();
     const unplaced = shadow.filter((row) => !names.some((n) => aboutPlugin(row, n)));
-    holder.replaceChildren(
-      ...names.map((name) => {
+    const cards = names.map((name) => {
         const versions = plugins.filter((p) => p.name === name);
         const rows = shadow.filter((row) => aboutPlugin(row, name));
         const inProduction = versions.filter((v) => v.production).map((v) => v.version);
@@ -164,7 +183,7 @@ export function pluginsPage(view) {
                   },
                   { title: 'Runner', cell: (v) => v.runner || '—' },
                   { title: 'Device', cell: (v) => v.device || '—' },
-                  { title: 'Routes', cell: (v) => (v.routes || []).join(', ') || '—' },
+                  ...(versions.some((v) => v.routes) ? [{ title: 'Routes', cell: (v) => (v.routes || []).join(', ') || '—' }] : []),
                   {
                     title: '',
                     cell: (v) =>
@@ -172,25 +191,28 @@ export function pluginsPage(view) {
                         'Promote',
                         act(name, 'promote', { version: v.version }, `Put ${name}@${v.version} in production${inProduction.length ? ` in place of ${inProduction.join(', ')}` : ''}?`),
                         { 'data-testid': 'plugin-promote', 'data-plugin': name, 'data-version': v.version },
-                        v.production && !v.shadow ? 'already in production' : null,
+                        promotable(v),
                       ),
                   },
                 ],
                 versions,
-                { row: (v) => ({ 'data-testid': 'plugin-version', 'data-version': v.version, 'data-production': v.production, 'data-shadow': v.shadow }) },
+                { row: (v) => ({ 'data-testid': 'plugin-version', 'data-version': v.version, 'data-production': String(v.production), 'data-shadow': String(v.shadow) }) },
               ),
             ),
             h(
               'div',
               { class: 'shadow-report', 'data-testid': 'shadow-report' },
               h('h3', {}, 'Shadow agreement'),
+              meanDice(rows),
               rows.length ? rows.map(agreement) : h('p', { class: 'empty' }, 'no series compared yet'),
             ),
           ),
         );
-      }),
-      names.length ? null : h('p', { class: 'empty' }, 'no plugins installed'),
-      unplaced.length ? section('Other comparisons', unplaced.map(agreement)) : null,
+    });
+    holder.replaceChildren(
+      ...cards,
+      ...(names.length ? [] : [h('p', { class: 'empty' }, 'no plugins installed')]),
+      ...(unplaced.length ? [section('Other comparisons', unplaced.map(agreement))] : []),
     );
   });
 
@@ -346,11 +368,72 @@ export function latencyPage(view) {
 }
 
 // -- actions ---------------------------------------------------------------------------------
+/** Before or after of an action, in one line; long values (a routes file) fold away. */
 function change(value) {
   if (value === null || value === undefined) return '';
-  const shown = typeof value === 'string' ? value : JSON.stringify(value, null, 2);
-  if (shown.length < 60 && !shown.includes('\n')) return h('code', {}, shown);
-  return h('details', {}, h('summary', {}, `${shown.slice(0, 40).replace(/\s+/g, ' ')}…`), h('pre', {}, shown));
+  if (typeof value !== 'object') return h('span', { class: 'change-text' }, String(value));
+  const multiline = ([, v]) => typeof v === 'string' && v.includes('\n');
+  const texts = Object.entries(value).filter(multiline);
+  const plain = Object.entries(value).filter((entry) => !multiline(entry));
+  const line = plain.map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`);
+  const summary = [...line, ...texts.map(([k, v]) => `${k}: ${v.split('\n').length} lines`)].join('; ');
+  if (!texts.length && summary.length <= 80) return h('span', { class: 'change-text' }, summary);
+  return h(
+    'details',
+    {},
+    h('summary', {}, summary.length > 80 ? `${summary.slice(0, 78)}…` : summary),
+    plain.length ? h('pre', {}, JSON.stringify(Object.fromEntries(plain), null, 2)) : null,
+    texts.map(([k, v]) => [h('div', { class: 'sub' }, k), h('pre', {}, v)]),
+  );
+}
+
+/** The lines a routes change removed (-) and added (+), with a line of context around each
+ * change: a longest-common-subsequence diff, for files of a few hundred lines. */
+function lineDiff(before, after) {
+  const a = before.split('\n');
+  const b = after.split('\n');
+  if (a.length * b.length > 250000) return null;
+  const common = Array.from({ length: a.length + 1 }, () => new Array(b.length + 1).fill(0));
+  for (let i = a.length - 1; i >= 0; i -= 1) {
+    for (let j = b.length - 1; j >= 0; j -= 1) {
+      common[i][j] = a[i] === b[j] ? common[i + 1][j + 1] + 1 : Math.max(common[i + 1][j], common[i][j + 1]);
+    }
+  }
+  const ops = []; // [' ' | '-' | '+', line]
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (i < a.length && j < b.length && a[i] === b[j]) {
+      ops.push([' ', a[i]]);
+      i += 1;
+      j += 1;
+    } else if (i < a.length && (j === b.length || common[i + 1][j] >= common[i][j + 1])) {
+      ops.push(['-', a[i]]);
+      i += 1;
+    } else {
+      ops.push(['+', b[j]]);
+      j += 1;
+    }
+  }
+  const near = (k) => ops.slice(Math.max(0, k - 1), k + 2).some(([op]) => op !== ' ');
+  const lines = [];
+  ops.forEach(([op, line], k) => {
+    if (op === ' ' && !near(k)) {
+      if (lines.length && lines[lines.length - 1].className !== 'skip') lines.push(h('div', { class: 'skip' }, '  …'));
+      return;
+    }
+    const css = { '+': 'added', '-': 'removed', ' ': 'same' }[op];
+    lines.push(h('div', { class: css }, `${op} ${line}`));
+  });
+  if (!ops.some(([op]) => op !== ' ')) return h('div', { class: 'diff' }, 'no change');
+  return h('div', { class: 'diff', 'data-testid': 'action-diff' }, lines);
+}
+
+function routesDiff(action) {
+  const before = action.before && action.before.text;
+  const after = action.after && action.after.text;
+  if (typeof before !== 'string' || typeof after !== 'string') return null;
+  return lineDiff(before, after);
 }
 
 export function actionsPage(view) {
@@ -361,13 +444,12 @@ export function actionsPage(view) {
     holder.replaceChildren(
       table(
         [
-          { title: 'When', cell: (a) => when(a.at) },
+          { title: 'When', cell: (a) => when(a.at, true) },
           { title: 'Who', cell: (a) => a.user },
           { title: 'Action', cell: (a) => h('strong', {}, a.action) },
-          { title: 'Target', cell: (a) => h('span', { class: 'uid' }, a.target) },
+          { title: 'Target', cell: (a) => h('span', { class: a.target.length <= 24 ? 'uid short' : 'uid' }, a.target) },
           { title: 'Outcome', cell: (a) => (a.outcome === 'ok' ? badge('ok') : h('span', { class: 'error-inline' }, a.outcome)) },
-          { title: 'Before', cell: (a) => change(a.before) },
-          { title: 'After', cell: (a) => change(a.after) },
+          { title: 'Change', cell: (a) => routesDiff(a) || [h('div', {}, change(a.before)), h('div', {}, a.after != null ? '→ ' : '', change(a.after))] },
         ],
         actions,
         { testid: 'actions', empty: 'no actions yet', row: (a) => ({ 'data-testid': 'action-row', 'data-action': a.action }) },
