@@ -110,7 +110,7 @@ class RabbitMQ:
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         self.port = free_port()
-        self.dist_port = free_port()
+        self.dist_port = poll_until(lambda: (port := free_port()) != self.port and port, 5)
         self.name = f"ainode-test-{self.port}"
         self.nodename = f"{self.name}@localhost"
         self.home = self.workdir / "home"

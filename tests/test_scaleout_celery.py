@@ -79,8 +79,7 @@ def cluster(tmp_path, rabbitmq, orthanc_factory):  # noqa: F811 - the fixture ab
     made.pacs = pacs
     made.broker = rabbitmq
     made.plugins = plugins
-    made.start_node()
-    try:
+    try:  # each test starts the node when its plugins are as it wants them
         yield made
     finally:
         made.stop()
@@ -106,6 +105,7 @@ def _exactly_once_in_orthanc(cluster, studies: list[str]) -> None:
 
 
 def test_two_workers_run_two_plugins_and_results_reach_orthanc_once(cluster, tmp_path) -> None:
+    cluster.start_node()
     for name in ("worker-1", "worker-2"):
         cluster.add_worker(name, [cluster.plugins])
     wait_for_workers(cluster)
@@ -131,3 +131,151 @@ def test_two_workers_run_two_plugins_and_results_reach_orthanc_once(cluster, tmp
     assert listed.returncode == 0, listed.stderr
     assert "worker-1" in listed.stdout and "worker-2" in listed.stdout
     assert "ainode.plugin.plugin-a" in listed.stdout
+
+
+def _send(cluster, tmp_path: Path, description: str, index: int = 0) -> str:
+    study, paths = _study(tmp_path / f"study-{description}-{index}", description)
+    report = send(paths, Peer("AINODE", "127.0.0.1", cluster.node.port), calling_ae="CT1")
+    assert report.failed == ()
+    return study
+
+
+def _running_on(cluster, plugin: str) -> str | None:
+    """The worker that reported starting the plugin's job, once it has."""
+    database = cluster.node.data_dir / "ainode.sqlite3"
+    rows = _query(
+        database,
+        "SELECT j.worker FROM jobs j JOIN route_matches m ON m.id = j.route_match_id "
+        "WHERE m.plugin = ? AND j.state = 'RUNNING' AND j.worker IS NOT NULL",
+        plugin,
+    )
+    running = [p for p in cluster.gates.glob(f"running-{plugin}-*")]
+    return rows[0][0] if rows and running else None
+
+
+def _gate(cluster, plugin: str) -> Path:
+    gate = cluster.gates / f"{plugin}-1.0.0"
+    gate.touch()
+    return gate
+
+
+def test_a_worker_killed_mid_job_leaves_its_job_to_the_other(cluster, tmp_path) -> None:
+    cluster.start_node()
+    workers = {name: cluster.add_worker(name, [cluster.plugins]) for name in ("w1", "w2")}
+    wait_for_workers(cluster)
+    gate = _gate(cluster, "plugin-a")
+    study = _send(cluster, tmp_path, "A")
+    victim = poll_until(lambda: _running_on(cluster, "plugin-a"), 60)
+    assert victim, cluster.logs()
+    workers[victim].kill()
+    gate.unlink()
+    database = cluster.node.data_dir / "ainode.sqlite3"
+    assert poll_until(lambda: _delivered(database, 1), 120), cluster.logs()
+    (survivor,) = set(workers) - {victim}
+    assert _query(database, "SELECT worker, attempts FROM jobs") == [(survivor, 1)]
+    _exactly_once_in_orthanc(cluster, [study])
+
+
+def test_the_broker_killed_with_jobs_queued_loses_none(cluster, tmp_path) -> None:
+    cluster.start_node()
+    cluster.add_worker("w1", [cluster.plugins])
+    wait_for_workers(cluster)
+    gate = _gate(cluster, "plugin-a")
+    studies = [_send(cluster, tmp_path, "A", index) for index in range(2)]
+    studies.append(_send(cluster, tmp_path, "B"))
+    assert poll_until(lambda: _running_on(cluster, "plugin-a"), 60), cluster.logs()
+    # one plugin-a job runs; the others wait in their queues
+    assert poll_until(lambda: sum(cluster.broker.queue_depths().values()) >= 1, 30)
+    cluster.broker.kill()
+    cluster.broker.start()
+    gate.unlink()
+    database = cluster.node.data_dir / "ainode.sqlite3"
+    assert poll_until(lambda: _delivered(database, 3), 180), cluster.logs()
+    _exactly_once_in_orthanc(cluster, studies)
+
+
+def test_the_node_killed_with_jobs_in_flight_loses_none_and_stores_once(cluster, tmp_path) -> None:
+    cluster.start_node()
+    for name in ("w1", "w2"):
+        cluster.add_worker(name, [cluster.plugins])
+    wait_for_workers(cluster)
+    gate = _gate(cluster, "plugin-a")
+    studies = [_send(cluster, tmp_path, "A"), _send(cluster, tmp_path, "B")]
+    assert poll_until(lambda: _running_on(cluster, "plugin-a"), 60), cluster.logs()
+    cluster.node.process.kill()
+    cluster.node.process.wait(30)
+    gate.unlink()  # plugin-a's job finishes while the node is down: the worker waits for it
+    cluster.start_node()
+    database = cluster.node.data_dir / "ainode.sqlite3"
+    assert poll_until(lambda: _delivered(database, 2), 180), cluster.logs()
+    _exactly_once_in_orthanc(cluster, studies)
+
+
+def test_a_busy_plugin_at_its_limit_does_not_hold_up_another(cluster, tmp_path) -> None:
+    manifest = cluster.plugins / "plugin-a-1.0.0" / "plugin.yaml"
+    manifest.write_text(manifest.read_text() + "resources: {max_concurrent_jobs: 1}\n")
+    cluster.start_node()
+    for name in ("w1", "w2"):
+        cluster.add_worker(name, [cluster.plugins])
+    wait_for_workers(cluster)
+    gate = _gate(cluster, "plugin-a")
+    for index in range(3):
+        _send(cluster, tmp_path, "A", index)
+    assert poll_until(lambda: _running_on(cluster, "plugin-a"), 60), cluster.logs()
+    _send(cluster, tmp_path, "B")
+    database = cluster.node.data_dir / "ainode.sqlite3"
+
+    def b_done_while_a_waits() -> bool:
+        rows = dict(
+            _query(
+                database,
+                "SELECT m.plugin, group_concat(j.state) FROM jobs j "
+                "JOIN route_matches m ON m.id = j.route_match_id GROUP BY m.plugin",
+            )
+        )
+        return rows.get("plugin-b") == "SUCCEEDED" and "RUNNING" in rows.get("plugin-a", "")
+
+    assert poll_until(b_done_while_a_waits, 120), cluster.logs()
+    running_a = _query(
+        database,
+        "SELECT COUNT(*) FROM jobs j JOIN route_matches m ON m.id = j.route_match_id "
+        "WHERE m.plugin = 'plugin-a' AND j.state = 'RUNNING'",
+    )
+    assert running_a == [(1,)]  # the limit: one published, the others wait in the table
+    gate.unlink()
+    assert poll_until(lambda: _delivered(database, 4), 180), cluster.logs()
+
+
+def test_a_worker_with_another_manifest_refuses_the_job(cluster, tmp_path) -> None:
+    cluster.node_sections["jobs"]["max_attempts"] = 1
+    cluster.start_node()
+    theirs = tmp_path / "worker-plugins"
+    write_gated_plugin(theirs, "plugin-a")
+    manifest = theirs / "plugin-a-1.0.0" / "plugin.yaml"
+    manifest.write_text(manifest.read_text() + "description: built from other weights\n")
+    cluster.add_worker("w1", [theirs])
+    wait_for_workers(cluster)
+    _send(cluster, tmp_path, "A")
+    database = cluster.node.data_dir / "ainode.sqlite3"
+    assert poll_until(lambda: _query(database, "SELECT state FROM jobs") == [("FAILED",)], 60)
+    ((error,),) = _query(database, "SELECT error FROM jobs")
+    assert "differs from the node's manifest" in error and "w1" in error
+
+
+def test_a_job_past_its_timeout_on_a_worker_is_tried_again(cluster, tmp_path) -> None:
+    cluster.node_sections["jobs"]["timeout_s"] = 3
+    cluster.start_node()
+    cluster.add_worker("w1", [cluster.plugins])
+    wait_for_workers(cluster)
+    gate = _gate(cluster, "plugin-a")
+    study = _send(cluster, tmp_path, "A")
+    database = cluster.node.data_dir / "ainode.sqlite3"
+
+    def second_attempt() -> bool:
+        return any(attempts >= 2 for (attempts,) in _query(database, "SELECT attempts FROM jobs"))
+
+    assert poll_until(second_attempt, 60), cluster.logs()
+    gate.unlink()
+    assert poll_until(lambda: _delivered(database, 1), 60), cluster.logs()
+    assert _query(database, "SELECT COUNT(*) FROM jobs WHERE attempts >= 2") == [(1,)]
+    _exactly_once_in_orthanc(cluster, [study])

@@ -82,10 +82,12 @@ def _write_synced(result: ResultInstance, path: Path) -> None:
 class PipelineRunner:
     """Runs work items with warm plugins; one per worker process."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, record_shadow: bool = True) -> None:
         self.config = config
         self.host = PluginHost.from_config(config)
         self.validator = default_validator(config.containers.validator)
+        #: a remote worker has no job table: the shadow report covers the node's own jobs
+        self.record_shadow = record_shadow
 
     def run(self, item: WorkItem) -> WorkResult:
         timings: dict[str, float] = {}
@@ -124,7 +126,8 @@ class PipelineRunner:
         except PluginError as exc:
             return self._failed(item, str(exc), timings)
         timings["inference"] = time.monotonic() - started
-        self._record_shadow(item, findings, chain[-1])
+        if self.record_shadow:
+            self._record_shadow(item, findings, chain[-1])
 
         started = time.monotonic()
         manifest = chain[-1]

@@ -50,7 +50,7 @@ export function text(value) {
 }
 
 /** FastAPI's ``detail``: a string, a list of validation errors, or an object. */
-export function describeDetail(body) {
+function describeDetail(body) {
   if (body === null || body === undefined) return '';
   if (typeof body === 'string') return body.trim().slice(0, 500);
   const detail = body.detail !== undefined ? body.detail : body;

@@ -2,9 +2,13 @@
 // A page is a function (view) that fills view.main and may poll with view.every(ms, fn);
 // leaving the page stops its polls, and answers that arrive after it are dropped.
 
-import { api, ApiError, button, clearError, h, onUnauthorized, session, showError } from './api.js';
-import { jobPage, jobsPage, outboxPage, overviewPage, studiesPage, studyPage } from './pages.js';
-import { actionsPage, latencyPage, pluginsPage, routesPage } from './admin.js';
+import { ApiError, api, clearError, onUnauthorized, session, showError } from './api.js';
+import { actionsPage, latencyPage } from './activity.js';
+import { jobPage, jobsPage, outboxPage } from './jobs.js';
+import { overviewPage, studiesPage, studyPage } from './pages.js';
+import { pluginsPage } from './plugins.js';
+import { routesPage } from './routes.js';
+import { button, h } from './ui.js';
 
 const PAGES = [
   [/^\/overview$/, overviewPage, 'overview'],
@@ -121,6 +125,7 @@ async function route() {
 
 function loginPage() {
   const message = h('p', { class: 'notice notice-error', 'data-testid': 'login-error', hidden: true });
+  const byPassword = () => ({ username: user.value, password: password.value });
   const done = (me) => {
     session.me = me;
     location.hash = afterLogin === '#/login' ? '#/overview' : afterLogin;
@@ -141,9 +146,10 @@ function loginPage() {
       submitter.disabled = false;
     }
   };
-  const user = h('input', { id: 'login-user', name: 'username', autocomplete: 'username', required: true, 'data-testid': 'login-user' });
-  const password = h('input', { id: 'login-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, 'data-testid': 'login-password' });
-  const token = h('input', { id: 'login-token', name: 'token', type: 'password', autocomplete: 'off', required: true, 'data-testid': 'login-token' });
+  const field = (id, props) => h('input', { id: `login-${id}`, required: true, 'data-testid': `login-${id}`, ...props });
+  const user = field('user', { name: 'username', autocomplete: 'username' });
+  const password = field('password', { name: 'password', type: 'password', autocomplete: 'current-password' });
+  const token = field('token', { name: 'token', type: 'password', autocomplete: 'off' });
   return h(
     'div',
     { class: 'login', 'data-testid': 'login-page' },
@@ -154,7 +160,7 @@ function loginPage() {
       { class: 'login-forms' },
       h(
         'form',
-        { class: 'panel', onsubmit: submit(() => ({ username: user.value, password: password.value })) },
+        { class: 'panel', onsubmit: submit(byPassword) },
         h('h2', {}, 'User and password'),
         h('label', { for: 'login-user' }, 'User'),
         user,

@@ -33,7 +33,7 @@ function jobButtons(job, after) {
   const act = (verb) => (event) =>
     pressing(event.target, async () => after(await api('POST', `/api/jobs/${job.id}/${verb}`, {}), verb));
   const retryable = ['FAILED', 'CANCELLED'].includes(job.state);
-  const cancellable = ['QUEUED', 'RUNNING'].includes(job.state);
+  const cancellable = ['QUEUED', 'RUNNING', 'AWAITING_VENDOR'].includes(job.state);
   return h(
     'span',
     { class: 'actions' },
@@ -47,7 +47,7 @@ function jobButtons(job, after) {
       'Cancel',
       act('cancel'),
       { 'data-testid': 'job-cancel', 'data-job-id': job.id, class: 'danger' },
-      cancellable ? null : 'only a QUEUED or RUNNING job can be cancelled',
+      cancellable ? null : 'only a QUEUED, RUNNING or AWAITING_VENDOR job can be cancelled',
     ),
   );
 }
@@ -109,7 +109,7 @@ function deliveries(result) {
       {},
       `${d.destination} `,
       badge(d.state),
-      ` ${d.attempts} tries `,
+      ` ${d.attempts} ${d.attempts === 1 ? 'try' : 'tries'} `,
       d.sent_at ? when(d.sent_at) : '',
       d.last_error ? h('span', { class: 'error-inline' }, ` ${d.last_error}`) : '',
     );
@@ -133,7 +133,7 @@ export function jobPage(view) {
       h(
         'div',
         { class: 'study-head' },
-        h('div', { class: 'phase' }, badge(job.state, 'job-state'), ' ', jobButtons(job, after)),
+        h('div', { class: 'phase' }, badge(job.state, 'job-detail-state'), ' ', jobButtons(job, after)),
         h(
           'dl',
           { class: 'facts' },
@@ -142,9 +142,11 @@ export function jobPage(view) {
           h('dt', {}, 'Route'),
           h('dd', {}, job.route),
           h('dt', {}, 'Study'),
-          h('dd', {}, studyLink(job, false)),
+          h('dd', {}, studyLink(job, false), job.study_version ? ` (version ${job.study_version})` : ''),
           h('dt', {}, 'Series'),
           h('dd', {}, uid(job.series_instance_uid)),
+          h('dt', {}, 'Destinations'),
+          h('dd', {}, (job.destinations || []).join(', ') || 'none'),
           h('dt', {}, 'Created / started / finished'),
           h('dd', {}, when(job.created_at), ' / ', when(job.started_at), ' / ', when(job.finished_at)),
           h('dt', {}, 'Tries'),

@@ -163,7 +163,7 @@ const ACTIVE = ['RUNNING', 'AWAITING_VENDOR', 'QUEUED'];
 
 /** Where the newest version of a study is: receiving, stable, routed, or its jobs' state
  * (production jobs; shadow ones only when no production route matched). */
-export function studyPhase(study) {
+function studyPhase(study) {
   const versions = [...(study.versions || [])].sort((a, b) => b.version - a.version);
   const latest = versions[0];
   if (!latest || !latest.stable_at) return study.state || 'receiving';
@@ -303,7 +303,7 @@ export function studyPage(view) {
     (event) =>
       pressing(event.target, async () => {
         const answer = await api('POST', `/api/studies/${enc(studyUid)}/reroute`, {});
-        const added = answer.matches_added === null ? '' : ` ${answer.matches_added} new match(es).`;
+        const added = typeof answer.matches_added === 'number' ? ` ${answer.matches_added} new match(es).` : '';
         const detail = answer.detail || 'routed again.';
         rerouted.replaceChildren(notice(`Version ${answer.version}: ${detail}${added}`, 'ok', 'study-rerouted'));
       }),

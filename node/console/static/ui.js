@@ -4,7 +4,7 @@
 import { ApiError, clearError, isAdmin, showError } from './api.js';
 
 export const JOB_STATES = ['QUEUED', 'RUNNING', 'AWAITING_VENDOR', 'SUCCEEDED', 'FAILED', 'CANCELLED'];
-export const ADMIN_ONLY = 'needs the admin role (you are logged in as a viewer)';
+const ADMIN_ONLY = 'needs the admin role (you are logged in as a viewer)';
 export const enc = encodeURIComponent;
 
 /** h('td', {class: 'uid', 'data-testid': 'x', onclick: f}, child, 'text', [more]);
@@ -133,7 +133,7 @@ export function stateFilter(states, current, base, testid) {
 // -- numbers and times ------------------------------------------------------------------------
 const pad = (n) => String(n).padStart(2, '0');
 
-export function clock(at) {
+function clock(at) {
   const d = new Date(at * 1000);
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }

@@ -58,7 +58,7 @@ class CeleryExecutor:
         self.audit = audit
         jobs = config.jobs
         self.policy = RetryPolicy(jobs.max_attempts, jobs.backoff_s, jobs.backoff_max_s)
-        self._app = celery_app(jobs.celery.broker_url())
+        self._app = celery_app(jobs.celery.broker_url(), jobs.celery.queue_type)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobs-celery", daemon=True)
@@ -165,7 +165,7 @@ class CeleryExecutor:
             TASK_NAME,
             args=[ticket.model_dump(mode="json")],
             task_id=task_id_for(ticket.job_id, ticket.attempt),
-            queue=plugin_queue(ticket.plugin),
+            queue=plugin_queue(ticket.plugin, self.config.jobs.celery.queue_type),
             # the worker's pool kills a job's child past this; the node's own deadline follows
             time_limit=ticket.timeout_s + kill_grace_s(ticket.timeout_s),
             retry=True,

@@ -25,7 +25,21 @@ class Transfer(StrEnum):
     SHARED = "shared"  # the node's spool and outputs folders, mounted on the worker
 
 
+class QueueType(StrEnum):
+    """RabbitMQ's queue type for the plugin queues; node and workers must declare the same.
+
+    ``classic`` (durable, persistent messages, publisher confirms) is the default: with one
+    prefetch per channel, a worker busy with a job holds no other message, so a free worker
+    takes it. ``quorum`` replicates the queue over a RabbitMQ cluster, but RabbitMQ counts its
+    prefetch per consumer, so a busy worker may hold one waiting job per plugin it serves.
+    """
+
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
 class BrokerSettings(Section):
+    queue_type: QueueType = QueueType.CLASSIC
     broker_url_env: str = Field(
         "AINODE_BROKER_URL", description="environment variable holding amqp://user:pass@host/"
     )

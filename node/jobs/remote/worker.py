@@ -66,7 +66,7 @@ class WorkerRuntime:
 
         self.config = config
         self.client = NodeClient(config.node_url, config.token(), config.ca_file)
-        self.runner = PipelineRunner(node_config_for(config))
+        self.runner = PipelineRunner(node_config_for(config), record_shadow=False)
 
     def run(self, ticket: JobTicket) -> str:
         base = f"/jobs/{ticket.job_id}/attempts/{ticket.attempt}"
@@ -199,7 +199,7 @@ def worker_app(config: WorkerConfig) -> tuple[Celery, list[str]]:
     """The Celery app with the one task, and the queues of the plugins installed here."""
     global _CONFIG
     _CONFIG = config
-    app = celery_app(config.broker_url())
+    app = celery_app(config.broker_url(), config.queue_type)
 
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
     def run_job(ticket: dict) -> str:
@@ -213,7 +213,7 @@ def worker_app(config: WorkerConfig) -> tuple[Celery, list[str]]:
             return "unreachable"
 
     names = sorted({m.name for m in discover(config.plugin_dirs).manifests})
-    app.conf.task_queues = [plugin_queue(name) for name in names]
+    app.conf.task_queues = [plugin_queue(name, config.queue_type) for name in names]
     return app, names
 
 
@@ -246,7 +246,7 @@ def serve(config: WorkerConfig) -> int:
     if not names:
         LOG.error("no plugins under %s: this worker would serve no queue", config.plugin_dirs)
         return 2
-    queues = [plugin_queue(name).name for name in names]
+    queues = [plugin_queue(name, config.queue_type).name for name in names]
     stop = threading.Event()
     beating = threading.Thread(
         target=_heartbeats, args=(config, queues, stop), name="heartbeat", daemon=True
