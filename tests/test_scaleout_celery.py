@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -131,6 +132,16 @@ def test_two_workers_run_two_plugins_and_results_reach_orthanc_once(cluster, tmp
     assert listed.returncode == 0, listed.stderr
     assert "worker-1" in listed.stdout and "worker-2" in listed.stdout
     assert "ainode.plugin.plugin-a" in listed.stdout
+    url = f"http://127.0.0.1:{cluster.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        metrics = answer.read().decode()
+    assert 'ainode_queue_jobs{queue="ainode.plugin.plugin-a"} 0.0' in metrics
+    succeeded = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("ainode_worker_jobs_total{") and 'outcome="succeeded"' in line
+    ]
+    assert sum(succeeded) == 2 and len(succeeded) == 2, metrics
 
 
 def _send(cluster, tmp_path: Path, description: str, index: int = 0) -> str:

@@ -21,6 +21,7 @@ from node.dispatch import outbox
 from node.dispatch.outbox import OutboxState
 from node.jobs import table
 from node.jobs.table import Job, JobState
+from routers.schema import Urgency
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -44,6 +45,8 @@ class JobOut(BaseModel):
     finished_at: float | None
     error: str | None
     timings: dict[str, float] = Field(description="seconds per stage, in the order they ran")
+    worker: str | None = Field(description="who ran the latest attempt (local/... or a worker)")
+    urgency: Urgency = Field(description="the route's: claimed urgent first, background last")
 
 
 class Delivery(BaseModel):
@@ -111,6 +114,8 @@ def _job_out(job: Job) -> JobOut:
         study_version=job.study_version,
         series_instance_uid=job.series_instance_uid,
         destinations=list(job.destinations),
+        worker=job.worker,
+        urgency=Urgency.of_rank(job.urgency),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -49,6 +49,12 @@ def create_app(context: ConsoleContext) -> FastAPI:
     database = context.config.storage.database_path
     registry.register(RecordCollector(database, context.config.listener.ae_title))
     registry.register(LatencyCollector(database))
+    config = context.config
+    if config.jobs.executor is ExecutorKind.CELERY:
+        from node.jobs.remote.metrics import CeleryCollector
+
+        celery = config.jobs.celery
+        registry.register(CeleryCollector(database, celery.broker_url(), config.plugin_dirs))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
