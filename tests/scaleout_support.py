@@ -39,11 +39,13 @@ class Plugin:
         pass
 
     def run(self, series):
-        gate = Path(os.environ["AINODE_TEST_GATES"]) / HERE.name
-        (gate.parent / f"running-{HERE.name}-{os.getpid()}").touch()
-        deadline = time.monotonic() + 300
-        while gate.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        gates = os.environ.get("AINODE_TEST_GATES")
+        if gates:
+            gate = Path(gates) / HERE.name
+            (gate.parent / f"running-{HERE.name}-{os.getpid()}").touch()
+            deadline = time.monotonic() + 300
+            while gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         return full_findings(series, report=True)
 """
 

@@ -18,9 +18,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from models.discovery import Catalog, discover
 from models.errors import PluginError
+from models.manifest import PluginManifest, RunnerKind
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect, transaction
@@ -39,6 +41,8 @@ from node.jobs.remote.protocol import (
 )
 from node.jobs.results import work_item_for
 from node.jobs.table import Job, JobState
+from node.vendors.inbox import record_sent
+from node.vendors.send import send_to_vendor
 
 LOG = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -65,6 +69,7 @@ class CeleryExecutor:
         self._catalog: Catalog | None = None
         self._limits = PluginLimits(config.plugin_dirs)  # resources.max_concurrent_jobs
         self._revoked: set[tuple[int, int]] = set()
+        self._vendor_sends = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vendor-send")
 
     def start(self) -> None:
         self._catalog = discover(self.config.plugin_dirs)
@@ -77,6 +82,7 @@ class CeleryExecutor:
         self._stop.set()
         self._wake.set()
         self._thread.join(30)
+        self._vendor_sends.shutdown(wait=True, cancel_futures=True)
         self._app.close()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -138,6 +144,16 @@ class CeleryExecutor:
         )
 
     def _publish(self, conn: sqlite3.Connection, job: Job) -> None:
+        assert self._catalog is not None
+        try:
+            manifest = self._catalog.get(job.plugin, job.plugin_version)
+        except KeyError as exc:
+            state = table.fail(conn, job.id, str(exc), retryable=False, policy=self.policy)
+            LOG.error("job %d cannot run: %s -> %s", job.id, exc, state.value)
+            return
+        if manifest.runner is RunnerKind.DICOM_NODE:  # a network send, no GPU: the node does it
+            self._vendor_sends.submit(self._send_to_vendor, job, manifest)
+            return
         try:
             ticket = self._ticket(conn, job)
         except (ValueError, KeyError, PluginError, OSError) as exc:
@@ -181,6 +197,29 @@ class CeleryExecutor:
                 LOG.error("job %d: cannot publish again after a restart: %s", job.id, exc)
         if running:
             LOG.warning("published %d job(s) left running by an earlier stop again", len(running))
+
+    def _send_to_vendor(self, job: Job, manifest: PluginManifest) -> None:
+        """A vendor's own node runs this product: send it the series from here, as the local
+        executor's worker would, and let ``node.vendors`` wait for what comes back."""
+        conn = connect(self.config.storage.database_path)
+        try:
+            result = send_to_vendor(work_item_for(conn, job, self.config), manifest, self.config)
+            for event in result.audit:
+                self.audit.record(event)
+            if result.vendor is not None and result.ok:
+                record_sent(conn, job.id, result.vendor, dict(result.timings))
+                LOG.info("job %d (%s): awaiting the vendor's results", job.id, job.plugin)
+            else:
+                state = table.fail(
+                    conn, job.id, result.error or "vendor send failed",
+                    retryable=result.retryable, policy=self.policy,
+                )  # fmt: skip
+                LOG.error("job %d (%s): %s -> %s", job.id, job.plugin, result.error, state.value)
+        except Exception:
+            LOG.exception("job %d: sending to the vendor failed", job.id)
+            table.fail(conn, job.id, "vendor send crashed", retryable=True, policy=self.policy)
+        finally:
+            conn.close()
 
     # -- attempts in flight --------------------------------------------------------------------
     def _expire(self, conn: sqlite3.Connection, now: float) -> None:

@@ -20,7 +20,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from models.discovery import discover
-from node.config import DeviceConfig, JobsConfig, NodeConfig, OutputsConfig, StorageConfig
+from node.config import DeviceConfig, JobsConfig, NodeConfig, StorageConfig
 from node.jobs.remote.broker import celery_app, plugin_queue
 from node.jobs.remote.client import AttemptGone, NodeClient, NodeUnreachable
 from node.jobs.remote.protocol import (
@@ -34,6 +34,7 @@ from node.jobs.remote.protocol import (
 )
 from node.jobs.remote.settings import Transfer, WorkerConfig
 from node.jobs.work import WorkItem
+from node.output_settings import OutputsConfig
 
 LOG = logging.getLogger(__name__)
 
