@@ -17,6 +17,7 @@ here is reachable from node.yaml or the ``ainode`` CLI: the switches exist in th
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -66,18 +67,21 @@ class PhaseTimer:
 
 def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     """Patch the receive path of this process (see the module docstring)."""
-    import node.index
-    import node.scp
-    import node.spool
+    import node  # the tree ``--repo`` names: look in its folder, not through the import system
 
-    scp = node.scp.StorageSCP
-    # ``store`` since the direct C-STORE path; an older tree (--compare-tree) has ``_on_store``.
+    if (Path(node.__file__).parent / "ingest").is_dir():
+        package, parse_caller = "node.ingest", "node.ingest.store"
+    else:  # an older tree (--compare-tree): the same modules in node/, the parse in node.scp
+        package, parse_caller = "node", "node.scp"
+    scp = importlib.import_module(f"{package}.scp").StorageSCP
+    # ``store`` since the direct C-STORE path; an older tree has ``_on_store``.
     handler = "store" if hasattr(scp, "store") else "_on_store"
     setattr(scp, handler, timer.wrap("handler", getattr(scp, handler)))
-    node.scp.parse_header = timer.wrap("parse", node.scp.parse_header)
-    spool = node.spool.Spool
+    parser = importlib.import_module(parse_caller)
+    parser.parse_header = timer.wrap("parse", parser.parse_header)
+    spool = importlib.import_module(f"{package}.spool").Spool
     spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]
-    index = node.index.Index
+    index = importlib.import_module(f"{package}.index").Index
     index.store = timer.wrap("index_store", index.store)  # type: ignore[method-assign]
     fsync = os.fsync if durable else (lambda fd: None)
     os.fsync = timer.wrap("fsync", fsync)

@@ -54,11 +54,11 @@ from models.api import (  # noqa: E402
     Segment,
     SourceFrame,
 )
-from node.output_kinds import OutputKind  # noqa: E402
 from node.output_settings import OverlappingSegments, SegTransferSyntax, SegType  # noqa: E402
 from node.outputs import OutputContext, build_outputs  # noqa: E402
 from node.outputs.context import SegOptions  # noqa: E402
 from node.outputs.seg import source_layout  # noqa: E402
+from node.shared_types import OutputKind  # noqa: E402
 
 SIZE = 512
 SPACING = 0.7

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from node.db import connect, transaction  # noqa: E402
-from routers.matcher import route_version  # noqa: E402
+from node.routing.matches import route_version  # noqa: E402
 from tests.routing_support import add_series, make_stable, shipped_table  # noqa: E402
 
 STUDY = "1.2.826.0.1.3680043.10.77"

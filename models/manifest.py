@@ -63,15 +63,6 @@ from pydantic import (
 from pydicom.sr.coding import Code
 
 from models.containers.spec import ContainerSpec
-from models.manifest_checks import (
-    KNOWN_SCHEMES,
-    CheckProblem,
-    Severity,
-    check_manifest,
-    is_snomed_identifier,
-    model_file_problem,
-    sha256_of,
-)
 from models.manifest_processing import (
     Activation,
     Blend,
@@ -90,11 +81,9 @@ from models.runners.triton_spec import TritonSpec
 from models.vendor_spec import VendorNodeSpec
 
 __all__ = [
-    "KNOWN_SCHEMES",
     "MANIFEST_FILE",
     "Activation",
     "Blend",
-    "CheckProblem",
     "CodeSpec",
     "ConnectedComponents",
     "Dimensionality",
@@ -112,14 +101,9 @@ __all__ = [
     "Resources",
     "RunnerKind",
     "SegmentSpec",
-    "Severity",
     "Tiling",
     "Window",
-    "check_manifest",
-    "is_snomed_identifier",
     "load_manifest",
-    "model_file_problem",
-    "sha256_of",
 ]
 
 MANIFEST_FILE = "plugin.yaml"

@@ -3,8 +3,8 @@
 ``models.manifest`` reads and validates ``plugin.yaml``; this module checks the things around
 it: the model file exists and matches its sha256, the entry module exists, the codes are known
 to pydicom's code dictionaries (SNOMED CT identifiers by their check digit), and an isolated
-interpreter is executable. ``models.manifest`` re-exports every name, so imports from there
-keep working.
+interpreter is executable. It imports ``models.manifest``, never the other way round: import
+these names from here.
 """
 
 from __future__ import annotations

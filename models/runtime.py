@@ -10,9 +10,9 @@ in-process plugin is dropped from the warm set and its slot freed when it return
 out-of-memory error fails the job with a clear message, or, where the manifest allows
 (``resources.cpu_fallback_on_oom``), retries the plugin on the CPU.
 
-Typical use by the executor::
+Typical use by the executor (the node builds the host from node.yaml: ``node.jobs.host``)::
 
-    host = PluginHost.from_config(node_config)
+    host = PluginHost(discover(plugin_dirs), slots, plugin_dirs=plugin_dirs)
     findings = host.run("dx-chest", None, plugin_input)     # newest installed version
 """
 
@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from models.api import Device, DeviceKind, Findings, Plugin, PluginInput
 from models.containers.engine import ContainerEngine, EngineSettings, EngineUnavailable
@@ -36,12 +35,10 @@ from models.devices import GpuOutOfMemory, GpuSlots, SlotLease, is_out_of_memory
 from models.discovery import Catalog, discover, manifest_signature
 from models.errors import InputRefused, PermanentPluginError, PluginError, PluginTimeout
 from models.isolation import IsolatedPlugin
-from models.manifest import PluginManifest, RunnerKind, model_file_problem
+from models.manifest import PluginManifest, RunnerKind
+from models.manifest_checks import model_file_problem
 from models.refusal import input_refusal
 from models.runners.python import instantiate
-
-if TYPE_CHECKING:
-    from node.config import NodeConfig
 
 __all__ = [
     "ChainResult",
@@ -134,22 +131,6 @@ class PluginHost:
         # engine settings and the data folder; the engine is found when a container first runs
         self._container_settings = containers
         self._container_runtime: ContainerRuntime | None = None
-
-    @classmethod
-    def from_config(cls, config: NodeConfig) -> PluginHost:
-        """Build from node.yaml: its plugin_dirs, devices and jobs timeout."""
-        slots = GpuSlots(
-            config.devices.gpus,
-            config.devices.slots_per_gpu,
-            Path(config.storage.data_dir) / "gpu-slots",
-        )
-        return cls(
-            discover(config.plugin_dirs),
-            slots,
-            timeout_s=config.jobs.timeout_s,
-            plugin_dirs=config.plugin_dirs,
-            containers=(config.containers, Path(config.storage.data_dir)),
-        )
 
     def _refresh(self) -> None:
         """Rediscover when a manifest under plugin_dirs appeared, vanished or changed."""

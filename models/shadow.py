@@ -1,46 +1,37 @@
-"""Production versus shadow: keep both plugins' findings on a series and report agreement.
+"""Production versus shadow: what is kept of a plugin's findings, and how two compare.
 
 A shadow route runs a candidate plugin (or version) on the same series as a production
-route, and its results go only to shadow destinations. After each such job the executor
-calls ``record_if_shadowed``: when the job's series has both a production and a shadow
-match in the same study version, the Findings are kept in ``shadow_findings`` (the JSON
-summary of measurements and evaluations in the row; segment masks in a compressed ``.npz``
-beside the database). ``agreement_report`` pairs production and shadow rows per series and
-computes the Dice coefficient of segments (matched by segment type code, then by key) and
-the difference of measurements (matched by finding and concept); ``ainode shadow report``
-prints it.
+route, and its results go only to shadow destinations. The node keeps both plugins' findings
+(``node.shadow``, table ``shadow_findings``) in the form made here: a JSON summary of
+segments, measurements and evaluations (``findings_summary``) and the segment masks in a
+compressed ``.npz`` (``save_masks``). ``agreement`` pairs production and shadow records per
+series and computes the Dice coefficient of segments (matched by segment type code, then by
+key) and the difference of measurements (matched by finding and concept); ``ainode shadow
+report`` prints it.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.api import AlgorithmIdentification, Findings, Measurement
-from node.db import transaction
+from models.api import Findings, Measurement
 
 __all__ = [
     "MeasurementDifference",
+    "RecordedFindings",
     "SegmentAgreement",
     "SeriesAgreement",
     "ShadowReport",
-    "agreement_report",
+    "agreement",
     "dice",
-    "masks_dir_for",
-    "record_findings",
-    "record_if_shadowed",
+    "findings_summary",
+    "save_masks",
 ]
-
-
-def masks_dir_for(data_dir: Path) -> Path:
-    """Where segment masks of recorded findings live for a node with this data folder."""
-    return Path(data_dir) / "shadow"
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,30 +59,9 @@ def _measurement_row(owner: str, m: Measurement) -> dict[str, Any]:
     }
 
 
-def record_findings(
-    conn: sqlite3.Connection,
-    *,
-    job_id: int,
-    series_instance_uid: str,
-    mode: str,
-    findings: Findings,
-    masks_dir: Path,
-    product: AlgorithmIdentification | None = None,
-) -> int:
-    """Keep ``findings`` of one job for later comparison; returns the row id. ``product`` is
-    the plugin version that ran (default: the findings' algorithm): a container product's
-    findings name the vendor's algorithm, the same in two versions of its image."""
-    product = product or findings.algorithm
-    if mode not in ("production", "shadow"):
-        raise ValueError(f"mode must be 'production' or 'shadow', got {mode!r}")
-    masks_dir = Path(masks_dir)
-    masks_dir.mkdir(parents=True, exist_ok=True)
-    masks_file = None
-    if findings.segments:
-        masks_file = f"job-{job_id}.npz"
-        np.savez_compressed(
-            masks_dir / masks_file, **{f"s{i}": s.mask for i, s in enumerate(findings.segments)}
-        )
+def findings_summary(findings: Findings, masks_file: str | None) -> dict[str, Any]:
+    """What is kept of ``findings`` for a later comparison (JSON-ready); ``masks_file`` names
+    the ``.npz`` that ``save_masks`` wrote, None when there are no segments."""
     measurements = [_measurement_row("study", m) for m in findings.study_measurements]
     evaluations = [
         {"owner": "study", "concept": _code_key(e.concept), "value": _code_key(e.value)}
@@ -106,7 +76,7 @@ def record_findings(
             {"owner": owner, "concept": _code_key(e.concept), "value": _code_key(e.value)}
             for e in finding.evaluations
         ]
-    summary = {
+    return {
         "masks": masks_file,
         "segments": [
             {"key": s.key, "label": s.label, "type": _code_key(s.type)} for s in findings.segments
@@ -114,58 +84,23 @@ def record_findings(
         "measurements": measurements,
         "evaluations": evaluations,
     }
-    with transaction(conn):
-        cursor = conn.execute(
-            "INSERT INTO shadow_findings (job_id, series_instance_uid, plugin, plugin_version, "
-            "mode, summary, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                series_instance_uid,
-                product.name,
-                product.version,
-                mode,
-                json.dumps(summary),
-                time.time(),
-            ),
-        )
-    return int(cursor.lastrowid or 0)
 
 
-def record_if_shadowed(
-    conn: sqlite3.Connection,
-    job_id: int,
-    findings: Findings,
-    masks_dir: Path,
-    product: AlgorithmIdentification | None = None,
-) -> bool:
-    """Record the job's findings when its series is also run by a route of the other mode."""
-    row = conn.execute(
-        "SELECT m.study_version_id, m.series_instance_uid, m.mode FROM jobs j "
-        "JOIN route_matches m ON m.id = j.route_match_id WHERE j.id = ?",
-        (job_id,),
-    ).fetchone()
-    if row is None:
-        raise ValueError(f"job {job_id} does not exist")
-    modes = {
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT mode FROM route_matches WHERE study_version_id = ? "
-            "AND series_instance_uid = ?",
-            (row["study_version_id"], row["series_instance_uid"]),
-        )
-    }
-    if modes != {"production", "shadow"}:
-        return False
-    record_findings(
-        conn,
-        job_id=job_id,
-        series_instance_uid=row["series_instance_uid"],
-        mode=row["mode"],
-        findings=findings,
-        masks_dir=masks_dir,
-        product=product,
-    )
-    return True
+def save_masks(findings: Findings, path: Path) -> None:
+    """The segment masks of ``findings``, in segment order, as one compressed ``.npz``."""
+    np.savez_compressed(path, **{f"s{i}": s.mask for i, s in enumerate(findings.segments)})
+
+
+@dataclass(frozen=True)
+class RecordedFindings:
+    """One kept record: which job's plugin version ran on which series, in which mode."""
+
+    job_id: int
+    series_instance_uid: str
+    plugin: str
+    plugin_version: str
+    mode: str  # production | shadow
+    summary: Mapping[str, Any]  # findings_summary's
 
 
 @dataclass(frozen=True)
@@ -241,7 +176,7 @@ class ShadowReport:
         return "\n".join(lines)
 
 
-def _masks(summary: dict[str, Any], masks_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
+def _masks(summary: Mapping[str, Any], masks_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
     """Segment type code (or key) → (label, mask)."""
     if not summary["masks"]:
         return {}
@@ -249,8 +184,10 @@ def _masks(summary: dict[str, Any], masks_dir: Path) -> dict[str, tuple[str, np.
         return {s["type"]: (s["label"], stored[f"s{i}"]) for i, s in enumerate(summary["segments"])}
 
 
-def _compare(production: sqlite3.Row, shadow: sqlite3.Row, masks_dir: Path) -> SeriesAgreement:
-    p_summary, s_summary = json.loads(production["summary"]), json.loads(shadow["summary"])
+def _compare(
+    production: RecordedFindings, shadow: RecordedFindings, masks_dir: Path
+) -> SeriesAgreement:
+    p_summary, s_summary = production.summary, shadow.summary
     p_masks, s_masks = _masks(p_summary, masks_dir), _masks(s_summary, masks_dir)
     segments = []
     for key in sorted(set(p_masks) | set(s_masks)):
@@ -281,10 +218,9 @@ def _compare(production: sqlite3.Row, shadow: sqlite3.Row, masks_dir: Path) -> S
     shared = set(p_eval) & set(s_eval)
     agree = sum(p_eval[k]["value"] == s_eval[k]["value"] for k in shared)
     return SeriesAgreement(
-        series_instance_uid=production["series_instance_uid"],
-        production=f"{production['plugin']}@{production['plugin_version']} "
-        f"(job {production['job_id']})",
-        shadow=f"{shadow['plugin']}@{shadow['plugin_version']} (job {shadow['job_id']})",
+        series_instance_uid=production.series_instance_uid,
+        production=f"{production.plugin}@{production.plugin_version} (job {production.job_id})",
+        shadow=f"{shadow.plugin}@{shadow.plugin_version} (job {shadow.job_id})",
         segments=tuple(segments),
         measurements=tuple(measurements),
         evaluations_agree=agree,
@@ -292,20 +228,18 @@ def _compare(production: sqlite3.Row, shadow: sqlite3.Row, masks_dir: Path) -> S
     )
 
 
-def agreement_report(
-    conn: sqlite3.Connection, masks_dir: Path, *, plugin: str | None = None
+def agreement(
+    records: Iterable[RecordedFindings], masks_dir: Path, *, plugin: str | None = None
 ) -> ShadowReport:
     """Compare the latest findings of each shadow plugin with production on the same series:
-    the same plugin's production version where there is one, else the latest production."""
-    rows = conn.execute(
-        "SELECT * FROM shadow_findings ORDER BY series_instance_uid, created_at, id"
-    ).fetchall()
-    latest: dict[tuple[str, str, str], sqlite3.Row] = {}
-    latest_production: dict[str, sqlite3.Row] = {}
-    for row in rows:
-        latest[(row["series_instance_uid"], row["mode"], row["plugin"])] = row
-        if row["mode"] == "production":
-            latest_production[row["series_instance_uid"]] = row
+    the same plugin's production version where there is one, else the latest production.
+    ``records`` come oldest first."""
+    latest: dict[tuple[str, str, str], RecordedFindings] = {}
+    latest_production: dict[str, RecordedFindings] = {}
+    for record in records:
+        latest[(record.series_instance_uid, record.mode, record.plugin)] = record
+        if record.mode == "production":
+            latest_production[record.series_instance_uid] = record
     agreements = []
     for (series, mode, name), shadow in sorted(latest.items()):
         if mode != "shadow":
@@ -314,7 +248,7 @@ def agreement_report(
         production = latest.get((series, "production", name)) or latest_production.get(series)
         if production is None:
             continue
-        if plugin is not None and plugin not in (production["plugin"], shadow["plugin"]):
+        if plugin is not None and plugin not in (production.plugin, shadow.plugin):
             continue
         agreements.append(_compare(production, shadow, Path(masks_dir)))
     return ShadowReport(tuple(agreements))

@@ -16,12 +16,13 @@ import sys
 from node import __version__
 from node.config import ConfigError
 from node.migrations import SchemaTooNew
+from routers.check import RoutesFileError
 
 COMMAND_MODULES = (
     "node.commands",
     "node.config_cli",
-    "models.cli",
-    "routers.cli",
+    "node.plugins_cli",
+    "node.routing.cli",
     "node.jobs.cli",
     "node.jobs.workers_cli",
     "node.dispatch.cli",
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         # nothing left for the interpreter to flush into the closed pipe at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except ConfigError as exc:
+    except (ConfigError, RoutesFileError) as exc:  # routes.yaml: a node started by a command
         print(f"ainode: bad configuration: {exc}", file=sys.stderr)
         return 2
     except SchemaTooNew as exc:

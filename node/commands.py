@@ -15,6 +15,7 @@ from node.audit.trail import record_from_command
 from node.config import DEFAULT_CONFIG, ConfigError, NodeConfig, load_node_config
 from node.db import connect
 from node.tls import TlsSettings
+from routers.check import RoutesFileError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node = Node(config)
     try:
         node.start()
-    except ConfigError as exc:  # a stage's own file (routes.yaml, say) cannot be used
+    except (ConfigError, RoutesFileError) as exc:  # a stage's own file cannot be used
         print(f"ainode: bad configuration: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

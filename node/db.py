@@ -29,7 +29,7 @@ LOGGER = logging.getLogger(__name__)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 SCHEMA = """
--- node.index: one row per stored instance, series and study --------------------------------
+-- node.ingest.index: one row per stored instance, series and study -------------------------
 CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid  TEXT PRIMARY KEY,
     patient_id          TEXT,            -- never logged
@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS study_versions (
     UNIQUE (study_instance_uid, version)
 );
 
--- routers: what each stable version should run ---------------------------------------------
+-- node.routing: what each stable version should run (routers decides) -----------------------
 CREATE TABLE IF NOT EXISTS route_matches (
     id                  INTEGER PRIMARY KEY,
     study_version_id    INTEGER NOT NULL REFERENCES study_versions(id),
@@ -167,7 +167,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(destination, state, next_attempt_at);
 
--- models.shadow: findings kept for production/shadow agreement reports ------------------------
+-- node.shadow: findings kept for production/shadow agreement reports --------------------------
 CREATE TABLE IF NOT EXISTS shadow_findings (
     id                  INTEGER PRIMARY KEY,
     job_id              INTEGER NOT NULL REFERENCES jobs(id),
@@ -222,7 +222,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open the database (creating it and its schema if needed) in WAL mode.
 
     ``isolation_level=None`` leaves transactions to ``transaction``; ``synchronous=FULL``
-    makes a commit durable before it returns (``node.index.Index`` relaxes it for new
+    makes a commit durable before it returns (``node.ingest.index.Index`` relaxes it for new
     instances, whose spool files are the durable record).
     """
     path = Path(path)

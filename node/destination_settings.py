@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from node.config_fields import Section, check_ae_title
-from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
+from node.shared_types import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 
 
 class _Destination(Section):

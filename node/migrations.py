@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.spool import fsync_dir
+from node.durable import fsync_dir
 
 LOGGER = logging.getLogger(__name__)
 

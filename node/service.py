@@ -25,15 +25,16 @@ from node.config import ExecutorKind, NodeConfig
 from node.console.server import ConsoleServer
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
-from node.index import Index, recover_spool
+from node.durable import fsync_dir
+from node.ingest.index import Index, recover_spool
+from node.ingest.scp import StorageSCP
+from node.ingest.spool import Spool
 from node.jobs.executor import LocalExecutor
 from node.retention.runner import Retention
 from node.retention.stage import RetentionStage
-from node.scp import StorageSCP
-from node.spool import Spool, fsync_dir
+from node.routing.stage import RoutingStage
 from node.vendors.inbox import VendorInbox, vendor_result_aes
 from node.vendors.stage import VendorStage
-from routers.stage import RoutingStage
 
 LOGGER = logging.getLogger(__name__)
 

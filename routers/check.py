@@ -16,13 +16,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.discovery import available_plugins
-from node.config import ConfigError, NodeConfig
 from routers.bodypart import BodyPartTable, Region
-from routers.conditions import compile_when, suggest
+from routers.conditions import suggest
 from routers.matcher import Route, RouteTable
 from routers.schema import BodyPartEntry, Mode, Problem, RouteSpec
 from routers.selection import SeriesCriteria
+from routers.when_compiler import compile_when
 
 DataPath = tuple[str | int, ...]  # keys and list indexes from the file's root
 
@@ -42,8 +41,9 @@ class Diagnostic:
         return text + (f"\n    hint: {self.hint}" if self.hint else "")
 
 
-class RoutesFileError(ConfigError):
-    """routes.yaml cannot be used; ``diagnostics`` say where and why."""
+class RoutesFileError(Exception):
+    """routes.yaml cannot be used; ``diagnostics`` say where and why (``ainode serve`` says
+    "bad configuration", as for node.yaml)."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
         self.diagnostics = tuple(diagnostics)
@@ -432,16 +432,3 @@ def load_route_table(
     if report.table is None:
         raise RoutesFileError(report.diagnostics)
     return report.table
-
-
-# --- what node.yaml knows ----------------------------------------------------------------
-
-
-def destination_flags(config: NodeConfig) -> dict[str, bool]:
-    """node.yaml destination name -> its ``shadow`` flag."""
-    return {name: bool(dest.shadow) for name, dest in config.destinations.items()}
-
-
-def installed_plugins(config: NodeConfig) -> dict[str, tuple[str, ...]]:
-    """Installed plugin name -> versions, from node.yaml's plugin folders and entry points."""
-    return available_plugins(config.plugin_dirs)

@@ -3,6 +3,7 @@
 A reload (SIGHUP, or the file's content changing) checks the new file completely before it
 is used: a valid file replaces the table atomically and applies to studies that become stable
 afterwards; an invalid one is logged with every problem and the old table stays in force.
+Whoever runs the table is told of each reload, taken or refused (the node audits it).
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from node.audit.events import ConfigurationChanged, Outcome
-from node.audit.trail import DISABLED, AuditTrail
 from routers.check import RoutesFileError
 from routers.matcher import RouteTable
 
 logger = logging.getLogger(__name__)
 
 TableLoader = Callable[[Path], RouteTable]
+#: told of every reload: the file, and None when the new table is in force, or the problems
+#: that made it refused
+ReloadListener = Callable[[Path, RoutesFileError | None], None]
+
+
+def _nobody(path: Path, refused: RoutesFileError | None) -> None:
+    """The listener of a table loaded outside a running node: a test, a tool."""
 
 
 def _digest(path: Path) -> str | None:
@@ -35,13 +41,15 @@ class LiveRouteTable:
 
     Construction loads the file and raises ``RoutesFileError`` if it is invalid, which is how
     ``ainode serve`` refuses to start on a broken routes.yaml. Every reload, taken or
-    refused, is a configuration change in the audit trail.
+    refused, goes to ``on_reload``.
     """
 
-    def __init__(self, path: Path, loader: TableLoader, audit: AuditTrail = DISABLED) -> None:
+    def __init__(
+        self, path: Path, loader: TableLoader, on_reload: ReloadListener = _nobody
+    ) -> None:
         self.path = Path(path)
         self._loader = loader
-        self._audit = audit
+        self._on_reload = on_reload
         self._lock = threading.Lock()
         self._seen_digest = _digest(self.path)
         self._table = loader(self.path)
@@ -67,19 +75,13 @@ class LiveRouteTable:
                     exc,
                 )
                 self.last_error = exc
-                self._audit.record(
-                    ConfigurationChanged(
-                        path=str(self.path),
-                        result=Outcome.MINOR_FAILURE,
-                        description="rejected: the routes in force stay",
-                    )
-                )
+                self._on_reload(self.path, exc)
                 return False
             self._table = table
             self.last_error = None
             self.generation += 1
             logger.info("routes: reloaded %d route(s) from %s", len(table.routes), self.path)
-            self._audit.record(ConfigurationChanged(path=str(self.path)))
+            self._on_reload(self.path, None)
             return True
 
     def poll(self) -> bool:

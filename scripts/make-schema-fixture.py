@@ -48,6 +48,10 @@ RELEASES: dict[int, Release] = {
     3: Release("7aafba654b618f8d883ef003c5849bec8df9329f", ("node.migrations", "node.db")),
 }
 
+#: Modules a release imports that have moved since: old dotted name -> today's module with the
+#: same names (release 3's ``node.migrations`` takes ``fsync_dir`` from ``node.spool``).
+MOVED_MODULES = {"node.spool": "node.durable"}
+
 STUDY = "1.2.826.0.1.3680043.8.498.10000000000000000000000000000000001"
 SERIES = (
     "1.2.826.0.1.3680043.8.498.20000000000000000000000000000000001",
@@ -59,12 +63,15 @@ T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z: fixed, so the file is the same at 
 @contextmanager
 def _release_modules(release: Release, folder: Path) -> Iterator[ModuleType]:
     """The release's db module, its own modules standing in for today's while it loads (a
-    module they import from beyond ``release.modules``, e.g. ``node.spool``, is today's)."""
+    module they import from beyond ``release.modules``, e.g. ``node.durable`` under its old
+    name ``node.spool`` (``MOVED_MODULES``), is today's)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    saved = {name: sys.modules.get(name) for name in release.modules}
+    saved = {name: sys.modules.get(name) for name in (*release.modules, *MOVED_MODULES)}
     module: ModuleType | None = None
     try:
+        for old_name, new_name in MOVED_MODULES.items():
+            sys.modules[old_name] = importlib.import_module(new_name)
         for name in release.modules:
             path = folder / (name.replace(".", "_") + ".py")
             path.write_bytes(

@@ -373,8 +373,8 @@ def raw_store(port: int, instances: list[RawInstance], workdir: Path) -> list[in
 
     ``None`` means no response came back (which the node must never cause).
     """
+    from node.ingest.spool import encode_file_meta
     from node.scu import Peer, _contexts, associate
-    from node.spool import encode_file_meta
 
     workdir.mkdir(parents=True, exist_ok=True)
     pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)

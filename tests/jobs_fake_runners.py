@@ -14,8 +14,8 @@ from pydicom import dcmread
 
 from node.config import NodeConfig
 from node.jobs.work import ResultFile, WorkItem, WorkResult
-from node.output_kinds import OutputKind
 from node.outputs.uids import uid_from_name
+from node.shared_types import OutputKind
 
 
 class FakeRunner:

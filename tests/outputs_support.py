@@ -26,10 +26,10 @@ from models.api import (
     Segment,
 )
 from models.loading import load_plugin_input
-from node.config import OverlappingSegments, SegTransferSyntax
-from node.output_kinds import OutputKind
+from node.output_settings import OverlappingSegments, SegTransferSyntax
 from node.outputs import OutputContext, ResultInstance, build_outputs
 from node.outputs.context import SegOptions
+from node.shared_types import OutputKind
 
 # the SEG as it was before sparse, compressed, exclusive SEGs became the default: every
 # frame, uncompressed, nested segments kept; what highdicom's plain call gives

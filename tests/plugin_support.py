@@ -1,17 +1,25 @@
-"""Helpers for the reference-plugin tests: a loaded plugin, phantom slice order, and how to
-say that dx-chest served another way (a container, Triton) found what it finds in process."""
+"""Helpers for the reference-plugin tests: a loaded plugin and the phantom it runs on as
+module fixtures, phantom slice order, its findings checked by the validator as SEG and SR, and
+how to say that dx-chest served another way (a container, Triton) found what it finds in
+process."""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+import pytest
 from scipy import ndimage
 
 from models.api import Device, Findings, Measurement, Plugin, PluginInput
+from models.loading import load_plugin_input
 from models.manifest import load_manifest
 from models.runners.python import instantiate
+from node.outputs import OutputContext, build_outputs
 
 PLUGINS = Path(__file__).resolve().parent.parent / "models" / "plugins"
 
@@ -21,6 +29,62 @@ def loaded_plugin(folder: str) -> Plugin:
     instance = instantiate(load_manifest(PLUGINS / folder))
     instance.load(Device())
     return instance
+
+
+def plugin_fixture(folder: str) -> Any:
+    """A module fixture of ``loaded_plugin(folder)``: bind it as ``plugin = plugin_fixture(…)``;
+    the model loads once per test module."""
+
+    @pytest.fixture(scope="module")
+    def plugin() -> Plugin:
+        return loaded_plugin(folder)
+
+    return plugin
+
+
+def phantom_fixtures(
+    folder: str, write: Callable[[Path], tuple[Any, list[Path]]]
+) -> tuple[Any, Any, Any, Any]:
+    """Module fixtures ``plugin, written, series, findings``: the plugin, the phantom that
+    ``write`` puts in a fresh folder (truth, paths), the series loaded as the node loads it,
+    and the plugin's findings on it. Bind them by those names, as one tuple."""
+
+    @pytest.fixture(scope="module")
+    def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[Path]]:
+        return write(tmp_path_factory.mktemp(folder))
+
+    @pytest.fixture(scope="module")
+    def series(written: tuple[Any, list[Path]]) -> PluginInput:
+        return load_plugin_input(written[1])
+
+    @pytest.fixture(scope="module")
+    def findings(plugin: Plugin, series: PluginInput) -> Findings:
+        return plugin.run(series)
+
+    return plugin_fixture(folder), written, series, findings
+
+
+def assert_outputs_validate(
+    plugin: Plugin,
+    findings: Findings,
+    series: PluginInput,
+    folder: Path,
+    validate_dicom: Callable[..., subprocess.CompletedProcess[str]],
+    sources: tuple[Path, ...],
+) -> None:
+    """The findings built as outputs include a SEG and a TID 1500 SR, and every result passes
+    the validator, checked against its source images."""
+    context = OutputContext(
+        job_id=f"test-{plugin.name}", plugin_name=plugin.name, plugin_version=plugin.version
+    )
+    results = build_outputs(findings, series, context)
+    assert {r.kind.value for r in results} >= {"seg", "sr"}
+    out = folder / "out"
+    out.mkdir()
+    for result in results:
+        result.write(out)
+    outcome = validate_dicom(out, sources=sources)
+    assert outcome.returncode == 0, outcome.stdout + outcome.stderr
 
 
 def phantom_order(series: PluginInput, paths: list[Path]) -> list[int]:

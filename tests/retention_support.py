@@ -11,8 +11,9 @@ import yaml
 
 from node.config import NodeConfig, load_node_config
 from node.db import connect, transaction
-from node.index import Index, StoredInstance, parse_file_header
-from node.spool import Spool, instance_relpath
+from node.ingest.header import parse_file_header
+from node.ingest.index import Index, StoredInstance
+from node.ingest.spool import Spool, instance_relpath
 from tests.ingest_support import make_instances
 
 DAY = 86_400.0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from node.config import load_node_config
 from node.db import transaction
-from routers.check import check_file, destination_flags
+from node.routing.catalog import destination_flags
+from routers.check import check_file
 from routers.matcher import RouteTable
 
 REPO = Path(__file__).resolve().parent.parent

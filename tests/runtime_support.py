@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from models.manifest import sha256_of
+from models.manifest_checks import sha256_of
 
 SEGMENT_CODES = {
     1: {

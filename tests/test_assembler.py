@@ -18,7 +18,8 @@ from pydicom import dcmread
 from node.assembler import StudyAssembler
 from node.config import StabilityConfig
 from node.db import connect
-from node.index import Index, InstanceHeader, StoredInstance
+from node.ingest.header import InstanceHeader
+from node.ingest.index import Index, StoredInstance
 from node.scu import Peer, send
 from tests.conftest import wait_until
 from tests.ingest_support import make_instances, start_node, stop_node

@@ -19,10 +19,11 @@ from node.config import NodeConfig
 from node.db import connect, transaction
 from node.destination_settings import FolderDestination
 from node.dispatch.dispatcher import DestinationSender, destination_party
-from node.dispatch.outbox import RetryPolicy
 from node.jobs.executor import LocalExecutor
 from node.jobs.table import get_job
 from node.jobs.work import WorkResult
+from node.routing.stage import audit_reloads
+from node.shared_types import RetryPolicy
 from node.vendors.send import _audit_events
 from routers.check import RoutesFileError
 from routers.reload import LiveRouteTable
@@ -55,7 +56,7 @@ def test_a_routes_reload_taken_or_refused_is_a_configuration_change(tmp_path, tr
             raise RoutesFileError([])
         return SimpleNamespace(routes=())
 
-    table = LiveRouteTable(routes, loader, trail)
+    table = LiveRouteTable(routes, loader, audit_reloads(trail))
     assert table.reload()
     routes.write_text("broken")
     assert not table.reload()

@@ -27,9 +27,9 @@ from models.containers.findings_json import FindingsFileError, read_findings, wr
 from models.containers.folders import AppManifest, stage_input, write_task
 from models.containers.spec import ContainerSpec
 from models.manifest import ManifestError, load_manifest
-from node.output_kinds import OutputKind
 from node.outputs import build_outputs
 from node.outputs.relay import RelayRefused, result_kind
+from node.shared_types import OutputKind
 
 DIGEST = "sha256:" + "ab" * 32
 ALGORITHM = AlgorithmIdentification("vendor-product", "2.0")

@@ -11,7 +11,6 @@ from pydicom.uid import generate_uid
 from node.db import connect
 from node.dispatch.outbox import (
     OutboxState,
-    RetryPolicy,
     due_rows,
     enqueue,
     list_rows,
@@ -20,6 +19,7 @@ from node.dispatch.outbox import (
     next_due_at,
     retry_dead,
 )
+from node.shared_types import RetryPolicy
 
 
 @pytest.fixture

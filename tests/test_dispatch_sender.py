@@ -25,8 +25,9 @@ from node.config import NodeConfig
 from node.db import connect
 from node.destination_settings import DicomDestination, FolderDestination
 from node.dispatch.dispatcher import DestinationSender, Dispatcher
-from node.dispatch.outbox import OutboxState, RetryPolicy, list_rows
+from node.dispatch.outbox import OutboxState, list_rows
 from node.dispatch.sender import DicomTransport, FolderTransport
+from node.shared_types import RetryPolicy
 
 
 class Peer:
@@ -80,9 +81,9 @@ class Blackhole:
 
 @pytest.fixture(autouse=True)
 def restricted_storage(monkeypatch):
-    """The peers here must refuse what they do not list. ``node.scp``, imported by other test
-    modules of the same run, makes pynetdicom accept every storage class process-wide (right
-    for the node, wrong for a peer that is meant to be picky)."""
+    """The peers here must refuse what they do not list. ``node.ingest.scp``, imported by other
+    test modules of the same run, makes pynetdicom accept every storage class process-wide
+    (right for the node, wrong for a peer that is meant to be picky)."""
     monkeypatch.setattr(pynetdicom_config, "UNRESTRICTED_STORAGE_SERVICE", False)
 
 

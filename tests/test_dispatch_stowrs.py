@@ -26,10 +26,10 @@ from pydicom.uid import generate_uid
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.db import connect
 from node.dispatch.dispatcher import DestinationSender, Dispatcher
-from node.dispatch.outbox import OutboxRow, OutboxState, RetryPolicy, enqueue, list_rows
+from node.dispatch.outbox import OutboxRow, OutboxState, enqueue, list_rows
 from node.dispatch.sender import transport_for
 from node.dispatch.stowrs import stow_outcome
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind, RetryPolicy
 
 
 class Recorder:

@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 
-from node.index import derived_uid
+from node.ingest.header import derived_uid
 from tests.conftest import free_port, wait_until
 from tests.ingest_support import (
     DCMTK_ENV,

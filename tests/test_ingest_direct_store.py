@@ -1,4 +1,4 @@
-"""Plain C-STOREs are read off their PDUs and answered by ``node.direct_store``; anything
+"""Plain C-STOREs are read off their PDUs and answered by ``node.ingest.direct_store``; anything
 else still goes through pynetdicom, a PDU that breaks a direct C-STORE aborts it, and a
 release in the middle of one drops it."""
 
@@ -26,17 +26,16 @@ from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
 
 from node.config import load_node_config
-from node.direct_store import (
+from node.ingest.c_store import StoreReply, StoreRequest
+from node.ingest.direct_store import (
     DirectStoreReceiver,
     ProtocolError,
     StoreCommand,
-    StoreReply,
-    StoreRequest,
     decode_store_command,
 )
-from node.index import Index
-from node.scp import StorageSCP
-from node.spool import Spool
+from node.ingest.index import Index
+from node.ingest.scp import StorageSCP
+from node.ingest.spool import Spool
 from tests.conftest import free_port, wait_until
 from tests.ingest_support import RawInstance, make_instances, raw_instance, raw_store, write_config
 
@@ -116,7 +115,8 @@ def _receiver() -> tuple[DirectStoreReceiver, _Association, list[StoreRequest]]:
         requests.append(request)
         return StoreReply(0xA700, "out of resources: disk nearly full")
 
-    return DirectStoreReceiver(assoc, handler), assoc, requests  # type: ignore[arg-type]
+    receiver = DirectStoreReceiver(assoc, assoc.serving, handler)  # type: ignore[arg-type]
+    return receiver, assoc, requests
 
 
 def test_serves_a_store_over_several_pdus_and_answers_on_the_socket() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from node.admission import REFUSAL_LOG_INTERVAL_S, Admission
+from node.ingest.admission import REFUSAL_LOG_INTERVAL_S, Admission
 from tests.hostile_support import (
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from node.dataset_end import check_dataset_end
-from node.index import HeaderError, parse_header
+from node.ingest.dataset_end import HeaderError, check_dataset_end
+from node.ingest.header import parse_header
 from tests.conftest import corpus_path
 from tests.ingest_support import RawInstance, raw_instance, raw_store, running_node
 

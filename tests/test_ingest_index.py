@@ -19,7 +19,8 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from node.index import Index, StoredInstance, parse_header
+from node.ingest.header import parse_header
+from node.ingest.index import Index, StoredInstance
 from routers.attributes import StudyView, study_view_from_index, study_views_from_paths
 from routers.check import check_text
 from routers.matcher import RouteTable, match_study

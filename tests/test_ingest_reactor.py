@@ -9,10 +9,10 @@ import pytest
 from pynetdicom.dul import DULServiceProvider
 
 from node.config import load_node_config
-from node.index import Index
-from node.scp import StorageSCP
+from node.ingest.index import Index
+from node.ingest.scp import StorageSCP
+from node.ingest.spool import Spool
 from node.scu import Peer, echo, send
-from node.spool import Spool
 from tests.conftest import free_port
 from tests.ingest_support import make_instances, write_config
 

@@ -18,11 +18,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.assembler import StudyAssembler
 from node.config import load_node_config
 from node.db import connect
-from node.direct_store import StoreRequest
-from node.index import Index
-from node.resend import same_dataset
-from node.scp import StorageSCP
-from node.spool import Spool
+from node.ingest.c_store import StoreRequest
+from node.ingest.index import Index
+from node.ingest.resend import same_dataset
+from node.ingest.scp import StorageSCP
+from node.ingest.spool import Spool
 from tests.conftest import free_port
 from tests.ingest_support import make_instances, write_config
 from tests.pipeline_rows import add_result, secondary_capture, seed_job

@@ -8,7 +8,7 @@ from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.sop_class import Verification
 
-from node.responses import encode_response
+from node.ingest.responses import encode_response
 
 
 def _pynetdicom_bytes(primitive: C_STORE | C_ECHO) -> bytes:

@@ -25,11 +25,14 @@ from pynetdicom.association import Association
 
 from node.access import CallerAllowList, CallerPin, host_networks, peer_address
 from node.config import AllowedCaller, load_node_config
-from node.direct_store import StoreRequest
-from node.index import Index, derived_uid
-from node.scp import StorageSCP
+from node.ingest.c_store import StoreReply, StoreRequest
+from node.ingest.dataset_end import HeaderError, MissingUidError
+from node.ingest.header import derived_uid
+from node.ingest.index import Index
+from node.ingest.scp import StorageSCP
+from node.ingest.spool import TEMP_DIR_NAME, OutOfSpace, Spool
+from node.ingest.store import CannotWrite, DatasetMismatch, reply_for
 from node.scu import AssociationFailed, Peer, _contexts, associate, send
-from node.spool import TEMP_DIR_NAME, Spool
 from tests.conftest import REPO, free_port, wait_until
 from tests.ingest_support import DCMTK_ENV, make_instances, running_node, write_config
 
@@ -359,3 +362,12 @@ def test_a_dataset_without_a_sop_class_uid_anywhere_gets_0xc001(tmp_path: Path) 
     assert reply.status == 0xC001
     assert "SOPClassUID" in reply.error_comment
     assert not paths and not list(spool.files())
+
+
+def test_a_refusal_status_comes_from_the_exception_type_never_its_text() -> None:
+    assert reply_for(HeaderError("dataset has no SOPClassUID")).status == 0xC000
+    assert reply_for(MissingUidError("unreadable")).status == 0xC001
+    assert reply_for(DatasetMismatch("1.2/1.3")).status == 0xA900
+    assert reply_for(OutOfSpace("x")) == StoreReply(0xA700, "out of resources: disk nearly full")
+    assert reply_for(CannotWrite("No space")) == StoreReply(0xA700, "cannot write: No space")
+    assert reply_for(KeyError("has no")) == StoreReply(0xC002, "storage failed: KeyError")

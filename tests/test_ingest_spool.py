@@ -11,20 +11,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 
+import node.ingest.spool
 import node.service
-import node.spool
 from node.config import load_node_config
-from node.index import (
-    HeaderError,
-    Index,
-    InstanceHeader,
-    StoredInstance,
-    StoreOutcome,
-    parse_file_header,
-    parse_header,
-    recover_spool,
-)
-from node.spool import (
+from node.ingest.dataset_end import HeaderError
+from node.ingest.header import InstanceHeader, parse_file_header, parse_header
+from node.ingest.index import Index, StoredInstance, StoreOutcome, recover_spool
+from node.ingest.spool import (
     IMPLEMENTATION_CLASS_UID,
     TEMP_DIR_NAME,
     OutOfSpace,
@@ -86,8 +79,8 @@ def test_free_space_is_asked_again_when_half_the_room_may_be_used_or_after_a_sec
         asked.append(clock["now"])
         return SimpleNamespace(f_bavail=free["bytes"], f_frsize=1)
 
-    monkeypatch.setattr(node.spool.os, "statvfs", statvfs)
-    monkeypatch.setattr(node.spool.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(node.ingest.spool.os, "statvfs", statvfs)
+    monkeypatch.setattr(node.ingest.spool.time, "monotonic", lambda: clock["now"])
     assert spool.has_room(1000)  # asked: 2000 above the watermark, 1000 left after this
     assert spool.has_room(500)  # within half of what is left: not asked
     assert len(asked) == 1

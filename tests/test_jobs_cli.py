@@ -13,9 +13,10 @@ from pydicom.uid import generate_uid
 
 from node.cli import main
 from node.db import connect, transaction
-from node.dispatch.outbox import OutboxState, RetryPolicy, due_rows, list_rows, mark_failed
+from node.dispatch.outbox import OutboxState, due_rows, list_rows, mark_failed
 from node.jobs import table
 from node.jobs.table import JobState
+from node.shared_types import RetryPolicy
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from node.jobs import table
 from node.jobs.results import store_results, work_item_for
 from node.jobs.table import JobState
 from node.jobs.work import ResultFile, WorkResult
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 
 
 @pytest.fixture

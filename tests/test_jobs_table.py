@@ -12,10 +12,10 @@ from pydicom.uid import generate_uid
 from models.discovery import Catalog
 from models.manifest import PluginManifest
 from node.db import connect
-from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
 from node.jobs.limits import PluginLimits, limits_of
 from node.jobs.table import JobState
+from node.shared_types import RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=2, backoff_s=60, backoff_max_s=600)
 

@@ -34,7 +34,7 @@ from node.jobs import table
 from node.jobs.results import source_kind_of, store_results, work_item_for
 from node.jobs.work import ResultFile, WorkResult
 from node.jobs.worker import PipelineRunner
-from node.output_kinds import OutputKind, SourceKind, ViewerProfile
+from node.shared_types import OutputKind, SourceKind, ViewerProfile
 
 SEG, SR, TEXT_SR, SC = (
     OutputKind.SEG,

@@ -3,6 +3,9 @@ reads in ``ainode jobs``, and whether a retry could help."""
 
 from __future__ import annotations
 
+import threading
+from multiprocessing import Pipe
+
 import pytest
 import yaml
 from pipeline_rows import secondary_capture, seed_route_match
@@ -11,16 +14,17 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from runtime_support import write_plugin
 
+import node.outputs.build
 from node.cli import main
 from node.config import NodeConfig, load_node_config
 from node.db import connect
-from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
+from node.jobs.executor import _serve
 from node.jobs.table import JobState
 from node.jobs.work import WorkItem
 from node.jobs.worker import PipelineRunner, write_atomically
-from node.output_kinds import OutputKind
 from node.outputs import ResultInstance
+from node.shared_types import OutputKind, RetryPolicy
 
 BROKEN = """
     class Broken:
@@ -30,6 +34,31 @@ BROKEN = """
             pass
         def run(self, series):
             raise ValueError("lung fields not found")
+"""
+
+# a diameter drawn along a line on frame FRAME of the series (past its end: off the series)
+MEASURED = """
+    from pydicom.sr.codedict import codes
+
+    from models.api import (
+        AlgorithmIdentification, Finding, Findings, GraphicKind, ImageGraphic, Measurement,
+    )
+
+    FRAME = {frame}
+
+
+    class Measured:
+        def __init__(self, manifest):
+            self.name, self.version = manifest.name, manifest.version
+        def load(self, device):
+            pass
+        def run(self, series):
+            line = ImageGraphic(FRAME, GraphicKind.LINE, ((1, 1), (1, 6)))
+            diameter = Measurement(codes.SCT.Diameter, 2.5, codes.UCUM.Millimeter, line)
+            return Findings(
+                algorithm=AlgorithmIdentification(self.name, self.version),
+                findings=(Finding("Nodule 1", codes.SCT.Nodule, measurements=(diameter,)),),
+            )
 """
 
 
@@ -154,6 +183,49 @@ def test_series_without_spacing_fails_for_good_with_the_reason_on_the_job(tmp_pa
     out = capsys.readouterr().out
     assert "FAILED" in out
     assert "no calibrated pixel spacing (no PixelSpacing; no ImagerPixelSpacing)" in out
+
+
+def measured_runner(tmp_path, frame: int) -> tuple[PipelineRunner, NodeConfig]:
+    plugins = tmp_path / "plugins"
+    code = MEASURED.format(frame=frame)
+    write_plugin(plugins / "measured", name="measured", entry="plugin:Measured", code=code)
+    config = NodeConfig.model_validate(
+        {"storage": {"data_dir": str(tmp_path / "data")}, "plugin_dirs": [str(plugins)]}
+    )
+    return PipelineRunner(config), config
+
+
+def test_findings_the_builders_refuse_fail_the_job_for_good(tmp_path):
+    pipeline, config = measured_runner(tmp_path, frame=7)
+    result = pipeline.run(item_for(config, write_series(tmp_path / "ok"), plugin="measured"))
+    assert not result.ok and not result.retryable
+    assert result.error.startswith("cannot build outputs: GraphicPlacementError:")
+    assert "Nodule 1" in result.error
+
+
+def test_a_bug_in_a_builder_is_a_crash_with_its_traceback_on_the_job(tmp_path, monkeypatch):
+    """Not a quiet "cannot build outputs": the worker process reports the exception and the
+    traceback that finds it, and the attempt counts as failed (retried)."""
+
+    def buggy_report(findings, source, context, segmentation=None):
+        return segmentation.SOPInstanceUID  # no SEG was built: None has no attribute
+
+    monkeypatch.setattr(node.outputs.build, "build_measurement_report", buggy_report)
+    pipeline, config = measured_runner(tmp_path, frame=0)
+    item = item_for(config, write_series(tmp_path / "ok"), plugin="measured")
+    with pytest.raises(AttributeError):
+        pipeline.run(item)
+    ours, theirs = Pipe()
+    serving = threading.Thread(target=_serve, args=(theirs, pipeline))
+    serving.start()
+    ours.send(item)
+    result = ours.recv()
+    ours.send(None)
+    serving.join(timeout=30)
+    assert not result.ok and result.retryable
+    assert result.error.startswith("runner error: AttributeError(")
+    assert "Traceback (most recent call last)" in result.error
+    assert "in buggy_report" in result.error
 
 
 def _result(kind: OutputKind, seed: int) -> ResultInstance:

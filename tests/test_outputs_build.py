@@ -28,15 +28,16 @@ from models.api import (
     SourceFrame,
 )
 from models.loading import load_plugin_input
-from node.config import OutputsConfig
-from node.output_kinds import OutputKind
+from node.output_settings import OutputsConfig
 from node.outputs import (
+    OutputBuildError,
     OutputContext,
     PredecessorDocument,
     ResultInstance,
     SegmentationGeometryError,
     build_outputs,
 )
+from node.shared_types import OutputKind
 
 
 def written(result: ResultInstance, folder: Path) -> pydicom.Dataset:
@@ -295,7 +296,7 @@ def test_mask_shape_mismatch_and_mixed_sources_fail_clearly(ct_input):
         algorithm=AlgorithmIdentification("p", "1"),
         segments=(Segment("s", "S", codes.SCT.Organ, codes.SCT.Lung, wrong),),
     )
-    with pytest.raises(ValueError, match="masks must cover the input"):
+    with pytest.raises(OutputBuildError, match="masks must cover the input"):
         build_outputs(findings, ct_input, context())
     sources = list(ct_input.sources)
     sources[0] = SourceFrame(sources[0].sop_class_uid, sources[0].sop_instance_uid, 1)

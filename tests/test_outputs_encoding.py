@@ -17,10 +17,10 @@ from pydicom.sr.codedict import codes
 
 from models.api import AlgorithmIdentification, Findings, PluginInput, Segment
 from models.loading import load_plugin_input
-from node.output_kinds import OutputKind
 from node.outputs import OutputContext, build_outputs
 from node.outputs.encoding import preencode_frame_groups
 from node.outputs.seg import build_segmentation, source_layout
+from node.shared_types import OutputKind
 
 CONTEXT = OutputContext(
     job_id="job-enc",

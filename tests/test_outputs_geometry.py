@@ -14,8 +14,8 @@ from outputs_support import EVERY_FRAME_NESTED, full_findings, write_synthetic_c
 
 from models.api import Findings, PluginInput
 from models.loading import load_plugin_input
-from node.output_kinds import OutputKind
 from node.outputs import OutputContext, SegmentationGeometryError, build_outputs
+from node.shared_types import OutputKind
 
 CONTEXT = OutputContext(
     job_id="geometry",

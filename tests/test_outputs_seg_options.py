@@ -21,13 +21,13 @@ from pydicom.sr.codedict import codes
 
 from models.api import AlgorithmIdentification, Findings, PluginInput, Segment
 from models.loading import load_plugin_input
-from node.config import OutputsConfig, OverlappingSegments, SegTransferSyntax, SegType
-from node.output_kinds import OutputKind
+from node.output_settings import OutputsConfig, OverlappingSegments, SegTransferSyntax, SegType
 from node.outputs import OutputContext, ResultInstance, build_outputs
 from node.outputs.context import SegOptions
 from node.outputs.encoding import decompress, preencode_frame_groups
 from node.outputs.seg import build_segmentation, source_layout
 from node.outputs.seg_overlap import exclusive_masks
+from node.shared_types import OutputKind
 
 DEFAULT = SegOptions()
 NESTED = SegOptions(overlapping=OverlappingSegments.NESTED)

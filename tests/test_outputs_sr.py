@@ -20,10 +20,10 @@ from models.api import (
     Measurement,
     QualitativeEvaluation,
 )
-from node.output_kinds import OutputKind
 from node.outputs import build_outputs
 from node.outputs.procedure import CT_CHEST
 from node.outputs.sr_graphics import GraphicPlacementError
+from node.shared_types import OutputKind
 
 
 def test_sr_round_trip_groups_measurements_and_references(built, ct_input, tmp_path):

@@ -18,8 +18,8 @@ import pytest
 from outputs_support import full_findings, write_synthetic_ct
 
 from models.loading import load_plugin_input
-from node.output_kinds import OutputKind
 from node.outputs import OutputContext, build_outputs
+from node.shared_types import OutputKind
 
 Validator = Callable[..., subprocess.CompletedProcess[str]]
 WITHOUT_SC = (OutputKind.SEG, OutputKind.SR, OutputKind.TEXT_SR)

@@ -24,8 +24,8 @@ from models.phantoms.chest_ct import ChestCTSpec, write_chest_ct
 from models.phantoms.chest_xray import make_chest_xray
 from models.phantoms.neck_mr import NeckMRSpec, write_neck_mr
 from models.runtime import PluginHost, catalog_of
-from node.output_kinds import OutputKind
 from node.outputs import OutputContext, build_outputs
+from node.shared_types import OutputKind
 
 PLUGINS = Path(__file__).resolve().parent.parent / "models" / "plugins"
 TRACKING_UID = "112040"

@@ -9,36 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plugin_support import loaded_plugin, phantom_order
+from plugin_support import assert_outputs_validate, phantom_fixtures, phantom_order
 from pydicom.sr.codedict import codes
 
-from models.api import Findings, PluginInput
+from models.api import Findings
 from models.loading import load_plugin_input
-from models.manifest import Severity, check_manifest, load_manifest
+from models.manifest import load_manifest
+from models.manifest_checks import Severity, check_manifest
 from models.phantoms.chest_ct import ChestCT, ChestCTSpec, NoduleKind, write_chest_ct
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "ct_lung_nodule"
 MATCH_DISTANCE_MM = 3.0
 
-
-@pytest.fixture(scope="module")
-def plugin():
-    return loaded_plugin("ct_lung_nodule")
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory) -> tuple[ChestCT, list[Path]]:
-    return write_chest_ct(tmp_path_factory.mktemp("chest-ct"), ChestCTSpec.small(seed=3))
-
-
-@pytest.fixture(scope="module")
-def series(written) -> PluginInput:
-    return load_plugin_input(written[1])
-
-
-@pytest.fixture(scope="module")
-def findings(plugin, series) -> Findings:
-    return plugin.run(series)
+plugin, written, series, findings = phantom_fixtures(
+    "ct_lung_nodule", lambda folder: write_chest_ct(folder, ChestCTSpec.small(seed=3))
+)
 
 
 def measurement(finding, meaning: str) -> float:
@@ -228,30 +213,10 @@ def test_large_phantom_acceptance(tmp_path, plugin) -> None:
     assert_accurate(plugin.run(series), phantom, phantom_order(series, paths))
 
 
-def _outputs_available() -> bool:
-    try:
-        import node.outputs  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.dicom3tools
-@pytest.mark.skipif(not _outputs_available(), reason="node.outputs is not available")
-def test_findings_become_valid_seg_and_sr(tmp_path, plugin, written, series, validate_dicom):
-    from node.outputs import OutputContext, build_outputs
-
-    findings = plugin.run(series)
-    context = OutputContext(
-        job_id="test-ct-lung-nodule",
-        plugin_name=plugin.name,
-        plugin_version=plugin.version,
+def test_findings_become_valid_seg_and_sr(
+    tmp_path, plugin, written, series, findings, validate_dicom
+) -> None:
+    assert_outputs_validate(
+        plugin, findings, series, tmp_path, validate_dicom, sources=(written[1][0].parent,)
     )
-    results = build_outputs(findings, series, context)
-    assert {r.kind.value for r in results} >= {"seg", "sr"}
-    out = tmp_path / "out"
-    out.mkdir()
-    for result in results:
-        result.write(out)
-    outcome = validate_dicom(out, sources=(written[1][0].parent,))
-    assert outcome.returncode == 0, outcome.stdout + outcome.stderr

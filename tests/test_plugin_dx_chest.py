@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from plugin_support import ratios
+from plugin_support import assert_outputs_validate, plugin_fixture, ratios
 
-from models.api import Device, Findings, PluginInput, SpacingSource
+from models.api import Findings, PluginInput, SpacingSource
 from models.loading import load_plugin_input
-from models.manifest import Severity, check_manifest, load_manifest
+from models.manifest import load_manifest
+from models.manifest_checks import Severity, check_manifest
 from models.phantoms.chest_xray import (
     ChestXrayAnatomy,
     Photometric,
@@ -36,12 +37,7 @@ def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (predicted & truth).sum() / (predicted.sum() + truth.sum()))
 
 
-@pytest.fixture(scope="module")
-def plugin():
-    manifest = load_manifest(PLUGIN_DIR)
-    instance = instantiate(manifest)
-    instance.load(Device())
-    return instance
+plugin = plugin_fixture("dx_chest")
 
 
 def evaluation(findings: Findings):
@@ -175,19 +171,8 @@ def test_real_chest_radiographs_give_findings_or_a_clear_no_finding(corpus, plug
     assert measured >= 3
 
 
-def _outputs_available() -> bool:
-    try:
-        import node.outputs  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.dicom3tools
-@pytest.mark.skipif(not _outputs_available(), reason="node.outputs is not available")
 def test_findings_become_valid_seg_and_sr(tmp_path, plugin, validate_dicom) -> None:
-    from node.outputs import OutputContext, build_outputs
-
     written = make_chest_xray(
         tmp_path / "source",
         kind=RadiographKind.CR,
@@ -196,20 +181,9 @@ def test_findings_become_valid_seg_and_sr(tmp_path, plugin, validate_dicom) -> N
     )
     series = load_plugin_input([written.path])
     findings = plugin.run(series)
-    context = OutputContext(
-        job_id="test-dx-chest",
-        plugin_name=plugin.name,
-        plugin_version=plugin.version,
+    assert_outputs_validate(
+        plugin, findings, series, tmp_path, validate_dicom, sources=(written.path,)
     )
-    results = build_outputs(findings, series, context)
-    kinds = {result.kind.value for result in results}
-    assert {"seg", "sr"} <= {k.lower() for k in kinds}
-    out = tmp_path / "out"
-    out.mkdir()
-    for result in results:
-        result.write(out)
-    outcome = validate_dicom(out, sources=(written.path,))
-    assert outcome.returncode == 0, outcome.stdout + outcome.stderr
 
 
 @pytest.mark.slow

@@ -13,38 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from plugin_support import loaded_plugin, phantom_order
+from plugin_support import assert_outputs_validate, phantom_fixtures, phantom_order
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
-from models.api import Findings, PluginInput
+from models.api import Findings
 from models.devices import GpuSlots
 from models.loading import load_plugin_input
-from models.manifest import Severity, check_manifest, load_manifest
-from models.phantoms.neck_mr import CarotidSide, NeckMR, NeckMRSpec, write_neck_mr
+from models.manifest import load_manifest
+from models.manifest_checks import Severity, check_manifest
+from models.phantoms.neck_mr import CarotidSide, NeckMRSpec, write_neck_mr
 from models.runtime import PluginHost, catalog_of
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "models" / "plugins" / "mr_vessel_wall"
 
-
-@pytest.fixture(scope="module")
-def plugin():
-    return loaded_plugin("mr_vessel_wall")
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory) -> tuple[NeckMR, list[Path]]:
-    return write_neck_mr(tmp_path_factory.mktemp("neck-mr"), NeckMRSpec.small(seed=2))
-
-
-@pytest.fixture(scope="module")
-def series(written) -> PluginInput:
-    return load_plugin_input(written[1])
-
-
-@pytest.fixture(scope="module")
-def findings(plugin, series) -> Findings:
-    return plugin.run(series)
+plugin, written, series, findings = phantom_fixtures(
+    "mr_vessel_wall", lambda folder: write_neck_mr(folder, NeckMRSpec.small(seed=2))
+)
 
 
 def measured(findings: Findings, tracking_id: str, meaning: str) -> float:
@@ -168,32 +153,13 @@ def test_brain_mr_gives_a_clear_no_finding(corpus, tmp_path) -> None:
     assert "No carotid" in result.report.impression
 
 
-def _outputs_available() -> bool:
-    try:
-        import node.outputs  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.dicom3tools
-@pytest.mark.skipif(not _outputs_available(), reason="node.outputs is not available")
-def test_findings_become_valid_seg_and_sr(tmp_path, plugin, written, series, validate_dicom):
-    from node.outputs import OutputContext, build_outputs
-
-    context = OutputContext(
-        job_id="test-mr-vessel-wall",
-        plugin_name=plugin.name,
-        plugin_version=plugin.version,
+def test_findings_become_valid_seg_and_sr(
+    tmp_path, plugin, written, series, findings, validate_dicom
+) -> None:
+    assert_outputs_validate(
+        plugin, findings, series, tmp_path, validate_dicom, sources=(written[1][0].parent,)
     )
-    results = build_outputs(plugin.run(series), series, context)
-    assert {r.kind.value for r in results} >= {"seg", "sr"}
-    out = tmp_path / "out"
-    out.mkdir()
-    for result in results:
-        result.write(out)
-    outcome = validate_dicom(out, sources=(written[1][0].parent,))
-    assert outcome.returncode == 0, outcome.stdout + outcome.stderr
 
 
 def _archive_contents(path: Path) -> dict[str, bytes]:

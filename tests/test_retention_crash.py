@@ -12,11 +12,12 @@ import pytest
 
 from node.config import NodeConfig
 from node.db import connect, transaction
-from node.index import Index, parse_file_header, recover_spool
+from node.ingest.header import parse_file_header
+from node.ingest.index import Index, recover_spool
+from node.ingest.spool import Spool, instance_relpath
 from node.retention.purge import PurgePaths, purge_lock, purge_study
 from node.retention.trash import TRASH_DIR_NAME
 from node.service import Node
-from node.spool import Spool, instance_relpath
 from tests.conftest import REPO, free_port
 from tests.ingest_support import make_instances
 from tests.retention_support import (

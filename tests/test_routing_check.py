@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from routers import cli
+from node.routing import cli
 from routers.check import check_text
 from routers.schema import routes_json_schema
 

@@ -11,7 +11,7 @@ import pytest
 from routing_support import add_instance, add_series, shipped_table
 
 from node.db import connect
-from routers import cli
+from node.routing import cli
 from routers.attributes import study_views_from_paths
 from routers.explain import explain_study
 

@@ -11,9 +11,10 @@ from routing_support import add_instance, add_series, make_stable
 
 from node.db import connect
 from node.jobs import table as jobs
+from node.routing.matches import route_pending
 from routers.attributes import study_view_from_index
 from routers.check import check_text
-from routers.matcher import RouteTable, route_pending
+from routers.matcher import RouteTable
 
 ROUTES = """
 routes:

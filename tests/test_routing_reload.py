@@ -21,8 +21,8 @@ from routing_support import add_series, make_stable
 from node.config import NodeConfig, StabilityConfig, StorageConfig
 from node.db import connect
 from node.destination_settings import FolderDestination
+from node.routing.stage import RoutingStage
 from routers.check import RoutesFileError
-from routers.stage import RoutingStage
 
 PLUGINS = {"plugin-a": ("1",), "plugin-b": ("1",)}
 

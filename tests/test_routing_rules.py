@@ -9,9 +9,10 @@ import pytest
 from routers.attributes import InstanceFacts, SeriesView, StudyView
 from routers.bodypart import BodyPartTable, Region, RegionSource
 from routers.check import check_text
-from routers.conditions import Subject, compile_when
+from routers.conditions import Subject
 from routers.schema import Orientation, Prefer, SeriesSpec
 from routers.selection import SeriesCriteria, orientation_of, select_series
+from routers.when_compiler import compile_when
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SC = "1.2.840.10008.5.1.4.1.1.7"

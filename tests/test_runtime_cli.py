@@ -11,9 +11,9 @@ import yaml
 from pydicom.sr.coding import Code
 
 from models.api import AlgorithmIdentification, Findings, Measurement, Segment
-from models.shadow import masks_dir_for, record_findings
 from node.cli import main
 from node.db import connect
+from node.shadow import masks_dir_for, record_findings
 
 GOLDEN = Path(__file__).parent / "golden" / "plugins"
 

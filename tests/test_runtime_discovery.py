@@ -9,7 +9,8 @@ import yaml
 from runtime_support import write_plugin
 
 from models.discovery import available_plugins, discover
-from models.manifest import ManifestError, is_snomed_identifier, load_manifest
+from models.manifest import ManifestError, load_manifest
+from models.manifest_checks import is_snomed_identifier
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,9 @@ import pytest
 from pydicom.sr.coding import Code
 
 from models.api import AlgorithmIdentification, Finding, Findings, Measurement, Segment
-from models.shadow import agreement_report, dice, record_if_shadowed
+from models.shadow import dice
 from node.db import connect, transaction
+from node.shadow import agreement_report, record_if_shadowed
 
 LUNG = Code("39607008", "SCT", "Lung")
 NODULE = Code("27925004", "SCT", "Nodule")

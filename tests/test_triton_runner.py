@@ -17,7 +17,8 @@ from triton_support import TritonServer, triton_python_or_skip
 
 from models.api import Device
 from models.errors import PluginError
-from models.manifest import Severity, load_manifest
+from models.manifest import load_manifest
+from models.manifest_checks import Severity
 from models.runners.python import instantiate
 from models.runners.triton import triton_problems
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydicom import Dataset
 
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 from node.vendors.stage import referenced_series
 
 

@@ -28,7 +28,7 @@ from viewer_page import (
 from viewer_products import PHANTOMS, Product, make_product, measurement_groups
 from viewer_server import REPO, dicomweb_orthanc, missing_peers, serving
 
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 
 pytestmark = [pytest.mark.viewer, pytest.mark.timeout(900)]
 ARTEFACTS = Path(os.environ.get("AINODE_ARTEFACTS", REPO / "test-artefacts" / "viewer"))

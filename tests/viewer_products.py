@@ -15,8 +15,8 @@ from models.devices import GpuSlots
 from models.loading import load_plugin_input
 from models.manifest import load_manifest
 from models.runtime import PluginHost, catalog_of
-from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 from node.outputs import OutputContext, build_outputs
+from node.shared_types import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 
 PLUGINS = Path(__file__).resolve().parent.parent / "models" / "plugins"
 

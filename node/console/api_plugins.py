@@ -14,20 +14,16 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from models.cli import device_label
 from models.discovery import discover
-from models.shadow import ShadowReport, agreement_report, masks_dir_for
+from models.shadow import ShadowReport
 from node.audit.events import ConfigurationChanged, Outcome
 from node.console.auth import Admin, Context, Viewer
 from node.console.context import ConsoleContext
-from routers.check import (
-    RoutesFileError,
-    check_text,
-    destination_flags,
-    installed_plugins,
-    load_route_table,
-)
-from routers.cli import explain_indexed_study
+from node.plugins_cli import device_label
+from node.routing.catalog import destination_flags, installed_plugins
+from node.routing.cli import explain_indexed_study
+from node.shadow import agreement_report, masks_dir_for
+from routers.check import RoutesFileError, check_text, load_route_table
 from routers.promotion import (
     PromotionRefused,
     RoutesAction,

@@ -26,15 +26,9 @@ from node.destination_settings import (
     FolderDestination,
     StowRsDestination,
 )
-from node.dispatch.outbox import (
-    OutboxRow,
-    RetryPolicy,
-    due_rows,
-    mark_failed,
-    mark_sent,
-    next_due_at,
-)
+from node.dispatch.outbox import OutboxRow, due_rows, mark_failed, mark_sent, next_due_at
 from node.dispatch.sender import Transport, transport_for
+from node.shared_types import RetryPolicy
 
 __all__ = ["DestinationSender", "Dispatcher"]
 

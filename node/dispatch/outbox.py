@@ -16,11 +16,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from node.db import transaction
+from node.shared_types import RetryPolicy
 
 __all__ = [
     "OutboxRow",
     "OutboxState",
-    "RetryPolicy",
     "due_rows",
     "enqueue",
     "list_rows",
@@ -35,25 +35,6 @@ class OutboxState(StrEnum):
     PENDING = "PENDING"
     SENT = "SENT"
     DEAD = "DEAD"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: ``backoff_s * 2**(attempts-1)``, capped, dead after max_attempts."""
-
-    max_attempts: int
-    backoff_s: float
-    backoff_max_s: float
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_s < 0 or self.backoff_max_s < 0:
-            raise ValueError("backoff_s and backoff_max_s must be >= 0")
-
-    def delay_after(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
-        return min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempts - 1))
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ from node.destination_settings import (
 )
 from node.dispatch.outbox import OutboxRow
 from node.dispatch.stowrs import StowRsTransport
+from node.durable import fsync_dir
 from node.outputs.encoding import decompress
 from node.scu import MAX_CONTEXTS, AssociationFailed, Peer, associate
-from node.spool import fsync_dir
 from node.tls import TlsSettings
 
 __all__ = [

@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -29,12 +30,12 @@ from multiprocessing.process import BaseProcess
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect
-from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
 from node.jobs.limits import PluginLimits
 from node.jobs.results import store_results, work_item_for
 from node.jobs.table import Job, JobState
 from node.jobs.work import JobRunner, WorkResult
+from node.shared_types import RetryPolicy
 from node.vendors.inbox import record_sent
 
 __all__ = ["DEFAULT_RUNNER", "LocalExecutor"]
@@ -75,6 +76,13 @@ def worker_main(channel: Connection, runner_path: str, config: NodeConfig, nice:
         runner.close()
 
 
+def crashed(job_id: int, exc: Exception) -> WorkResult:
+    """A runner's own bug as the job's error, with the traceback that finds it (the worker's
+    log is not where an operator reading ``ainode jobs`` looks); tried again, as a crash."""
+    trace = "".join(traceback.format_exception(exc)).rstrip()
+    return WorkResult(job_id, error=f"runner error: {exc!r}\n{trace}", retryable=True)
+
+
 def _serve(channel: Connection, runner: JobRunner) -> None:
     while True:
         try:
@@ -87,7 +95,7 @@ def _serve(channel: Connection, runner: JobRunner) -> None:
             result = runner.run(item)
         except Exception as exc:  # the runner's own bug: report it, keep the process
             LOG.exception("job %d: runner failed", item.job_id)
-            result = WorkResult(item.job_id, error=f"runner error: {exc!r}", retryable=True)
+            result = crashed(item.job_id, exc)
         try:
             channel.send(result)
         except (BrokenPipeError, OSError):

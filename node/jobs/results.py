@@ -39,7 +39,7 @@ from node.dispatch.outbox import enqueue
 from node.jobs import table
 from node.jobs.table import Job
 from node.jobs.work import WorkItem, WorkResult
-from node.output_kinds import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
+from node.shared_types import PROFILE_DEFAULTS, OutputKind, SourceKind, ViewerProfile
 
 __all__ = [
     "eligible_destinations",

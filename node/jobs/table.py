@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from node.db import transaction
-from node.dispatch.outbox import RetryPolicy
+from node.shared_types import RetryPolicy
 
 __all__ = [
     "Job",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from node.audit.events import AuditEvent
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,20 @@ from models.containers.plugin import JOB_LOG_DIR
 from models.errors import PermanentPluginError, PluginError, PluginTimeout
 from models.loading import SeriesLoadError, load_plugin_input
 from models.manifest import PluginManifest, RunnerKind
-from models.runtime import PluginHost
-from models.shadow import masks_dir_for, record_if_shadowed
 from node.config import NodeConfig
 from node.db import connect
+from node.durable import fsync_dir
+from node.jobs.host import plugin_host_for
 from node.jobs.work import ResultFile, WorkItem, WorkResult
-from node.outputs import OutputContext, PredecessorDocument, ResultInstance, iter_outputs
+from node.outputs import (
+    OutputBuildError,
+    OutputContext,
+    PredecessorDocument,
+    ResultInstance,
+    iter_outputs,
+)
 from node.outputs.relay import RelayRefused, default_validator, relayed_results
-from node.spool import fsync_dir
+from node.shadow import masks_dir_for, record_if_shadowed
 from node.vendors.send import send_to_vendor
 
 __all__ = ["PipelineRunner", "write_atomically"]
@@ -84,7 +90,7 @@ class PipelineRunner:
 
     def __init__(self, config: NodeConfig, record_shadow: bool = True) -> None:
         self.config = config
-        self.host = PluginHost.from_config(config)
+        self.host = plugin_host_for(config)
         self.validator = default_validator(config.containers.validator)
         #: a remote worker has no job table: the shadow report covers the node's own jobs
         self.record_shadow = record_shadow
@@ -148,8 +154,9 @@ class PipelineRunner:
             files = self._write(item, built)
         except RelayRefused as exc:
             return WorkResult(item.job_id, error=f"product output refused: {exc}", timings=timings)
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            # a builder refusing these findings: the same inputs fail the same way again
+        except OutputBuildError as exc:
+            # a builder refusing these findings: the same inputs fail the same way again (a
+            # bug in a builder is no refusal: it reaches the executor, traceback and all)
             return WorkResult(
                 item.job_id,
                 error=f"cannot build outputs: {type(exc).__name__}: {exc}",

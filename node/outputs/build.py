@@ -12,13 +12,13 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from models.api import Findings, PluginInput
-from node.output_kinds import OutputKind
 from node.outputs.burned_in import build_burned_in
 from node.outputs.context import OutputContext
 from node.outputs.encoding import preencode_frame_groups
 from node.outputs.seg import build_segmentation
 from node.outputs.sr import build_measurement_report
 from node.outputs.text_sr import build_text_report
+from node.shared_types import OutputKind
 
 CODING_SCHEME_DESIGNATOR = Tag("CodingSchemeDesignator")
 _Built = TypeVar("_Built")
@@ -63,8 +63,8 @@ def build_outputs(
     evaluation, such as a nodule count of zero); kinds the findings cannot fill are skipped,
     not faked. The SR references SEG segments only when the SEG is among the results, so it
     never points at an object nobody gets.
-    Raises ``SegmentationGeometryError`` (a ValueError) when the source geometry cannot be
-    described by a SEG.
+    Raises ``OutputBuildError`` where the findings cannot be written over this source (its
+    ``SegmentationGeometryError`` when the source geometry cannot be described by a SEG).
     """
     return tuple(iter_outputs(findings, source, context))
 

@@ -17,11 +17,12 @@ from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from models.api import Findings, PluginInput
-from node.output_kinds import OutputKind
 from node.outputs.context import OutputContext
+from node.outputs.errors import refused_by_highdicom
 from node.outputs.identity import copy_identity, prepared_header
 from node.outputs.seg import DEFAULT_COLORS, MANUFACTURER
 from node.outputs.uids import ResultUids
+from node.shared_types import OutputKind
 
 FILL_OPACITY = 0.35
 
@@ -89,23 +90,24 @@ def build_burned_in(
             edge = plane & ~ndimage.binary_erosion(plane)
             rgb[edge] = color
         orientation = patient_orientation(header)
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=header,
-            pixel_array=rgb.round().astype(np.uint8),
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=uids.series(OutputKind.BURNED_IN_SC),
-            series_number=context.series_number_of(OutputKind.BURNED_IN_SC),
-            sop_instance_uid=uids.instance(OutputKind.BURNED_IN_SC, int(index)),
-            instance_number=number,
-            manufacturer=MANUFACTURER,
-            pixel_spacing=source.pixel_spacing if source.has_spacing else None,
-            patient_orientation=orientation or ("L", "F"),
-            series_description=context.series_description(OutputKind.BURNED_IN_SC),
-            manufacturer_model_name=context.plugin_name[:64],
-            software_versions=context.software_versions,
-        )
+        with refused_by_highdicom("a burned-in secondary capture of this source"):
+            image = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=header,
+                pixel_array=rgb.round().astype(np.uint8),
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=uids.series(OutputKind.BURNED_IN_SC),
+                series_number=context.series_number_of(OutputKind.BURNED_IN_SC),
+                sop_instance_uid=uids.instance(OutputKind.BURNED_IN_SC, int(index)),
+                instance_number=number,
+                manufacturer=MANUFACTURER,
+                pixel_spacing=source.pixel_spacing if source.has_spacing else None,
+                patient_orientation=orientation or ("L", "F"),
+                series_description=context.series_description(OutputKind.BURNED_IN_SC),
+                manufacturer_model_name=context.plugin_name[:64],
+                software_versions=context.software_versions,
+            )
         if orientation is None:
             image.PatientOrientation = None  # unknown: Type 2, left empty rather than guessed
         image.ImageType = ["DERIVED", "SECONDARY"]

@@ -8,14 +8,14 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 import node
-from node.config import (
+from node.output_settings import (
     OutputsConfig,
     OverlappingSegments,
     SegTransferSyntax,
     SegType,
     check_seg_encoding,
 )
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 
 # Series number offset per output kind: each kind is its own series (a series holds one
 # modality), numbered from OutputContext.series_number.

@@ -19,8 +19,8 @@ from pathlib import Path
 from pydicom.uid import UID
 
 from models.api import ProductInstance
-from node.output_kinds import KIND_BY_SOP_CLASS, OutputKind
 from node.outputs.build import ResultInstance
+from node.shared_types import KIND_BY_SOP_CLASS, OutputKind
 
 __all__ = ["RelayRefused", "default_validator", "relayed_results", "result_kind"]
 

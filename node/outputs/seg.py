@@ -17,9 +17,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 from models.api import Findings, PluginInput
-from node.config import OverlappingSegments, SegTransferSyntax, SegType
-from node.output_kinds import OutputKind
+from node.output_settings import OverlappingSegments, SegTransferSyntax, SegType
 from node.outputs.context import OutputContext
+from node.outputs.errors import OutputBuildError, check_source_classes, refused_by_highdicom
 from node.outputs.identity import copy_identity
 from node.outputs.seg_geometry import (
     SegmentationGeometryError,
@@ -32,12 +32,12 @@ from node.outputs.seg_geometry import (
 from node.outputs.seg_overlap import exclusive_masks
 from node.outputs.seg_packed import PACKED_PATH, PackedSegments, PrepackedSegmentation
 from node.outputs.uids import ResultUids
+from node.shared_types import OutputKind
 
 __all__ = [
     "DEFAULT_COLORS",
     "MANUFACTURER",
     "PackedSegments",
-    "SegmentationGeometryError",
     "SourceLayout",
     "build_segmentation",
     "check_distinct_positions",
@@ -122,13 +122,14 @@ def build_segmentation(
 ) -> hd.seg.Segmentation:
     """The SEG of all of ``findings.segments`` over the input frames (at least one segment)."""
     if not findings.segments:
-        raise ValueError("build_segmentation needs at least one segment")
+        raise OutputBuildError("build_segmentation needs at least one segment")
     shape = findings.segments[0].mask.shape
     if shape != source.shape:
-        raise ValueError(
+        raise OutputBuildError(
             f"segment masks have shape {shape} but the input is {source.shape}; masks must "
             "cover the input frame for frame"
         )
+    check_source_classes(source, "a SEG")
     layout = source_layout(source)
     check_distinct_positions(layout)
     fractional = context.fractional_segmentation and all(
@@ -187,7 +188,7 @@ def build_segmentation(
     description = (
         "NOT FOR DIAGNOSTIC USE. " if context.not_for_diagnostic_use else ""
     ) + f"Produced by {findings.algorithm.name} {findings.algorithm.version}"
-    try:
+    with refused_by_highdicom("a SEG over this source", SegmentationGeometryError):
         seg = PrepackedSegmentation(
             source_images=list(layout.images),
             pixel_array=pixels,
@@ -207,10 +208,6 @@ def build_segmentation(
             series_description=context.series_description(OutputKind.SEG),
             omit_empty_frames=options.omit_empty_frames,
         )
-    except (ValueError, AttributeError, KeyError) as exc:
-        raise SegmentationGeometryError(
-            f"highdicom cannot build a SEG over this source ({type(exc).__name__}: {exc})"
-        ) from exc
     if options.transfer_syntax is SegTransferSyntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     copy_identity(seg, layout.images[0])

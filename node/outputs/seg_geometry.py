@@ -17,10 +17,11 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from models.api import PluginInput
+from node.outputs.errors import OutputBuildError
 from node.outputs.identity import prepared_header, shallow_copy
 
 
-class SegmentationGeometryError(ValueError):
+class SegmentationGeometryError(OutputBuildError):
     """The source frames cannot be described by one Segmentation instance."""
 
 

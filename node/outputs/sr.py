@@ -31,13 +31,14 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from models.api import Finding, Findings, Measurement, PluginInput, QualitativeEvaluation, Segment
-from node.output_kinds import OutputKind
 from node.outputs.context import OutputContext, PredecessorDocument
+from node.outputs.errors import OutputBuildError, check_source_classes, refused_by_highdicom
 from node.outputs.identity import copy_identity, prepared_header
 from node.outputs.procedure import procedure_reported
 from node.outputs.seg import MANUFACTURER, segment_numbers
 from node.outputs.sr_graphics import check_placement, image_region, measurement_coordinates
 from node.outputs.uids import ResultUids, device_observer_uid
+from node.shared_types import OutputKind
 
 # TID 1500 row 12: the document's qualitative evaluations (study-level results)
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
@@ -314,18 +315,13 @@ def build_measurement_report(
     """The TID 1500 report of ``findings``; ``segmentation`` is the SEG built from them, or
     None where no SEG is made: segment findings then name the source images they lie on."""
     if not source.headers:
-        raise ValueError("PluginInput.headers is empty: the report needs the source headers")
+        raise OutputBuildError("PluginInput.headers is empty: the report needs the source headers")
+    check_source_classes(source, "a TID 1500 report")
     check_placement(findings, source)
     uids = ResultUids(context.job_id)
     algorithm = hd.sr.AlgorithmIdentification(
         name=findings.algorithm.name, version=findings.algorithm.version
     )
-    groups = [
-        group
-        for finding in findings.findings
-        for group in _finding_groups(finding, findings, source, segmentation, uids, algorithm)
-    ]
-    report = _report(findings, source, context, groups, algorithm, uids)
     headers = [prepared_header(header) for header in source.headers]
     evidence = ([segmentation] if segmentation is not None else []) + headers
     sop_instance_uid = uids.instance(OutputKind.SR)
@@ -333,20 +329,27 @@ def build_measurement_report(
     if predecessor is not None and predecessor.sop_instance_uid == sop_instance_uid:
         predecessor = None  # the same report, replaced in place: not its own predecessor
     previous = [_predecessor_dataset(predecessor)] if predecessor else None
-    sr = hd.sr.ComprehensiveSR(
-        evidence=evidence,
-        content=report[0],
-        series_instance_uid=uids.series(OutputKind.SR),
-        series_number=context.series_number_of(OutputKind.SR),
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=context.plugin_name[:64],
-        software_versions=context.software_versions,
-        is_complete=True,
-        institution_name=context.institution_name,
-        series_description=context.series_description(OutputKind.SR),
-        previous_versions=previous,
-    )
+    with refused_by_highdicom("the TID 1500 report of these findings"):
+        groups = [
+            group
+            for finding in findings.findings
+            for group in _finding_groups(finding, findings, source, segmentation, uids, algorithm)
+        ]
+        report = _report(findings, source, context, groups, algorithm, uids)
+        sr = hd.sr.ComprehensiveSR(
+            evidence=evidence,
+            content=report[0],
+            series_instance_uid=uids.series(OutputKind.SR),
+            series_number=context.series_number_of(OutputKind.SR),
+            sop_instance_uid=sop_instance_uid,
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=context.plugin_name[:64],
+            software_versions=context.software_versions,
+            is_complete=True,
+            institution_name=context.institution_name,
+            series_description=context.series_description(OutputKind.SR),
+            previous_versions=previous,
+        )
     copy_identity(sr, headers[0])
     return sr

@@ -18,6 +18,7 @@ import highdicom as hd
 import numpy as np
 
 from models.api import Findings, GraphicKind, ImageGraphic, PluginInput
+from node.outputs.errors import OutputBuildError
 
 _GRAPHIC_TYPES = {
     GraphicKind.POINT: hd.sr.GraphicTypeValues.POINT,
@@ -26,7 +27,7 @@ _GRAPHIC_TYPES = {
 }
 
 
-class GraphicPlacementError(ValueError):
+class GraphicPlacementError(OutputBuildError):
     """A finding's graphic does not lie on the source it names (frame or points outside)."""
 
 

@@ -11,12 +11,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from models.api import Findings, PluginInput, Segment, SourceFrame
-from node.output_kinds import OutputKind
+from models.api import Findings, PluginInput, Report, Segment, SourceFrame
 from node.outputs.context import OutputContext
+from node.outputs.errors import OutputBuildError, check_source_classes, refused_by_highdicom
 from node.outputs.identity import copy_identity, prepared_header
 from node.outputs.seg import MANUFACTURER
 from node.outputs.uids import ResultUids
+from node.shared_types import OutputKind
 
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
 
@@ -57,16 +58,40 @@ def build_text_report(
 ) -> hd.sr.EnhancedSR:
     """The text SR of ``findings.report`` (which must be set)."""
     if findings.report is None:
-        raise ValueError("build_text_report needs Findings.report")
+        raise OutputBuildError("build_text_report needs Findings.report")
     if not source.headers:
-        raise ValueError("PluginInput.headers is empty: the report needs the source headers")
+        raise OutputBuildError("PluginInput.headers is empty: the report needs the source headers")
+    check_source_classes(source, "a text report")
     uids = ResultUids(context.job_id)
+    headers: list[Dataset] = [prepared_header(header) for header in source.headers]
+    key = key_frames(findings, source)
+    with refused_by_highdicom("the text report of these findings"):
+        sr = hd.sr.EnhancedSR(
+            evidence=headers,
+            content=_content(findings.report, key),
+            series_instance_uid=uids.series(OutputKind.TEXT_SR),
+            series_number=context.series_number_of(OutputKind.TEXT_SR),
+            sop_instance_uid=uids.instance(OutputKind.TEXT_SR),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=context.plugin_name[:64],
+            software_versions=context.software_versions,
+            is_complete=True,
+            institution_name=context.institution_name,
+            series_description=context.series_description(OutputKind.TEXT_SR),
+        )
+    copy_identity(sr, headers[0])
+    return sr
+
+
+def _content(report: Report, key: list[SourceFrame]) -> hd.sr.ContainerContentItem:
+    """TID 2000: the findings text, referencing the key frames, and the impression."""
     finding_text = hd.sr.TextContentItem(
         name=codes.DCM.Finding,
-        value=findings.report.findings,
+        value=report.findings,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    finding_text.ContentSequence = [_image_reference(f) for f in key_frames(findings, source)]
+    finding_text.ContentSequence = [_image_reference(f) for f in key]
     findings_section = hd.sr.ContainerContentItem(
         name=codes.DCM.Findings,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
@@ -81,7 +106,7 @@ def build_text_report(
     impressions_section.ContentSequence = [
         hd.sr.TextContentItem(
             name=codes.DCM.Impression,
-            value=findings.report.impression,
+            value=report.impression,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     ]
@@ -95,20 +120,4 @@ def build_text_report(
         findings_section,
         impressions_section,
     ]
-    headers: list[Dataset] = [prepared_header(header) for header in source.headers]
-    sr = hd.sr.EnhancedSR(
-        evidence=headers,
-        content=root,
-        series_instance_uid=uids.series(OutputKind.TEXT_SR),
-        series_number=context.series_number_of(OutputKind.TEXT_SR),
-        sop_instance_uid=uids.instance(OutputKind.TEXT_SR),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=context.plugin_name[:64],
-        software_versions=context.software_versions,
-        is_complete=True,
-        institution_name=context.institution_name,
-        series_description=context.series_description(OutputKind.TEXT_SR),
-    )
-    copy_identity(sr, headers[0])
-    return sr
+    return root

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 
 # Fixed namespace for ainode result UIDs; changing it would change every UID ever derived.
 AINODE_UID_NAMESPACE = uuid.UUID("6f1c7e1e-3b0a-5a4e-9d5e-7a1b2c3d4e5f")

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.shadow import masks_dir_for
 from node.db import transaction
+from node.ingest.spool import uid_component
 from node.retention.policy import StudyRetention, Verdict, assess_one
 from node.retention.trash import StudyTrash, interrupted
-from node.spool import uid_component
+from node.shadow import masks_dir_for
 
 LOGGER = logging.getLogger(__name__)
 LOCK_FILE = "purge.lock"

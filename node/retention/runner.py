@@ -19,6 +19,7 @@ from pathlib import Path
 from node.audit.events import StudyDeleted, StudyRef
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
+from node.durable import fsync_dir
 from node.retention.policy import StudyRetention, Verdict, assess
 from node.retention.purge import (
     Purged,
@@ -30,7 +31,6 @@ from node.retention.purge import (
 )
 from node.retention.settings import RetentionSettings
 from node.retention.trash import folder_bytes
-from node.spool import fsync_dir
 from node.vendors.inbox import inbox_dir
 
 LOGGER = logging.getLogger(__name__)

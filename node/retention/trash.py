@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.spool import fsync_dir
+from node.durable import fsync_dir
 
 TRASH_DIR_NAME = ".purging"
 
@@ -68,7 +68,7 @@ class StudyTrash:
 
     spool_dir: Path
     outputs_dir: Path
-    component: str  # node.spool.uid_component of the study UID
+    component: str  # node.ingest.spool.uid_component of the study UID
 
     @property
     def spool_folder(self) -> Path:

@@ -16,9 +16,9 @@ from pathlib import Path
 from models.discovery import discover
 from node.config import NodeConfig
 from node.db import connect, transaction
+from node.ingest.spool import Spool
 from node.jobs import table
 from node.jobs.work import VendorSent
-from node.spool import Spool
 
 __all__ = [
     "VendorInbox",

@@ -27,13 +27,13 @@ from models.api import ProductInstance
 from models.containers.collect import OutputRefused, check_product_instance
 from node.config import NodeConfig
 from node.db import connect, transaction
-from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
 from node.jobs.results import job_key, kinds_by_destination, series_files, store_results
 from node.jobs.table import Job
 from node.jobs.work import ResultFile, WorkResult
 from node.jobs.worker import write_atomically
 from node.outputs.relay import RelayRefused, default_validator, relayed_results
+from node.shared_types import RetryPolicy
 from node.vendors.inbox import inbox_dir
 
 __all__ = ["VendorStage"]

@@ -20,15 +20,9 @@ from models.api import (
     Segment,
 )
 
-from .nodules import (
-    Line,
-    LungAnalysis,
-    LungSide,
-    LungZone,
-    MeasuredNodule,
-    NoduleKind,
-    VolumeFrame,
-)
+from .lungs import LungSide, LungZone, VolumeFrame
+from .nodule_measurement import Line, MeasuredNodule, NoduleKind
+from .nodules import LungAnalysis
 from .nodules import analyse_chest_ct as analyse
 
 __all__ = ["CtLungNodulePlugin", "volume_frame"]

@@ -26,7 +26,6 @@ from models.manifest import PluginManifest, RunnerKind
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect, transaction
-from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
 from node.jobs.executor import kill_grace_s
 from node.jobs.limits import PluginLimits
@@ -41,6 +40,7 @@ from node.jobs.remote.protocol import (
 )
 from node.jobs.results import work_item_for
 from node.jobs.table import Job, JobState
+from node.shared_types import RetryPolicy
 from node.vendors.inbox import record_sent
 from node.vendors.send import send_to_vendor
 

@@ -27,13 +27,12 @@ from fastapi.responses import FileResponse
 from node.console.auth import Context
 from node.console.context import ConsoleContext
 from node.db import transaction
-from node.dispatch.outbox import RetryPolicy
 from node.jobs import table
 from node.jobs.remote.protocol import Finished, Heartbeat, Started
 from node.jobs.results import series_files, store_results
 from node.jobs.table import Job, JobState
 from node.jobs.work import ResultFile, WorkResult
-from node.output_kinds import KIND_BY_SOP_CLASS
+from node.shared_types import KIND_BY_SOP_CLASS, RetryPolicy
 
 LOG = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 4 * 2**30

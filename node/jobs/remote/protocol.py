@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.output_kinds import OutputKind
+from node.shared_types import OutputKind
 
 #: the one Celery task: run a job ticket
 TASK_NAME = "ainode.run_job"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import __version__
+from node.durable import fsync_dir
 
 #: Our Implementation Class UID (2.25 + a fixed UUID) and version name in every file's meta.
 IMPLEMENTATION_CLASS_UID = "2.25.170283409371940934287398231640416298112"
@@ -91,15 +92,6 @@ def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> 
         )
         + ".dcm"
     )
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the names in a folder (a file renamed into it, created or removed) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -20,11 +20,13 @@ from models.containers.engine import EngineSettings
 from models.containers.plugin import ContainerRuntime
 from models.discovery import Catalog, discover
 from models.errors import PermanentPluginError
-from models.manifest import CheckProblem, PluginManifest, RunnerKind, Severity, check_manifest
+from models.manifest import PluginManifest, RunnerKind
+from models.manifest_checks import CheckProblem, Severity, check_manifest
 from models.runners.triton import triton_problems
 from models.runtime import container_runtime_for
-
-DEFAULT_CONFIG = Path("config/node.yaml")
+from node.config import DEFAULT_CONFIG, ConfigError, load_node_config
+from node.db import connect
+from node.shadow import agreement_report, masks_dir_for
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,8 +96,6 @@ class _Checks:
 def _catalog_and_gpus(
     args: argparse.Namespace,
 ) -> tuple[Catalog, tuple[int, ...], _Checks] | None:
-    from node.config import ConfigError, load_node_config
-
     config = None
     if args.plugin_dirs is None or args.config.exists():
         try:
@@ -174,10 +174,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
-    from models.shadow import agreement_report, masks_dir_for
-    from node.config import ConfigError, load_node_config
-    from node.db import connect
-
     try:
         config = load_node_config(args.config)
     except ConfigError as exc:

@@ -1,9 +1,9 @@
-"""The storage SCP: C-ECHO and C-STORE over pynetdicom, durable before it says Success.
+"""The storage SCP: the listening AE, who may associate, and C-ECHO and C-STORE over it.
 
-Each C-STORE dataset is kept as the bytes the peer sent: its header is read up to the pixel
-data, the file (File Meta + those bytes) is written durably to the spool, then the index row
-is committed, and only then is Success returned. Anything that cannot be indexed is answered
-with a failure status and an error comment, and leaves nothing behind.
+``StorageSCP`` binds the listeners (``listener``), decides each association request (called
+AE, ``access.callers``, TLS certificate), keeps the audit trail's view of each association and
+tells the index which studies a released association delivered (``deliveries``). Each C-STORE
+goes to ``store.InstanceStore``, which says Success only once the instance is durable.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import ssl
 import threading
 import time
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -20,29 +19,22 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from node.access import CallerAllowList, CallerPin, host_networks
-from node.admission import REFUSAL_LOG_INTERVAL_S, Admission
 from node.audit.events import Party
 from node.audit.receiving import ReceiveAudit
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
-from node.deliveries import OpenDeliveries
-from node.direct_store import StoreReply, StoreRequest, StoreStatus
-from node.index import (
-    HeaderError,
-    Index,
-    InstanceHeader,
-    MissingUidError,
-    StoredInstance,
-    parse_header,
-)
-from node.listener import (
+from node.ingest.admission import REFUSAL_LOG_INTERVAL_S, Admission
+from node.ingest.c_store import StoreReply, StoreRequest
+from node.ingest.deliveries import OpenDeliveries
+from node.ingest.index import Index
+from node.ingest.listener import (
     ConnectionCountingAE,
     ListeningServer,
     bound_address,
     peer_certificate,
 )
-from node.resend import already_held
-from node.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
+from node.ingest.spool import Spool
+from node.ingest.store import InstanceStore
 from node.tls import parse_subject, pem_fingerprint
 from node.vendors.inbox import VendorInbox
 
@@ -94,14 +86,11 @@ class StorageSCP:
     ) -> None:
         self._config = config
         self._audit = ReceiveAudit(audit)
-        self._spool = spool
         self._index = index
-        # results from vendors' AI nodes go to their inbox, never into the studies
-        self._vendor_inbox = vendor_inbox
-        self._vendor_aes = vendor_inbox.result_aes if vendor_inbox is not None else frozenset()
         #: The plain listener, then the TLS one, each with its accepting thread.
         self._servers: list[tuple[ListeningServer, threading.Thread]] = []
         self._deliveries = OpenDeliveries()
+        self._instances = InstanceStore(spool, index, self._deliveries, self._audit, vendor_inbox)
         #: pynetdicom's own refusals since the last log line (``_on_rejected``).
         self._lock = threading.Lock()
         self._rejections = 0
@@ -284,7 +273,7 @@ class StorageSCP:
     # -- C-STORE ------------------------------------------------------------------------
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        """A C-STORE that came through pynetdicom (one ``node.direct_store`` left to it)."""
+        """A C-STORE that came through pynetdicom (one ``direct_store`` left to it)."""
         request = event.request
         reply = self.store(
             event.assoc,
@@ -304,155 +293,7 @@ class StorageSCP:
         status.ErrorComment = reply.error_comment
         return status
 
-    def _write(
-        self, spool: Spool, header: InstanceHeader, data: Any, transfer_syntax: str, calling_ae: str
-    ) -> tuple[str, int] | StoreReply:
-        """Write the instance durably into ``spool``: (relative path, size), or the refusal."""
-        relpath = instance_relpath(
-            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-        )
-        meta = encode_file_meta(
-            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae
-        )
-        try:
-            return relpath, spool.write(relpath, (meta, data))
-        except OutOfSpace:
-            LOGGER.error(
-                "refused %s from %s: free disk below storage.min_free_mb",
-                header.sop_instance_uid,
-                calling_ae,
-            )
-            return StoreReply.failure(
-                StoreStatus.OUT_OF_RESOURCES, "out of resources: disk nearly full"
-            )
-        except OSError as exc:
-            LOGGER.error(
-                "cannot write %s from %s: %s", header.sop_instance_uid, calling_ae, exc.strerror
-            )
-            return StoreReply.failure(StoreStatus.OUT_OF_RESOURCES, f"cannot write: {exc.strerror}")
-
-    def _keep_vendor_result(self, header: InstanceHeader, relpath: str, calling_ae: str) -> None:
-        """A vendor's result, written to its inbox: indexed there, never in the studies."""
-        inbox = self._vendor_inbox
-        assert inbox is not None
-        replaced = inbox.add(
-            sop_instance_uid=header.sop_instance_uid,
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            path=relpath,
-            calling_ae=calling_ae,
-        )
-        if replaced:
-            inbox.spool.remove(replaced)
-        LOGGER.info(
-            "result %s for study %s from vendor %s kept in the vendor inbox",
-            header.sop_instance_uid,
-            header.study_instance_uid,
-            calling_ae,
-        )
-
     def store(self, assoc: Association, request: StoreRequest) -> StoreReply:
-        """Store one received instance durably and index it; the reply says how it went.
-
-        Never raises: the association goes on whatever happens to one instance.
-        """
-        calling_ae = str(assoc.requestor.ae_title).strip()
-        try:
-            reply = self._store(assoc, request, calling_ae)
-        except Exception as exc:
-            LOGGER.exception(
-                "C-STORE of %s from %s failed unexpectedly", request.sop_instance_uid, calling_ae
-            )
-            reply = StoreReply.failure(
-                StoreStatus.STORAGE_FAILED, f"storage failed: {type(exc).__name__}"
-            )
-        if reply.status != StoreStatus.SUCCESS:
-            self._audit.failed(id(assoc))
-        return reply
-
-    def _store(self, assoc: Association, request: StoreRequest, calling_ae: str) -> StoreReply:
-        data = request.dataset
-        transfer_syntax = request.transfer_syntax
-        sop_class = request.sop_class_uid
-        sop_instance = request.sop_instance_uid
-
-        try:
-            header = parse_header(data, transfer_syntax, sop_class, sop_instance)
-        except HeaderError as exc:
-            LOGGER.warning(
-                "refused %s (SOP class %s) from %s: %s", sop_instance, sop_class, calling_ae, exc
-            )
-            missing = isinstance(exc, MissingUidError)
-            code = StoreStatus.MISSING_UID if missing else StoreStatus.CANNOT_UNDERSTAND
-            return StoreReply.failure(code, str(exc))
-
-        own_instance_uid = "SOPInstanceUID" not in header.derived_uids
-        if (own_instance_uid and header.sop_instance_uid != sop_instance) or (
-            header.sop_class_uid != sop_class
-        ):
-            LOGGER.warning(
-                "refused %s from %s: dataset SOP Instance/Class UID %s/%s differ from request",
-                sop_instance,
-                calling_ae,
-                header.sop_instance_uid,
-                header.sop_class_uid,
-            )
-            return StoreReply.failure(
-                StoreStatus.DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request"
-            )
-
-        if header.derived_uids:
-            LOGGER.warning(
-                "%s from %s lacks %s; indexed as %s in study %s",
-                sop_instance,
-                calling_ae,
-                "/".join(header.derived_uids),
-                header.sop_instance_uid,
-                header.study_instance_uid,
-            )
-        vendor_result = calling_ae in self._vendor_aes
-        held = None
-        if not vendor_result:
-            held = already_held(self._index, self._spool, header, data, transfer_syntax)
-        if held is not None:
-            self._audit.stored(id(assoc), header.study_instance_uid, header.patient_id, sop_class)
-            self._deliveries.remember(id(assoc), header.study_instance_uid)
-            LOGGER.debug("%s from %s is %s: the study is unchanged", sop_instance, calling_ae, held)
-            return StoreReply(StoreStatus.SUCCESS)
-        spool = self._vendor_inbox.spool if vendor_result and self._vendor_inbox else self._spool
-        written = self._write(spool, header, data, transfer_syntax, calling_ae)
-        if isinstance(written, StoreReply):
-            return written
-        relpath, size = written
-        self._audit.stored(id(assoc), header.study_instance_uid, header.patient_id, sop_class)
-        if vendor_result:
-            self._keep_vendor_result(header, relpath, calling_ae)
-            return StoreReply(StoreStatus.SUCCESS)
-
-        stored = StoredInstance(
-            header=header,
-            path=relpath,
-            size_bytes=size,
-            received_at=time.time(),
-            calling_ae=calling_ae,
-            called_ae=str(assoc.acceptor.ae_title).strip(),
-            peer_address=str(assoc.requestor.address),
-        )
-        try:
-            outcome = self._index.store(stored)
-        except Exception:
-            self._spool.remove(relpath)
-            raise
-        if outcome.replaced_path and outcome.replaced_path != relpath:
-            self._spool.remove(outcome.replaced_path)
-        self._deliveries.remember(id(assoc), header.study_instance_uid)
-        LOGGER.debug(
-            "stored %s of study %s (version %d) from %s%s",
-            sop_instance,
-            header.study_instance_uid,
-            outcome.study_version,
-            calling_ae,
-            " replacing a duplicate" if outcome.replaced_path else "",
-        )
-        return StoreReply(StoreStatus.SUCCESS)
+        """Store one received instance durably and index it (``InstanceStore.store``); the
+        handler both receive paths call. Never raises."""
+        return self._instances.store(assoc, request)

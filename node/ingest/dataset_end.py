@@ -1,8 +1,8 @@
 """Whether a received dataset ends where its elements say it does.
 
-The index reads a dataset only up to its pixel data (``node.index.parse_header``), so a
-dataset cut inside the pixel data, or in anything after it, parsed cleanly and was stored
-with part of its pixels. ``check_dataset_end`` walks the top-level elements from there to the
+The header is read only up to its pixel data (``header.parse_header``), so a dataset cut
+inside the pixel data, or in anything after it, parsed cleanly and was stored with part of
+its pixels. ``check_dataset_end`` walks the top-level elements from there to the
 end by their declared lengths, without reading or decoding any value: each must fit in the
 bytes received, and an undefined-length value (encapsulated pixel data, a sequence) must end
 with its sequence delimiter.

@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import TYPE_CHECKING
 
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-from node.responses import (
+from node.ingest.c_store import StoreHandler, StoreReply, StoreRequest
+from node.ingest.responses import (
     NO_DATASET,
     STORE_RESPONSE,
     encode_command_pdu,
     encode_response_fields,
     fits_one_pdu,
 )
-
-if TYPE_CHECKING:
-    from node.reactor import EventAssociation
 
 #: Command Field of a C-STORE request (PS3.7 E.1).
 STORE_REQUEST = 0x0001
@@ -53,46 +50,6 @@ _PLAIN_UID = re.compile(rb"[0-9.]{1,64}")
 class ProtocolError(Exception):
     """A PDU that breaks the C-STORE message this path is receiving (the association is
     then aborted)."""
-
-
-@dataclass(frozen=True)
-class StoreRequest:
-    """A received C-STORE request, as the SCP's store handler sees it."""
-
-    context_id: int
-    transfer_syntax: str
-    message_id: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    #: The dataset as the peer encoded it (no File Meta).
-    dataset: bytes
-
-
-class StoreStatus(IntEnum):
-    """C-STORE response statuses the SCP returns (PS3.4 Annex B.2.3)."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700
-    DATASET_MISMATCH = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    MISSING_UID = 0xC001
-    STORAGE_FAILED = 0xC002
-
-
-@dataclass(frozen=True)
-class StoreReply:
-    """The status a store handler answers with (PS3.4 Annex B.2.3)."""
-
-    status: int
-    error_comment: str | None = None
-
-    @classmethod
-    def failure(cls, code: StoreStatus, comment: str) -> StoreReply:
-        return cls(int(code), comment[:64])  # Error Comment is LO: at most 64 characters
-
-
-StoreHandler = Callable[["EventAssociation", StoreRequest], StoreReply]
-"""Stores one instance and says how it went; called on the DUL thread; must not raise."""
 
 
 @dataclass(frozen=True)
@@ -175,8 +132,10 @@ class DirectStoreReceiver:
     it, and pynetdicom sees none of the message's PDUs.
     """
 
-    def __init__(self, assoc: EventAssociation, handler: StoreHandler) -> None:
+    def __init__(self, assoc: Association, serving: threading.Lock, handler: StoreHandler) -> None:
         self._assoc = assoc
+        #: The association's lock on serving a request (``EventAssociation.serving``).
+        self._serving = serving
         self._handler = handler
         self._receiving: _Receiving | None = None
 
@@ -215,7 +174,7 @@ class DirectStoreReceiver:
         out or the connection lost) and free ``serving``."""
         if self._receiving is not None:
             self._receiving = None
-            self._assoc.serving.release()
+            self._serving.release()
 
     def _start(self, items: list[tuple[int, int, memoryview]] | None) -> _Receiving | None:
         """The C-STORE whose command opens this PDU, if this path may take it."""
@@ -235,7 +194,7 @@ class DirectStoreReceiver:
         ):
             return None
         command = decode_store_command(command_set)
-        if command is None or not assoc.serving.acquire(blocking=False):
+        if command is None or not self._serving.acquire(blocking=False):
             return None
         self._receiving = _Receiving(context_id, command)
         return self._receiving
@@ -258,7 +217,7 @@ class DirectStoreReceiver:
             reply = self._handler(assoc, request)
             self._respond(request, reply)
         finally:
-            assoc.serving.release()
+            self._serving.release()
 
     def _respond(self, request: StoreRequest, reply: StoreReply) -> None:
         """One P-DATA PDU straight to the socket, or pynetdicom's encoder and queue when the

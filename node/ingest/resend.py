@@ -12,13 +12,11 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from node.output_kinds import KIND_BY_SOP_CLASS
-from node.spool import Spool, instance_relpath
-
-if TYPE_CHECKING:
-    from node.index import Index, InstanceHeader
+from node.ingest.header import InstanceHeader
+from node.ingest.index import Index
+from node.ingest.spool import Spool, instance_relpath
+from node.shared_types import KIND_BY_SOP_CLASS
 
 #: Preamble, ``DICM`` and the File Meta group length element (tag, VR, length, value).
 _META_LENGTH_AT = 128 + 4 + 8

@@ -2,7 +2,8 @@
 
 One thread polls ``study_versions`` for rows with ``routed_at`` NULL and writes their route
 matches. It also watches routes.yaml (content checked every ``watch_interval_s``) and, when
-started on the main thread, reloads on SIGHUP.
+started on the main thread, reloads on SIGHUP; every reload, taken or refused, is a
+configuration change in the audit trail.
 """
 
 from __future__ import annotations
@@ -15,17 +16,38 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from node.audit.events import ConfigurationChanged, Outcome
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.db import connect
-from routers.check import destination_flags, installed_plugins, load_route_table
-from routers.matcher import RouteTable, route_pending
-from routers.reload import LiveRouteTable
+from node.routing.catalog import destination_flags, installed_plugins
+from node.routing.matches import route_pending
+from routers.check import RoutesFileError, load_route_table
+from routers.matcher import RouteTable
+from routers.reload import LiveRouteTable, ReloadListener
 
 logger = logging.getLogger(__name__)
 
 # node.yaml -> installed plugin name -> versions (None: discovery unavailable, names unchecked)
 PluginCatalog = Callable[[NodeConfig], Mapping[str, Sequence[str]] | None]
+
+
+def audit_reloads(audit: AuditTrail) -> ReloadListener:
+    """A routes.yaml reload, taken or refused, as a configuration change (IHE ATNA)."""
+
+    def record(path: Path, refused: RoutesFileError | None) -> None:
+        if refused is None:
+            audit.record(ConfigurationChanged(path=str(path)))
+            return
+        audit.record(
+            ConfigurationChanged(
+                path=str(path),
+                result=Outcome.MINOR_FAILURE,
+                description="rejected: the routes in force stay",
+            )
+        )
+
+    return record
 
 
 class RoutingStage:
@@ -45,7 +67,7 @@ class RoutingStage:
         self._plugin_catalog = plugin_catalog
         self._poll_interval_s = poll_interval_s or config.stability.poll_interval_s
         self._watch_interval_s = watch_interval_s
-        self.routes = LiveRouteTable(config.routes_file, self._load, audit)
+        self.routes = LiveRouteTable(config.routes_file, self._load, audit_reloads(audit))
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._reload_requested = threading.Event()

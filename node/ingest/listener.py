@@ -2,11 +2,11 @@
 connection becomes.
 
 ``ListeningServer`` is pynetdicom's threaded server with Nagle off, kernel timeouts on every
-accepted socket, the pending-connection bound of ``node.admission``, DICOM TLS (the socket
+accepted socket, the pending-connection bound of ``admission``, DICOM TLS (the socket
 wrapped as accepted, the handshake left to the connection's own thread) and the event-driven
-association of ``node.reactor`` instead of the 1 ms polling one. With Nagle on, each small
-C-STORE response waits for the peer's delayed ACK and loopback throughput drops to tens of
-instances per second.
+``EventAssociation`` instead of the 1 ms polling one. With Nagle on, each small C-STORE
+response waits for the peer's delayed ACK and loopback throughput drops to tens of instances
+per second.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from node.access import PeerCertificate
-from node.admission import Admission
-from node.direct_store import StoreHandler
-from node.pdu_socket import PduSocket
-from node.reactor import EventAssociation
-from node.sockets import set_kernel_timeouts
+from node.ingest.admission import Admission
+from node.ingest.association import EventAssociation
+from node.ingest.c_store import StoreHandler
+from node.ingest.pdu_socket import PduSocket, set_kernel_timeouts
 from node.tls import subject_of
 
 __all__ = [
@@ -87,8 +86,7 @@ class ConnectionCountingAE(AE):
 
 class ListeningServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with Nagle off and the network timeout on every accepted
-    connection, and the event-driven association of ``node.reactor`` instead of the 1 ms
-    polling one.
+    connection, and the event-driven ``EventAssociation`` instead of the 1 ms polling one.
 
     With Nagle on, each small C-STORE response waits for the peer's delayed ACK and loopback
     throughput drops to tens of instances per second.
@@ -101,14 +99,14 @@ class ListeningServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", EventRequestHandler)
         super().__init__(*args, **kwargs)
-        #: Serves plain C-STOREs straight off their PDUs (``node.direct_store``).
+        #: Serves plain C-STOREs straight off their PDUs (``direct_store``).
         self.store_handler: StoreHandler | None = None
         #: How long a new connection may take to send its whole A-ASSOCIATE-RQ.
         self.association_request_timeout: float | None = None
         #: Bounds the connections that have not sent an A-ASSOCIATE-RQ yet.
         self.admission: Admission | None = None
         #: Set for a DICOM TLS listener: accepted sockets are wrapped, and the handshake is
-        #: made on the connection's thread (``node.reactor``), never on the accepting one.
+        #: made on the connection's thread (``EventAssociation``), never on the accepting one.
         self.tls_context: ssl.SSLContext | None = None
         #: Told of each failed handshake: (peer host, port), the reason.
         self.on_tls_failure: Callable[[tuple[str, int], str], None] | None = None
@@ -118,7 +116,7 @@ class ListeningServer(ThreadedAssociationServer):
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A peer that stops in the middle of a PDU must not hold the receiving thread in
         # ``recv`` for ever (the association's idle timeout cannot reach it there); until its
-        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``node.reactor``).
+        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``EventAssociation``).
         timeouts = [self.ae.network_timeout, self.association_request_timeout]
         set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
         if self.tls_context is not None:
@@ -129,7 +127,7 @@ class ListeningServer(ThreadedAssociationServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Take the connection unless ``admission`` refuses it; refused, it is closed at once
-        (``shutdown_request``) without a thread (``node.admission``)."""
+        (``shutdown_request``) without a thread (``admission``)."""
         if self.admission is None:
             return True
         return self.admission.admit(self.active_associations, client_address)

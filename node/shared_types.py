@@ -1,12 +1,20 @@
-"""What results a job makes and who takes which: result kinds, viewer profiles, defaults.
+"""Types that several stages use, in one place below all of them, so that no stage imports
+another (or the configuration) for a type.
 
-Shared by the configuration (a destination's ``send_as``), the output builders and the job
-stage; the kinds a product's own DICOM is relayed as are the same (``node.outputs.relay``).
+- ``RetryPolicy``: backoff and dead letter, for jobs (``node.jobs``, ``node.vendors``) and for
+  deliveries (``node.dispatch``).
+- What results a job makes and who takes which: ``OutputKind`` (a destination's ``send_as``,
+  the output builders, the job stage; the kinds a product's own DICOM is relayed as are the
+  same, ``node.outputs.relay``), ``KIND_BY_SOP_CLASS``, ``ViewerProfile``, ``SourceKind`` and
+  ``PROFILE_DEFAULTS``.
+
+It imports nothing of the node's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -28,9 +36,29 @@ __all__ = [
     "KIND_BY_SOP_CLASS",
     "PROFILE_DEFAULTS",
     "OutputKind",
+    "RetryPolicy",
     "SourceKind",
     "ViewerProfile",
 ]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``backoff_s * 2**(attempts-1)``, capped, dead after max_attempts."""
+
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("backoff_s and backoff_max_s must be >= 0")
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
+        return min(self.backoff_max_s, self.backoff_s * 2 ** max(0, attempts - 1))
 
 
 class OutputKind(StrEnum):

@@ -1,10 +1,11 @@
 """The accepted connection's socket as pynetdicom's DUL reads it: whole PDUs, memory that
-follows what arrived, and quick ACKs for senders that keep Nagle on."""
+follows what arrived, quick ACKs for senders that keep Nagle on, and timeouts in the kernel."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 
 from pynetdicom.transport import AssociationSocket
@@ -14,6 +15,18 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 #: A PDU's buffer starts at most this large and doubles as bytes arrive: memory follows what
 #: was received, not what a PDU header declares (up to 4 GiB).
 FIRST_READ_BYTES = 1 << 20
+
+
+def set_kernel_timeouts(sock: socket.socket, timeout: float | None) -> None:
+    """Bound every blocking ``recv``/``send`` on ``sock`` in the kernel (``SO_RCVTIMEO``,
+    ``SO_SNDTIMEO``): a Python socket timeout would make every read non-blocking plus a poll,
+    measurably slower for CT-sized PDUs."""
+    if timeout is None:
+        return
+    seconds = int(timeout)
+    limit = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
 
 class PduSocket(AssociationSocket):

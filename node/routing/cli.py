@@ -1,4 +1,4 @@
-"""``ainode routes check|explain`` and ``ainode config schema``.
+"""``ainode routes check|explain``.
 
 ``check`` and ``explain`` read node.yaml (``--config``) when it exists, to know the routes
 file, the installed plugins, the destinations and the index; without it they still check the
@@ -15,14 +15,10 @@ from pathlib import Path
 
 from models.discovery import discover
 from node.config import DEFAULT_CONFIG, ConfigError, NodeConfig, load_node_config
+from node.db import connect
+from node.routing.catalog import destination_flags, installed_plugins
 from routers.attributes import study_view_from_index, study_views_from_paths
-from routers.check import (
-    RoutesFileError,
-    check_file,
-    destination_flags,
-    installed_plugins,
-    load_route_table,
-)
+from routers.check import RoutesFileError, check_file, load_route_table
 from routers.explain import explain_study
 from routers.matcher import RouteTable
 
@@ -137,8 +133,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def explain_indexed_study(config: NodeConfig, table: RouteTable, study_uid: str) -> str | None:
     """``routes explain`` for a study in the index (None when it is not there): the CLI and
     the console's API answer with this same text."""
-    from node.db import connect
-
     conn = connect(config.storage.database_path)
     try:
         study = study_view_from_index(conn, study_uid)

@@ -1,0 +1,29 @@
+"""The receive path: a C-STORE from the socket to its Success, and nothing after it.
+
+A C-STORE, in the order it meets the modules (each imports only those above it in its own
+chain, never one below):
+
+1. ``listener``: ``ListeningServer`` accepts the connection (Nagle off, kernel timeouts, TLS
+   wrapped), asks ``admission`` whether to take it (a flood of bare connects costs bounded
+   threads) and builds an ``association.EventAssociation`` on a ``pdu_socket.PduSocket``.
+2. ``dul``: the association's DUL thread reads whole PDUs off the socket; a P-DATA-TF of a
+   plain C-STORE goes to ``direct_store``, anything else to pynetdicom's own decoding.
+3. ``direct_store``: decodes the command set by hand, collects the dataset fragments into a
+   ``c_store.StoreRequest`` and calls the store handler; ``association`` takes the unusual
+   ones (split commands, C-ECHO, release) through pynetdicom to ``scp``'s ``_on_store``,
+   which builds the same request.
+4. ``scp``: ``StorageSCP`` owns the listeners and decides who may associate (called AE,
+   ``access.callers``, TLS certificate); its ``store`` hands the request to ``store``.
+5. ``store``: ``InstanceStore`` reads the header (``header``, ``header_values``, and
+   ``dataset_end`` for a dataset cut short), answers a re-send without writing (``resend``),
+   writes the file durably (``spool``: temp file, fsync, rename, folder fsync), commits its
+   row (``index``) and notes the study for the release (``deliveries``). A refusal is a
+   typed exception whose status ``store.reply_for`` picks by type.
+6. Back on the DUL thread, ``direct_store`` sends the reply (a ``c_store.StoreReply``) as one
+   hand-encoded P-DATA PDU (``responses``); pynetdicom's path encodes it with ``responses``'
+   ``FastResponseDIMSE``. The instance is on disk and indexed before the peer reads 0x0000.
+
+``c_store`` holds the request, reply and statuses both paths share, so ``direct_store``
+needs nothing of ``association`` or ``scp``. What happens next (the quiet timer, versions)
+is ``node.assembler``'s, reading the index's tables.
+"""
