@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/node.yaml
 
-.PHONY: run test install install-test lint bench image
+.PHONY: run test test-slow install install-test lint bench image
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -33,6 +33,12 @@ test: install-test
 
 image: install
 	$(PY) scripts/build-node-image.py --tag ainode:cpu
+
+# the slow tests (100,000 fuzzed PDUs, retraining dx-chest, the large CT phantom, the SCU's
+# lost-response proof, 20 kill -9 cycles) and 25 times the dataset-fuzz examples: ~20 min here
+test-slow: install-test
+	AINODE_SLOW=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
+	AINODE_SLOW=1 $(PY) -m pytest tests/test_ingest_fuzz_dataset.py $(PYTEST_ARGS)
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,0 +1,162 @@
+"""How long ``ainode serve`` takes to start on a large record (not a test; run on demand).
+
+Builds a data folder with ``--instances`` indexed instances (synthetic, small: rows written
+straight into the index, one small file each in the spool layout, 100 per series, 1000 per
+study; studies stable, nothing to route), then measures the time from ``ainode serve`` to the
+first C-ECHO answered:
+
+- after a clean stop (the clean-stop marker is there),
+- after ``kill -9`` (no marker: the start-up checks the spool against the index).
+
+Issue 22's goal: a restart after kill -9 with 1,000,000 instances indexed in under 5 s.
+
+Usage: python bench/restart.py [--instances 1000000] [--work DIR] [--journal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from node.db import connect  # noqa: E402
+from node.scu import AssociationFailed, Peer, echo  # noqa: E402
+
+PER_SERIES, PER_STUDY = 100, 1000
+CT = "1.2.840.10008.5.1.4.1.1.2"
+LE = "1.2.840.10008.1.2.1"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build(data: Path, count: int) -> None:
+    """The index rows and the spool files of ``count`` instances."""
+    started = time.monotonic()
+    conn = connect(data / "ainode.sqlite3")
+    spool = data / "spool"
+    body = b"\0" * 128 + b"DICM" + b"\0" * 96  # never parsed: the index has every row
+    now = time.time() - 86400
+    conn.execute("BEGIN")
+    for first in range(0, count, PER_STUDY):
+        study = f"2.25.{first // PER_STUDY + 1}"
+        conn.execute(
+            "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at, "
+            "state, version) VALUES (?, ?, ?, 'stable', 1)",
+            (study, now, now),
+        )
+        rows = []
+        for number in range(first, min(first + PER_STUDY, count)):
+            series = f"{study}.{number // PER_SERIES + 1}"
+            if number % PER_SERIES == 0:
+                conn.execute(
+                    "INSERT INTO series (series_instance_uid, study_instance_uid, modality) "
+                    "VALUES (?, ?, 'CT')",
+                    (series, study),
+                )
+                (spool / study / series).mkdir(parents=True, exist_ok=True)
+            sop = f"{series}.{number + 1}"
+            relpath = f"{study}/{series}/{sop}.dcm"
+            fd = os.open(spool / relpath, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, body)
+            os.close(fd)
+            rows.append((sop, series, study, CT, LE, relpath, len(body), now, 1))
+        conn.executemany(
+            "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, "
+            "sop_class_uid, transfer_syntax_uid, path, size_bytes, received_at, study_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    os.sync()
+    print(f"built {count:,} instances in {time.monotonic() - started:.0f} s")
+
+
+def start_and_time(config: Path, port: int, log: Path) -> tuple[subprocess.Popen, float]:
+    started = time.monotonic()
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(config)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    peer = Peer("AINODE", "127.0.0.1", port)
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"ainode serve exited {process.returncode}: see {log}")
+        try:
+            if echo(peer, "BENCH", timeout_s=2) == 0:
+                return process, time.monotonic() - started
+        except AssociationFailed:
+            pass
+        time.sleep(0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=1_000_000)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--journal", action="store_true", help="storage.journal: true")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ainode-bench-restart-", dir=REPO.parent))
+    data = work / "data"
+    port = _free_port()
+    storage: dict = {"data_dir": str(data), "min_free_mb": 1}
+    if args.journal:
+        storage["journal"] = True
+    config = {
+        "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port},
+        "access": {"accept_any": True},
+        "storage": storage,
+        "routes_file": str(work / "no-routes.yaml"),
+    }
+    (work / "node.yaml").write_text(yaml.safe_dump(config))
+    try:
+        build(data, args.instances)
+        log = work / "node.log"
+        process, first = start_and_time(work / "node.yaml", port, log)
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+        process, clean = start_and_time(work / "node.yaml", port, log)
+        process.kill()
+        process.wait(60)
+        process, crashed = start_and_time(work / "node.yaml", port, log)
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+        count = (
+            sqlite3.connect(data / "ainode.sqlite3")
+            .execute("SELECT COUNT(*) FROM instances")
+            .fetchone()[0]
+        )
+        print(f"{count:,} instances indexed; start to first C-ECHO answered:")
+        print(f"  first start (no marker)   {first:6.2f} s")
+        print(f"  after a clean stop        {clean:6.2f} s")
+        print(f"  after kill -9             {crashed:6.2f} s   (goal: under 5 s)")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
