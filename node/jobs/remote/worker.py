@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from celery import Celery
@@ -88,6 +89,18 @@ class WorkerRuntime:
             return "dropped"
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def report_crash(self, ticket: JobTicket, trace: str) -> str:
+        """Tell the node the attempt crashed here, with the traceback, so it is retried now
+        rather than when the node's deadline passes."""
+        base = f"/jobs/{ticket.job_id}/attempts/{ticket.attempt}"
+        error = f"runner error on {self.config.name}: {trace[-4000:]}"
+        try:
+            return self._finish(
+                base, Finished(worker=self.config.name, error=error, retryable=True)
+            )
+        except NodeUnreachable:
+            return "unreachable"
 
     def _refusal(self, ticket: JobTicket) -> str | None:
         catalog = self.runner.host.catalog
@@ -212,6 +225,9 @@ def worker_app(config: WorkerConfig) -> tuple[Celery, list[str]]:
         except NodeUnreachable as exc:  # the node times the attempt out and publishes it again
             LOG.error("job %d: the node is unreachable: %s", parsed.job_id, exc)
             return "unreachable"
+        except Exception:  # a bug in the runner: the job's error carries it, and it is retried
+            LOG.exception("job %d: the runner crashed", parsed.job_id)
+            return _runtime().report_crash(parsed, traceback.format_exc())
 
     names = sorted({m.name for m in discover(config.plugin_dirs).manifests})
     app.conf.task_queues = [plugin_queue(name, config.queue_type) for name in names]
