@@ -1,115 +1,68 @@
-"""Ingest throughput: ainode's SCP against DCMTK storescp, both fed by DCMTK storescu.
+"""Ingest throughput: ainode's SCP against DCMTK storescp (and Orthanc), all fed by storescu.
 
 Two workloads (a synthetic 300-slice 512x512 CT, and 2000 small instances), each sent over
 one association and over four concurrent ones, to DCMTK ``storescp +B`` (bit-preserving, the
-reference) and to ``ainode serve`` in alternating rounds of the same run. Prints instances/s,
-MB/s and the ratio ainode/DCMTK (best round of each). Not a test: run it on demand. Every
-round sends a new series (fresh UIDs), so no round measures duplicate replacement.
+reference), to ``ainode serve`` and, with ``--orthanc``, to Debian's Orthanc with
+``SyncStorageArea: true`` (it fsyncs each file and commits its index per instance), in
+alternating rounds of the same run. Prints instances/s, MB/s and the ratio to DCMTK (and to
+Orthanc), best round of each. Not a test: run it on demand. Every round sends a new series
+(fresh UIDs), so no round measures duplicate replacement.
+
+ainode's storage mode: ``--durability fsync|os`` and ``--journal`` select it; ``--also MODE``
+adds more ainode receivers to the same run (``files-fsync``, ``files-os``, ``journal-fsync``,
+``journal-os``). With the journal, a Success waits for the journal only and the mover files
+the instances afterwards: the bench waits for the mover after each round (outside the timed
+send) and prints that wait too, so the next receiver is not measured against it.
 
 ainode runs under ``bench/ingest_node.py``, which times the receive phases (header parse,
-spool write, fsync, index commit) so the bench prints where an instance's time goes. A third
-receiver, ainode with fsync off and SQLite ``synchronous=OFF`` (a bench-only switch of that
-wrapper, not reachable from node.yaml), shows how much of the gap to DCMTK (which does not
-fsync at all) is the durability contract and how much the protocol path.
+spool write, fsync, index commit; journal append and commit; the mover's batches) so the
+bench prints where an instance's time goes, beside the disk's own floor (median
+``fdatasync`` of a 4 KiB overwrite and of a 512 KiB append in the work folder). A receiver
+``ainode-nofsync`` (fsync off and SQLite ``synchronous=OFF``, a bench-only switch of that
+wrapper, not reachable from node.yaml) shows how much of the gap is durability.
 
     python bench/ingest.py [--rounds 3] [--ct-slices 300] [--small 2000] [--no-split]
                            [--work-dir DIR] [--compare-tree OLD_CHECKOUT] [--tls]
+                           [--durability fsync|os] [--journal] [--also MODE] [--orthanc]
+                           [--cases ct:1,ct:4,small:1,small:4]
 
 ``--tls`` adds DICOM TLS receivers (ainode's TLS listener and ``storescp +tls``, with a
 throw-away PKI from ``tests/tls_support.py``), fed by ``storescu +tls`` with a client
 certificate, and prints what TLS costs each: TLS throughput / plain, in the same run.
 
-Both receivers create a file per instance, so the bench first prints what creating a file
-costs in the work folder: on the development VM that ranged from 0.01 to 1.7 ms depending on
-the folder and the hour (ext4 inode allocation), against DCMTK's 0.2-1 ms per instance.
-A work folder on tmpfs (``--work-dir /dev/shm``) takes the disk out of the comparison (fsync
-is a no-op there): what is left is the receivers' CPU.
+Receivers that create a file per instance pay for it, so the bench first prints what
+creating a file costs in the work folder: on the development VM that ranged from 0.01 to
+1.7 ms depending on the folder and the hour (ext4 inode allocation). A work folder on tmpfs
+(``--work-dir /dev/shm``) takes the disk out of the comparison (fsync is a no-op there).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
+from ingest_receivers import (  # noqa: E402
+    ENV,
+    Server,
+    dcmtk,
+    start_ainode,
+    start_dcmtk,
+    start_orthanc,
+)
 from ingest_support import make_instances  # noqa: E402  (the suite's fast series writer)
-from tls_support import Pki, dcmtk_tls_args, make_pki, tls_section  # noqa: E402
+from journal_floor import fdatasync_floor  # noqa: E402
+from tls_support import make_pki  # noqa: E402
 
-# DCMTK 3.6.7 leaves Nagle on unless told; both receivers get the same senders.
-ENV = dict(os.environ, TCP_NODELAY="1")
-
-
-def dcmtk(name: str) -> str:
-    path = Path("/usr/bin") / name
-    if not path.exists():
-        sys.exit(f"DCMTK {name} not found in /usr/bin: apt-get install dcmtk")
-    return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    ae_title: str
-    process: subprocess.Popen[bytes]
-    store_dir: Path
-    stats_path: Path | None = None  # phase timers of an instrumented ainode
-    sender_args: tuple[str, ...] = ()  # storescu's TLS options for this receiver
-    plain_name: str | None = None  # the plain receiver this TLS one is compared with
-
-    def take_stats(self) -> dict[str, dict[str, float]] | None:
-        """Phase seconds since the last call (``bench/ingest_node.py`` writes them on SIGUSR1)."""
-        if self.stats_path is None:
-            return None
-        self.stats_path.unlink(missing_ok=True)
-        self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while not self.stats_path.exists():
-            if time.monotonic() > deadline:
-                sys.exit(f"{self.name} wrote no phase timers")
-            time.sleep(0.01)
-        return json.loads(self.stats_path.read_text())
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server on port {port} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                time.sleep(0.5)  # let the probe's association go before measuring
-                return
-        time.sleep(0.05)
-    sys.exit(f"nothing listens on {port} after 30 s")
+MODES = ("files-fsync", "files-os", "journal-fsync", "journal-os")
 
 
 def file_create_ms(folder: Path, count: int = 200) -> float:
@@ -126,82 +79,27 @@ def file_create_ms(folder: Path, count: int = 200) -> float:
         shutil.rmtree(probe)
 
 
-def start_dcmtk(work: Path, pki: Pki | None = None) -> Server:
-    port = free_port()
-    name = "DCMTK storescp +B" + (" TLS" if pki else "")
-    out = work / ("storescp-tls" if pki else "storescp")
-    out.mkdir()
-    tls = dcmtk_tls_args(pki.server, pki) if pki else []
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "+B", "--fork", *tls, "-aet", "STORESCP", "-od", str(out), str(port)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_listening(port, process)
-    sender = tuple(dcmtk_tls_args(pki.client, pki)) if pki else ()
-    plain = "DCMTK storescp +B" if pki else None
-    return Server(name, port, "STORESCP", process, out, None, sender, plain)
-
-
-def start_ainode(
-    work: Path,
-    *,
-    durable: bool = True,
-    repo: Path = REPO,
-    name: str | None = None,
-    pki: Pki | None = None,
-) -> Server:
-    """``ainode serve`` under ``bench/ingest_node.py`` (this checkout's, or ``repo``'s); with
-    ``pki``, a TLS listener only."""
-    port = free_port()
-    name = name or ("ainode" if durable else "ainode-nofsync")
-    data = work / name
-    config = {
-        "listener": {
-            "ae_title": "AINODE",
-            "host": "127.0.0.1",
-            "port": port,
-            "max_associations": 16,
-            "max_pdu": 0,
-        },
-        "access": {"accept_any": True},
-        "storage": {"data_dir": str(data), "min_free_mb": 64},
-        "stability": {"stable_after_s": 3600, "after_release_s": None},
-    }
-    if pki is not None:
-        config["listener"] |= {"plain": False, "tls_port": port, "port": free_port()}
-        config["tls"] = tls_section(pki)
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    stats = work / f"{name}-stats.json"
-    # The wrapper is always this checkout's: an older ``repo`` may not have one.
-    command = [sys.executable, str(REPO / "bench" / "ingest_node.py"), "--config", str(path)]
-    command += ["--stats", str(stats), "--repo", str(repo)]
-    command += [] if durable else ["--no-durability"]
-    process = subprocess.Popen(
-        command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_listening(port, process)
-    server = Server(name, port, "AINODE", process, data / "spool", stats)
-    if pki is not None:
-        server.sender_args = tuple(dcmtk_tls_args(pki.client, pki))
-        server.plain_name = "ainode"
-    server.take_stats()  # drop the listening probe's
-    return server
-
-
 def print_split(name: str, seconds: float, count: int, stats: dict[str, dict[str, float]]) -> None:
     """Where one run's time went, in ms per instance (one association: phases are serial)."""
     phase = {key: value * 1000 / count for key, value in stats["seconds"].items()}
     wall = seconds * 1000 / count
     handler = phase["handler"]
-    print(
-        f"{'':<22} {'':>5}  {name + ' ms/inst':<18} wall {wall:.2f} = "
+    line = (
+        f"{'':<22} {'':>5}  {name + ' ms/inst':<24} wall {wall:.2f} = "
         f"protocol+transport {wall - handler:.2f} + handler {handler:.2f} "
-        f"(parse {phase['parse']:.2f}, spool write {phase['spool_write']:.2f} "
-        f"of which fsync {phase['fsync']:.2f}, index commit {phase['index_store']:.2f})"
+        f"(parse {phase['parse']:.2f}"
     )
+    if stats["calls"].get("journal_append"):
+        line += (
+            f", journal append {phase['journal_append']:.2f}, commit "
+            f"{phase['journal_commit']:.2f}); mover {phase['mover_file']:.2f} off the Success path"
+        )
+    else:
+        line += (
+            f", spool write {phase['spool_write']:.2f} of which fsync {phase['fsync']:.2f}, "
+            f"index commit {phase['index_store']:.2f})"
+        )
+    print(line)
 
 
 def send(server: Server, files: list[Path], associations: int) -> float:
@@ -234,11 +132,24 @@ def send(server: Server, files: list[Path], associations: int) -> float:
     return time.perf_counter() - started
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ct-slices", type=int, default=300)
     parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument(
+        "--cases",
+        default="ct:1,ct:4,small:1,small:4",
+        help="workload:associations pairs to run (default all four)",
+    )
+    parser.add_argument("--durability", choices=("fsync", "os"), default="fsync")
+    parser.add_argument("--journal", action="store_true", help="ainode with storage.journal")
+    parser.add_argument(
+        "--also", action="append", choices=MODES, default=[], help="another ainode receiver"
+    )
+    parser.add_argument(
+        "--orthanc", action="store_true", help="add Orthanc with SyncStorageArea: true"
+    )
     parser.add_argument(
         "--no-split", action="store_true", help="skip the no-fsync ainode (cost split)"
     )
@@ -247,7 +158,7 @@ def main() -> int:
         type=Path,
         default=None,
         help="also run the ainode of this source tree (e.g. `git archive` of an older "
-        "commit, unpacked) as a fourth receiver, for before/after figures in one run",
+        "commit, unpacked) as another receiver, for before/after figures in one run",
     )
     parser.add_argument(
         "--work-dir",
@@ -259,80 +170,117 @@ def main() -> int:
     parser.add_argument(
         "--tls", action="store_true", help="add DICOM TLS receivers and print TLS / plain"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def start_servers(args: argparse.Namespace, work: Path) -> list[Server]:
+    """DCMTK first (the reference), then the ainode receivers, then the others."""
+    servers = [
+        start_dcmtk(work),
+        start_ainode(work, durability=args.durability, journal=args.journal),
+    ]
+    for mode in dict.fromkeys(args.also):
+        kind, durability = mode.split("-")
+        if servers[1].name != f"ainode {kind} {durability}":
+            servers.append(start_ainode(work, durability=durability, journal=kind == "journal"))
+    if not args.no_split:
+        servers.append(start_ainode(work, durable=False))
+    if args.compare_tree is not None:
+        mode = {"durability": args.durability, "journal": args.journal}
+        servers.append(start_ainode(work, repo=args.compare_tree, name="ainode-compared", **mode))
+    if args.orthanc:
+        servers.append(start_orthanc(work))
+    if args.tls:
+        pki = make_pki(work / "pki")
+        tls_ainode = start_ainode(work, name="ainode TLS", pki=pki)
+        tls_ainode.plain_name = servers[1].name
+        servers += [start_dcmtk(work, pki), tls_ainode]
+    return servers
+
+
+def main() -> int:
+    args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="ainode-bench-", dir=args.work_dir))
     create_ms = file_create_ms(work)
     print(f"creating a file in {work}: {create_ms:.3f} ms (median of 200)")
     if create_ms > 0.1:
         print("WARNING: creating files costs much of a store here; pick another --work-dir")
+    overwrite_ms, append_ms = fdatasync_floor(work)
+    print(
+        f"disk floor in {work}: fdatasync of a 4 KiB overwrite {overwrite_ms:.2f} ms, "
+        f"of a 512 KiB append {append_ms:.2f} ms (medians); {os.cpu_count()} cores"
+    )
     try:
-        # (label, slices, size): every round sends a new series (new UIDs), so no receiver
-        # ever measures its duplicate-replacement path instead of plain stores.
-        workloads = [
-            (f"CT {args.ct_slices}x512x512", args.ct_slices, 512),
-            (f"{args.small} small (8x8)", args.small, 8),
-        ]
-        reference, ours = start_dcmtk(work), start_ainode(work)
-        servers = [reference, ours]
-        if not args.no_split:
-            servers.append(start_ainode(work, durable=False))
-        if args.compare_tree is not None:
-            servers.append(start_ainode(work, repo=args.compare_tree, name="ainode-compared"))
-        if args.tls:
-            pki = make_pki(work / "pki")
-            servers += [start_dcmtk(work, pki), start_ainode(work, name="ainode TLS", pki=pki)]
-        print(f"{'workload':<22} {'assoc':>5}  {'receiver':<18} {'inst/s':>8} {'MB/s':>8}")
-        expected = 0
-        for label, count, size in workloads:
-            for associations in (1, 4):
-                times: dict[str, list[float]] = {server.name: [] for server in servers}
-                best_stats: dict[str, dict[str, dict[str, float]]] = {}
-                for round_number in range(args.rounds):  # interleaved: every receiver
-                    folder = work / f"in-{size}-{associations}-{round_number}"
-                    files = make_instances(folder, count, size=size)
-                    megabytes = sum(p.stat().st_size for p in files) / 1e6
-                    for server in servers:
-                        seconds = send(server, files, associations)
-                        stats = server.take_stats()
-                        if stats is not None and seconds <= min(times[server.name], default=1e9):
-                            best_stats[server.name] = stats
-                        times[server.name].append(seconds)
-                    expected += count
-                    shutil.rmtree(folder)
-                    for server in servers:  # keep the disk use down
-                        if server.stats_path is None:
-                            for received in server.store_dir.iterdir():
-                                received.unlink()
-                best = {name: min(values) for name, values in times.items()}
-                for name, seconds in best.items():
-                    print(
-                        f"{label:<22} {associations:>5}  {name:<18} "
-                        f"{count / seconds:>8.0f} {megabytes / seconds:>8.1f}"
-                        f"   (median {statistics.median(times[name]):.2f} s)"
-                    )
-                for server in servers[1:]:
-                    ratio = best[reference.name] / best[server.name]
-                    print(f"{'':<22} {'':>5}  {'ratio ' + server.name:<18} {ratio:>8.2f}")
-                for server in servers:
-                    if server.plain_name is not None:
-                        ratio = best[server.plain_name] / best[server.name]
-                        label_ = f"TLS/plain {server.plain_name.split()[0]}"
-                        print(f"{'':<22} {'':>5}  {label_:<18} {ratio:>8.2f}")
-                if associations == 1:
-                    for name, stats in best_stats.items():
-                        print_split(name, best[name], count, stats)
-        for server in servers:
-            server.stop()
-        for server in servers[1:]:
-            if server.stats_path is None:
-                continue  # DCMTK's folder is emptied after every round
-            stored = sum(1 for _ in server.store_dir.rglob("*.dcm"))
-            if stored != expected:
-                print(f"WARNING: {server.name} holds {stored} instances, expected {expected}")
+        run(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    sizes = {"ct": (f"CT {args.ct_slices}x512x512", args.ct_slices, 512)}
+    sizes["small"] = (f"{args.small} small (8x8)", args.small, 8)
+    cases = [(kind, int(assoc)) for kind, assoc in (c.split(":") for c in args.cases.split(","))]
+    servers = start_servers(args, work)
+    reference = servers[0]
+    orthanc = next((s for s in servers if s.name == "Orthanc sync"), None)
+    print(f"{'workload':<22} {'assoc':>5}  {'receiver':<24} {'inst/s':>8} {'MB/s':>8}")
+    expected = 0
+    for kind, associations in cases:
+        label, count, size = sizes[kind]
+        times: dict[str, list[float]] = {server.name: [] for server in servers}
+        filing: dict[str, list[float]] = {server.name: [] for server in servers}
+        best_stats: dict[str, dict[str, dict[str, float]]] = {}
+        for round_number in range(args.rounds):  # interleaved: every receiver
+            folder = work / f"in-{size}-{associations}-{round_number}"
+            files = make_instances(folder, count, size=size)
+            megabytes = sum(p.stat().st_size for p in files) / 1e6
+            for server in servers:
+                seconds = send(server, files, associations)
+                filing[server.name].append(seconds + server.wait_filed(expected + count))
+                stats = server.take_stats()
+                if stats is not None and seconds <= min(times[server.name], default=1e9):
+                    best_stats[server.name] = stats
+                times[server.name].append(seconds)
+            expected += count
+            shutil.rmtree(folder)
+            for server in servers:  # keep the disk use down
+                if server.emptied:
+                    for received in server.store_dir.iterdir():
+                        received.unlink()
+        best = {name: min(values) for name, values in times.items()}
+        for name, seconds in best.items():
+            filed = min(filing[name])
+            until_filed = f", {count / filed:.0f} inst/s until filed" if filed > seconds else ""
+            print(
+                f"{label:<22} {associations:>5}  {name:<24} "
+                f"{count / seconds:>8.0f} {megabytes / seconds:>8.1f}"
+                f"   (median {statistics.median(times[name]):.2f} s{until_filed})"
+            )
+        for server in servers[1:]:
+            ratio = best[reference.name] / best[server.name]
+            print(f"{'':<22} {'':>5}  {'ratio ' + server.name:<24} {ratio:>8.2f}")
+        if orthanc is not None:
+            for server in servers:
+                if server.database is not None:
+                    ratio = best[orthanc.name] / best[server.name]
+                    print(f"{'':<22} {'':>5}  {server.name + ' / Orthanc':<24} {ratio:>8.2f}")
+        for server in servers:
+            if server.plain_name is not None:
+                ratio = best[server.plain_name] / best[server.name]
+                label_ = f"TLS/plain {server.plain_name.split()[0]}"
+                print(f"{'':<22} {'':>5}  {label_:<24} {ratio:>8.2f}")
+        if associations == 1:
+            for name, stats in best_stats.items():
+                print_split(name, best[name], count, stats)
+    for server in servers:
+        server.stop()
+    for server in servers:
+        if server.database is None:
+            continue
+        stored = sum(1 for _ in server.store_dir.rglob("*.dcm"))
+        if stored != expected:
+            print(f"WARNING: {server.name} holds {stored} instances, expected {expected}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ here is reachable from node.yaml or the ``ainode`` CLI: the switches exist in th
 - ``--stats FILE``: on SIGUSR1 (and on exit), write the seconds spent per receive phase since
   the last write (JSON) and start counting afresh: the whole store handler
   (``StorageSCP.store``), header parse, spool write, every ``fsync`` (file and folder), index
-  commit.
+  commit; with ``storage.journal`` also the journal's append and commit (the Success path)
+  and the mover's batches (off it).
 - ``--no-durability``: ``fsync`` becomes a no-op and SQLite runs ``synchronous=OFF``. The
   node then breaks its contract (Success before the bytes are on disk); the bench uses it
   only to measure what the contract costs.
@@ -30,7 +31,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
-PHASES = ("handler", "parse", "spool_write", "fsync", "index_store")
+PHASES = (
+    "handler",
+    "parse",
+    "spool_write",
+    "fsync",
+    "index_store",
+    "journal_append",
+    "journal_commit",
+    "mover_file",
+)
 
 
 class PhaseTimer:
@@ -83,6 +93,12 @@ def instrument(timer: PhaseTimer, *, durable: bool) -> None:
     spool.write = timer.wrap("spool_write", spool.write)  # type: ignore[method-assign]
     index = importlib.import_module(f"{package}.index").Index
     index.store = timer.wrap("index_store", index.store)  # type: ignore[method-assign]
+    if (Path(node.__file__).parent / "ingest" / "mover.py").exists():
+        journal = importlib.import_module(f"{package}.journal").Journal
+        journal.append = timer.wrap("journal_append", journal.append)  # type: ignore[method-assign]
+        journal.commit = timer.wrap("journal_commit", journal.commit)  # type: ignore[method-assign]
+        filer = importlib.import_module(f"{package}.move").BatchFiler
+        filer.file = timer.wrap("mover_file", filer.file)  # type: ignore[method-assign]
     fsync = os.fsync if durable else (lambda fd: None)
     os.fsync = timer.wrap("fsync", fsync)
     if not durable:

@@ -21,6 +21,7 @@ from node.audit.settings import AuditSettings
 from node.config_fields import Section, check_ae_title
 from node.console.settings import ConsoleSettings
 from node.destination_settings import Destination
+from node.ingest.journal_format import Durability
 from node.jobs.remote.settings import CelerySettings
 from node.output_settings import OutputsConfig
 from node.pseudonym_settings import PseudonymisationSettings
@@ -143,11 +144,27 @@ class StorageConfig(Section):
     min_free_mb: int = Field(
         512, ge=0, description="below this much free disk, C-STORE answers 0xA700"
     )
+    durability: Durability = Field(
+        Durability.FSYNC,
+        description="what a C-STORE Success waits for: fsync = on stable storage (survives a "
+        "power loss); os = written to the operating system (survives a crash of the node, "
+        "not of the machine)",
+    )
+    journal: bool = Field(
+        False,
+        description="a Success waits for the write-ahead journal (data_dir/journal), shared "
+        "by concurrent associations; a mover stage files instances into the spool and index",
+    )
+    journal_segment_mb: int = Field(256, ge=1, le=4096, description="journal segment size")
     retention: RetentionSettings = RetentionSettings()
 
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
 
     @property
     def database_path(self) -> Path:

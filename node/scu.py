@@ -1,14 +1,16 @@
 """C-ECHO and C-STORE SCU: many files over one association, Nagle off, no lost responses.
 
 pynetdicom 3.0.4's requestor runs its own reactor thread, and ``send_c_store`` "pauses" it
-with ``_reactor_checkpoint.clear()`` followed by a spin on ``_is_paused``. The reactor sets
-``_is_paused = True`` *before* it calls ``_reactor_checkpoint.wait()``: if the send clears the
-checkpoint just after that ``wait()`` returned, the send sees ``_is_paused`` still True,
-sends its request, and the reactor, now running, takes the C-STORE response off the DIMSE
-queue as if it were a request and drops it. ``send_c_store`` then waits out the DIMSE timeout
-and aborts. With TCP_NODELAY the response comes back fast enough to hit that window about
-once in a few thousand stores. ``_ReactorGate`` replaces the checkpoint with one whose
-``clear()`` returns only once the reactor is really parked in ``wait()``.
+by clearing the reactor's checkpoint event and spinning on a paused flag. The reactor sets
+that flag *before* it waits on the checkpoint: if the send clears the checkpoint just after
+that wait returned, the send sees the flag still set, sends its request, and the reactor, now
+running, takes the C-STORE response off the DIMSE queue as if it were a request and drops
+it. ``send_c_store`` then waits out the DIMSE timeout and aborts. With TCP_NODELAY the
+response comes back fast enough to hit that window about once in a few thousand stores.
+``_ReactorGate`` replaces the checkpoint with one whose ``clear()`` returns only once the
+reactor is really parked in ``wait()`` (docs/upstream/README.md has the details and the
+patch offered to pynetdicom). On a pynetdicom version ``node.pynetdicom_seam`` does not
+know, the gate is left out and ``send_c_store`` is pynetdicom's own.
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 
+from node.pynetdicom_seam import FAST_PATH, is_killed, replace_reactor_checkpoint, set_option
+
 LOGGER = logging.getLogger(__name__)
 
 # Send files as their bytes (no decode and re-encode); the context must match the file.
-_config.STORE_SEND_CHUNKED_DATASET = True
-_config.LOG_HANDLER_LEVEL = "none"
+set_option("STORE_SEND_CHUNKED_DATASET", True)
+set_option("LOG_HANDLER_LEVEL", "none")
 
 #: Media Storage Directory Storage: a DICOMDIR indexes a medium; no SCP stores one.
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -95,7 +99,7 @@ ProgressCallback = Callable[[int, int], None]
 
 
 class _ReactorGate:
-    """Drop-in for ``Association._reactor_checkpoint`` whose ``clear()`` really pauses.
+    """Drop-in for the association's reactor checkpoint whose ``clear()`` really pauses.
 
     ``clear()`` returns only when the reactor thread is parked inside ``wait()`` (or is not
     running, or ``clear()`` is called from the reactor thread itself), so no DIMSE message
@@ -121,7 +125,7 @@ class _ReactorGate:
             self._open = False
             if threading.current_thread() is self._assoc:
                 return
-            while not self._parked and self._assoc.is_alive() and not self._assoc._kill:
+            while not self._parked and self._assoc.is_alive() and not is_killed(self._assoc):
                 self._condition.wait(0.05)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -152,8 +156,9 @@ def associate(
     max_pdu: int = 0,
     tls: ssl.SSLContext | None = None,
 ) -> Association:
-    """An established association with Nagle off and the response race fixed; over DICOM
-    TLS when given a client context (the peer's certificate is checked as it says)."""
+    """An established association with Nagle off and the response race fixed (on a
+    pynetdicom the seam knows); over DICOM TLS when given a client context (the peer's
+    certificate is checked as it says)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
@@ -173,7 +178,8 @@ def associate(
             raise AssociationFailed(f"{peer} rejected the association")
         over = " over TLS (is its port TLS, and its certificate trusted?)" if tls else ""
         raise AssociationFailed(f"cannot associate with {peer}{over}")
-    assoc._reactor_checkpoint = _ReactorGate(assoc)  # type: ignore[assignment]
+    if FAST_PATH:
+        replace_reactor_checkpoint(assoc, _ReactorGate(assoc))
     return assoc
 
 

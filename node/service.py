@@ -9,6 +9,7 @@ stops it.
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 from typing import Protocol, runtime_checkable
@@ -21,12 +22,16 @@ from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
 from node.audit.events import ApplicationActivity
 from node.audit.trail import DISABLED, AuditTrail
-from node.config import ExecutorKind, NodeConfig
+from node.config import ExecutorKind, NodeConfig, StorageConfig
 from node.console.server import ConsoleServer
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
-from node.durable import fsync_dir
+from node.durable import fsync_dir, sync_filesystem
 from node.ingest.index import Index, recover_spool
+from node.ingest.journal import Journal
+from node.ingest.journal_format import Durability
+from node.ingest.move import BatchFiler
+from node.ingest.mover import JournalMover, replay
 from node.ingest.scp import StorageSCP
 from node.ingest.spool import Spool
 from node.jobs.executor import LocalExecutor
@@ -43,6 +48,18 @@ LOGGER = logging.getLogger(__name__)
 #: commit, or a power loss that took rows the WAL had not flushed) only when it is missing:
 #: on a spool of millions of files that walk takes minutes.
 CLEAN_STOP_FILE = "clean-stop"
+#: Written in the data folder once a node with ``storage.journal`` has started, removed when
+#: one without it starts: while it is there only the journal's mover has written the spool,
+#: and every file it wrote stays in the journal until indexed, so start-up after a crash
+#: replays the journal and never walks the spool.
+JOURNAL_ONLY_FILE = "journal-only"
+
+#: The start-up log line for each ``storage.durability``: what a Success promises.
+_DURABILITY_PROMISE = {
+    Durability.FSYNC: "fsync (a Success means the instance is on stable storage)",
+    Durability.OS: "os (a Success means the instance is written to the operating system: "
+    "it survives a crash of the node, not a power loss)",
+}
 
 
 @runtime_checkable
@@ -127,6 +144,38 @@ def _remove_container_leftovers(config: NodeConfig) -> None:
         )
 
 
+def _open_journal(storage: StorageConfig, spool: Spool, index: Index) -> JournalMover | None:
+    """Replay what the journal holds (whatever ``storage.journal`` says now: an earlier run
+    may have had it on), then the journal's mover, or None without ``storage.journal``."""
+    folder = storage.journal_dir
+    if not storage.journal and not folder.is_dir():
+        return None
+    journal = Journal.open(
+        folder, durability=storage.durability, segment_size=storage.journal_segment_mb << 20
+    )
+    filer = BatchFiler(spool, index, storage.durability, storage.database_path)
+    try:
+        replayed = replay(journal, filer)
+    except BaseException:
+        journal.close()
+        raise
+    if replayed.records:
+        LOGGER.warning(
+            "journal replayed: %d record(s), %d filed into the spool and index, %d held "
+            "already, %d unreadable",
+            replayed.records,
+            replayed.filed,
+            replayed.held,
+            replayed.unreadable,
+        )
+    if storage.journal:
+        return JournalMover(journal, filer, index)
+    journal.close()
+    shutil.rmtree(folder)  # everything in it is filed: give its segments' disk back
+    fsync_dir(storage.data_dir)
+    return None
+
+
 def _log_work_left(config: NodeConfig, stopped: list[str]) -> None:
     """Say at stop what the node leaves for its next start (read only: a full disk allows it)."""
     try:
@@ -160,6 +209,7 @@ class Node:
         self._started: list[Stage] = []
         self._index: Index | None = None
         self._vendor_inbox: VendorInbox | None = None
+        self._mover: JournalMover | None = None
         self.scp: StorageSCP | None = None
         self.audit: AuditTrail = DISABLED
 
@@ -170,7 +220,14 @@ class Node:
         storage = self.config.storage
         storage.data_dir.mkdir(parents=True, exist_ok=True)
         connect(storage.database_path).close()  # create the schema before any stage polls
-        spool = Spool(storage.spool_dir, storage.min_free_mb * 1024 * 1024)
+        spool = Spool(storage.spool_dir, storage.min_free_mb * 1024 * 1024, storage.durability)
+        LOGGER.info(
+            "storage.durability: %s; %s",
+            _DURABILITY_PROMISE[storage.durability],
+            "storage.journal: a Success waits for the journal, the mover files it"
+            if storage.journal
+            else "a file per instance before its Success",
+        )
         leftovers = spool.clear_temp()
         if leftovers:
             LOGGER.warning("removed %d partial file(s) left by an earlier crash", leftovers)
@@ -178,16 +235,27 @@ class Node:
         _finish_interrupted_purges(self.config)  # before recover_spool could re-index them
         self._index = Index(storage.database_path)
         clean_stop = storage.data_dir / CLEAN_STOP_FILE
-        if clean_stop.exists():
+        journal_only = storage.data_dir / JOURNAL_ONLY_FILE
+        clean = clean_stop.exists()
+        if clean:
             clean_stop.unlink()
             fsync_dir(storage.data_dir)  # a crash from now on must find no marker
-        else:
+        self._mover = _open_journal(storage, spool, self._index)
+        if not clean and not journal_only.exists():
             recovered = recover_spool(spool, self._index)
             if recovered:
                 LOGGER.warning(
                     "indexed %d complete file(s) an earlier crash left unindexed", recovered
                 )
+        if storage.journal and not journal_only.exists():
+            journal_only.touch()
+            fsync_dir(storage.data_dir)
+        elif not storage.journal and journal_only.exists():
+            journal_only.unlink()
+            fsync_dir(storage.data_dir)
         try:
+            if self._mover is not None:
+                self._mover.start()
             # first, so the stages and the SCP record into it; closed last in stop
             self.audit = AuditTrail.from_settings(
                 self.config.audit, storage.data_dir, self.config.listener.ae_title
@@ -198,7 +266,9 @@ class Node:
                 LOGGER.debug("stage %s started", stage.name)
             result_aes = vendor_result_aes(self.config)
             self._vendor_inbox = VendorInbox(self.config, result_aes) if result_aes else None
-            self.scp = StorageSCP(self.config, spool, self._index, self._vendor_inbox, self.audit)
+            self.scp = StorageSCP(
+                self.config, spool, self._index, self._vendor_inbox, self.audit, self._mover
+            )
             self.scp.start()
             self.audit.record(ApplicationActivity(started=True))
         except BaseException:
@@ -212,9 +282,12 @@ class Node:
     def _mark_clean_stop(self) -> None:
         """Every spool file has its row, flushed to disk by the close: say so, durably. A
         full disk may refuse even this; the next start then walks the spool, as after a
-        crash."""
+        crash. In ``os`` mode the spool's files are flushed first, so a power loss after a
+        clean stop loses nothing."""
         data_dir = self.config.storage.data_dir
         try:
+            if self.config.storage.durability is Durability.OS:
+                sync_filesystem(self.config.storage.spool_dir)
             (data_dir / CLEAN_STOP_FILE).touch()
             fsync_dir(data_dir)
         except OSError as exc:
@@ -229,6 +302,9 @@ class Node:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
+        if self._mover is not None:  # everything received filed, the journal retired
+            self._mover.stop()
+            self._mover = None
         if self._vendor_inbox is not None:
             self._vendor_inbox.close()
             self._vendor_inbox = None

@@ -38,10 +38,15 @@ class NodeStatus:
     studies_by_state: dict[str, int]
     jobs_by_state: dict[str, int]
     outbox_by_destination: dict[str, dict[str, int]]
+    durability: str = "fsync"  # what a C-STORE Success promises (storage.durability)
+    journal: bool = False  # whether it waits for the journal (storage.journal)
 
 
-def read_status(conn: sqlite3.Connection, ae_title: str) -> NodeStatus:
-    """Count rows by state in one read transaction, so the numbers agree with each other."""
+def read_status(
+    conn: sqlite3.Connection, ae_title: str, *, durability: str = "fsync", journal: bool = False
+) -> NodeStatus:
+    """Count rows by state in one read transaction, so the numbers agree with each other;
+    ``durability`` and ``journal`` are the node's storage settings, reported beside them."""
     conn.execute("BEGIN")
     try:
         instances, stored = conn.execute(
@@ -56,7 +61,8 @@ def read_status(conn: sqlite3.Connection, ae_title: str) -> NodeStatus:
             outbox.setdefault(destination, {})[state] = count
     finally:
         conn.execute("COMMIT")
-    return NodeStatus(__version__, ae_title, instances, stored, studies, jobs, outbox)
+    counts = (instances, stored, studies, jobs, outbox)
+    return NodeStatus(__version__, ae_title, *counts, durability, journal)
 
 
 class RecordCollector(Collector):

@@ -116,11 +116,17 @@ class RunningNode:
         return self.log_path.read_text(errors="replace")
 
 
+#: Storage settings every test node gets (YAML mapping), e.g. ``durability: os`` or
+#: ``journal: true``: the ingest suite runs unchanged in another mode (``test_ingest_modes``).
+STORAGE_MODE_ENV = "AINODE_TEST_STORAGE"
+
+
 def write_config(folder: Path, port: int, **sections: object) -> Path:
+    mode = yaml.safe_load(os.environ.get(STORAGE_MODE_ENV) or "{}")
     config = {
         "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port},
         "access": {"accept_any": True},
-        "storage": {"data_dir": str(folder / "data"), "min_free_mb": 1},
+        "storage": {"data_dir": str(folder / "data"), "min_free_mb": 1, **mode},
         "stability": {"stable_after_s": 30, "after_release_s": None, "poll_interval_s": 0.1},
     }
     for name, values in sections.items():  # a mapping merges into the defaults; else replaces

@@ -32,6 +32,8 @@ class Summary(BaseModel):
     studies_by_state: dict[str, int]
     jobs_by_state: dict[str, int]
     outbox_by_destination: dict[str, dict[str, int]]
+    durability: str = Field(description="what a C-STORE Success promises: fsync or os")
+    journal: bool = Field(description="whether a Success waits for the write-ahead journal")
 
 
 class Latency(BaseModel):
@@ -61,7 +63,7 @@ class Action(BaseModel):
 @router.get("/summary", response_model=Summary, summary="counts by state (as /status)")
 def summary(context: Context, who: Viewer) -> Summary:
     with context.database() as conn:
-        status = read_status(conn, context.config.listener.ae_title)
+        status = read_status(conn, context.config.listener.ae_title, **context.storage_mode)
     return Summary(**asdict(status))
 
 

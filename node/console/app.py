@@ -73,7 +73,7 @@ def create_app(context: ConsoleContext) -> FastAPI:
     @app.get("/status", tags=["monitoring"], summary="counts by state (JSON)")
     def status() -> Response:
         with context.database() as conn:
-            snapshot = read_status(conn, context.config.listener.ae_title)
+            snapshot = read_status(conn, context.config.listener.ae_title, **context.storage_mode)
         body = json.dumps(asdict(snapshot), indent=2, sort_keys=True) + "\n"
         return Response(body, media_type="application/json")
 

@@ -29,6 +29,12 @@ class ConsoleContext:
     #: the console is served over HTTPS: cookies get the Secure flag
     secure: bool = False
 
+    @property
+    def storage_mode(self) -> dict[str, str | bool]:
+        """What a C-STORE Success promises here, as ``read_status`` reports it."""
+        storage = self.config.storage
+        return {"durability": str(storage.durability), "journal": storage.journal}
+
     @contextmanager
     def database(self) -> Iterator[sqlite3.Connection]:
         """A connection of its own per request: SQLite connections are not shared by threads."""

@@ -18,12 +18,21 @@ chain, never one below):
    ``dataset_end`` for a dataset cut short), answers a re-send without writing (``resend``),
    writes the file durably (``spool``: temp file, fsync, rename, folder fsync), commits its
    row (``index``) and notes the study for the release (``deliveries``). A refusal is a
-   typed exception whose status ``store.reply_for`` picks by type.
+   typed exception whose status ``store.reply_for`` picks by type. With ``storage.journal``
+   it appends the instance to the write-ahead journal instead (``mover``, ``journal``,
+   ``journal_format``) and waits for its group commit; the mover thread files it into the
+   spool and index a batch later (``move``), and start-up replays what it had not filed.
 6. Back on the DUL thread, ``direct_store`` sends the reply (a ``c_store.StoreReply``) as one
    hand-encoded P-DATA PDU (``responses``); pynetdicom's path encodes it with ``responses``'
-   ``FastResponseDIMSE``. The instance is on disk and indexed before the peer reads 0x0000.
+   ``FastResponseDIMSE``. The instance is on disk and indexed (or, with the journal,
+   committed to the journal) before the peer reads 0x0000.
 
 ``c_store`` holds the request, reply and statuses both paths share, so ``direct_store``
 needs nothing of ``association`` or ``scp``. What happens next (the quiet timer, versions)
 is ``node.assembler``'s, reading the index's tables.
+
+Whatever here touches pynetdicom's private names does so through ``node.pynetdicom_seam``.
+On a pynetdicom version the seam does not know, ``listener`` takes pynetdicom's own request
+handler: its own association, DUL and responses replace steps 2, 3 and 6, and a C-STORE
+reaches ``scp`` through pynetdicom's service class.
 """

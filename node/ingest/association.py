@@ -26,7 +26,6 @@ import threading
 from typing import Any
 
 from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 
 from node.ingest.c_store import StoreHandler
@@ -34,8 +33,21 @@ from node.ingest.direct_store import DirectStoreReceiver
 from node.ingest.dul import TIMER_RESOLUTION_S, EventDUL, WakingQueue
 from node.ingest.pdu_socket import PduSocket, set_kernel_timeouts
 from node.ingest.responses import FastResponseDIMSE
+from node.pynetdicom_seam import (
+    HookedAssociation,
+    accepted_context,
+    is_killed,
+    release_sent,
+    server_of,
+)
 
 LOGGER = logging.getLogger(__name__)
+
+
+def handshake_failure(exc: OSError) -> str:
+    """Why a TLS handshake failed, as the log and the audit trail say it."""
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+    return str(reason or exc.strerror or type(exc).__name__)
 
 
 class _InlineMessages(WakingQueue):
@@ -57,14 +69,14 @@ class _InlineMessages(WakingQueue):
             and assoc.serving.acquire(blocking=False)
         ):
             try:
-                assoc._serve_request(message, context_id)
+                assoc.serve_request(message, context_id)
             finally:
                 assoc.serving.release()
             return
         super().put(item, block, timeout)
 
 
-class EventAssociation(Association):
+class EventAssociation(HookedAssociation):
     """An acceptor association whose reactor sleeps only until there is something to do."""
 
     def __init__(
@@ -110,10 +122,10 @@ class EventAssociation(Association):
         return (
             isinstance(message, C_STORE | C_ECHO)
             and message.is_valid_request
-            and context_id in self._accepted_cx
+            and accepted_context(self, context_id) is not None
             and self.is_established
-            and not self._sent_release
-            and not self._kill
+            and not release_sent(self)
+            and not is_killed(self)
         )
 
     def association_requested(self) -> None:
@@ -165,36 +177,33 @@ class EventAssociation(Association):
         try:
             sock.do_handshake()
             return True
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
-            reason = str(reason or exc.strerror or type(exc).__name__)
+        except OSError as exc:  # ssl.SSLError included
+            reason = handshake_failure(exc)
         peer = (str(self.requestor.address), int(self.requestor.port or 0))
         LOGGER.warning("TLS handshake with %s:%s failed: %s", *peer, reason)
-        on_failure = getattr(self._server, "on_tls_failure", None)
+        server = server_of(self)
+        on_failure = getattr(server, "on_tls_failure", None)
         if on_failure is not None:
             on_failure(peer, reason)
         self.kill()
-        if self._server is not None:
-            self._server.shutdown_request(sock)
+        if server is not None:
+            server.shutdown_request(sock)
         return False
 
     def kill(self) -> None:
         self.wake()
         super().kill()
 
-    def _run_reactor(self) -> None:
+    def serve_loop(self) -> None:
         """pynetdicom's acceptor loop with the 1 ms sleep replaced by a wait on work."""
-        self._is_paused = False
         idle = False
-        while not self._kill:
+        while not is_killed(self):
             if idle:
                 self._wake_event.wait(TIMER_RESOLUTION_S)
             self._wake_event.clear()
             idle = True
 
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
+            self.checkpoint()
 
             # The DUL thread may be serving a request itself, a direct C-STORE across several
             # PDUs: then go on to the checks below instead of waiting for it, so a release, an
@@ -203,7 +212,7 @@ class EventAssociation(Association):
                 try:
                     context_id, msg = self.dimse.get_msg(block=False)
                     if msg:
-                        self._serve_request(msg, int(context_id or 0))
+                        self.serve_request(msg, int(context_id or 0))
                         idle = False
                 finally:
                     self.serving.release()

@@ -34,6 +34,7 @@ from node.ingest.responses import (
     encode_response_fields,
     fits_one_pdu,
 )
+from node.pynetdicom_seam import accepted_context, is_killed, release_sent
 
 #: Command Field of a C-STORE request (PS3.7 E.1).
 STORE_REQUEST = 0x0001
@@ -186,9 +187,9 @@ class DirectStoreReceiver:
         assoc = self._assoc
         if (
             not assoc.is_established
-            or assoc._sent_release
-            or assoc._kill
-            or context_id not in assoc._accepted_cx
+            or release_sent(assoc)
+            or is_killed(assoc)
+            or accepted_context(assoc, context_id) is None
             or assoc.dimse.message is not None
             or not assoc.dimse.msg_queue.empty()
         ):
@@ -205,9 +206,11 @@ class DirectStoreReceiver:
         try:
             fragments = receiving.fragments
             command = receiving.command
+            context = accepted_context(assoc, receiving.context_id)
+            assert context is not None  # checked as the command arrived; never withdrawn
             request = StoreRequest(
                 context_id=receiving.context_id,
-                transfer_syntax=str(assoc._accepted_cx[receiving.context_id].transfer_syntax[0]),
+                transfer_syntax=str(context.transfer_syntax[0]),
                 message_id=command.message_id,
                 sop_class_uid=command.sop_class_uid,
                 sop_instance_uid=command.sop_instance_uid,

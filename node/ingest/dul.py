@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
 from node.ingest.direct_store import DirectStoreReceiver
+from node.pynetdicom_seam import HookedDUL, stop_association_reactor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class WakingQueue(queue.Queue):  # type: ignore[type-arg]
         self._wake()
 
 
-class EventDUL(DULServiceProvider):
+class EventDUL(HookedDUL):
     """pynetdicom's DUL reactor, waiting on the socket and a wake-up instead of sleeping, and
     handing the P-DATA of plain C-STOREs to ``direct_store`` when given a receiver.
 
@@ -113,19 +113,18 @@ class EventDUL(DULServiceProvider):
             self._wake_association()  # the association notices the DUL has ended
 
     def _run_events(self) -> None:
-        self._idle_timer.start()
+        self.start_idle_timer()
         while True:
-            if not self.assoc._dul_ready.is_set():
-                self.assoc._dul_ready.set()
-            if self._kill_thread:
+            self.signal_ready()
+            if self.stop_requested:
                 return
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                if self._process_recv_primitive():
+                if self.send_next_primitive():
                     pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
+                elif self.transport_event():
+                    self.restart_idle_timer()
             except Exception as exc:
                 self._abort_on(exc)
                 return
@@ -136,7 +135,7 @@ class EventDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
 
-    def _read_pdu_data(self) -> None:
+    def read_pdu(self) -> None:
         """pynetdicom's PDU read (same events for the same failures), except that a P-DATA-TF
         PDU of a plain C-STORE in the established state goes to the direct store path."""
         socket_ = self.socket
@@ -188,15 +187,14 @@ class EventDUL(DULServiceProvider):
         ):
             return
         try:
-            pdu, event = self._decode_pdu(header + body)
+            pdu, event = self.decode_pdu(header + body)
         except Exception as exc:
             if self._closing():
                 return
             LOGGER.error("unable to decode the received PDU: %s", exc)
             self.event_queue.put("Evt19")
             return
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
+        self.deliver_pdu(pdu, event)
 
     def _closing(self) -> bool:
         """After an abort (Sta13, waiting for the peer to close) a PDU that is not one closes
@@ -207,14 +205,14 @@ class EventDUL(DULServiceProvider):
         self.socket.close()  # queues Evt17: the connection is closed
         return True
 
-    def _is_transport_event(self) -> bool:
+    def transport_event(self) -> bool:
         """pynetdicom's check, except that when the wait has just seen the socket readable
         it reads without asking ``select`` again (a system call per PDU)."""
         if self._socket_readable and self.state_machine.current_state != "Sta13":
             self._socket_readable = False
-            self._read_pdu_data()
+            self.read_pdu()
             return True
-        return bool(super()._is_transport_event())
+        return super().transport_event()
 
     def _wait_for_work(self) -> None:
         readers: list[Any] = [self._wake_reader]
@@ -250,5 +248,5 @@ class EventDUL(DULServiceProvider):
             self.socket.send(abort_pdu.encode())
         self.assoc.is_aborted = True
         self.assoc.is_established = False
-        self.assoc._kill = True
-        self._kill_thread = True
+        stop_association_reactor(self.assoc)
+        self.kill_dul()

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +118,15 @@ class Index:
         assert pending.outcome is not None
         return pending.outcome
 
+    def store_batch(self, instances: Sequence[StoredInstance]) -> list[StoreOutcome | Exception]:
+        """Record several instances in one transaction (the journal mover's batch), in order;
+        if it fails, each is committed alone, so each gets its own outcome or error."""
+        batch = [_PendingStore(instance) for instance in instances]
+        if batch:
+            with self._lock:
+                self._commit(batch)
+        return [item.outcome if item.outcome is not None else item.error for item in batch]
+
     def _commit(self, batch: list[_PendingStore]) -> None:
         """Commit ``batch`` in one transaction; if that fails, each alone (one bad row must
         not fail the others). Every item ends ``done``, with an outcome or an error."""
@@ -205,6 +214,14 @@ class Index:
                 (sop_instance_uid,),
             ).fetchone()
         return (row[0], row[1]) if row is not None else None
+
+    def received_at(self, sop_instance_uid: str) -> float | None:
+        """When the indexed copy of an instance arrived (journal replay's ordering check)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT received_at FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        return row[0] if row is not None else None
 
     def is_result(self, sop_instance_uid: str) -> bool:
         """Whether the node itself made (or relayed) this instance: a ``results`` row."""

@@ -351,6 +351,13 @@ class Journal:
         with self._cond:
             del segment.offsets[last + 1 - segment.base :]
 
+    def retirable(self, sequence: int) -> bool:
+        """Whether ``retire_through(sequence)`` would retire a segment now: a caller that
+        must make its copies durable first (one flush) need do so only then."""
+        with self._cond:
+            oldest = self._segments[0] if self._segments else None
+            return oldest is not None and oldest is not self._active and oldest.last <= sequence
+
     def retire_through(self, sequence: int) -> int:
         """Retire every segment (not the active one) whose records are all at or below
         ``sequence``: renamed into the free pool (or removed beyond it), then the folder is

@@ -7,28 +7,33 @@ wrapped as accepted, the handshake left to the connection's own thread) and the 
 ``EventAssociation`` instead of the 1 ms polling one. With Nagle on, each small C-STORE
 response waits for the peer's delayed ACK and loopback throughput drops to tens of instances
 per second.
+
+On a pynetdicom version ``node.pynetdicom_seam`` does not know (``FAST_PATH`` False) the
+server keeps what needs only socketserver's hooks (Nagle off, kernel timeouts, admission,
+the backlog) and takes pynetdicom's own request handler, so its own ``Association`` and DUL;
+the TLS handshake is then made as pynetdicom's server makes it, on the accepting thread.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import socketserver
 import ssl
 import time
 from collections.abc import Callable
-from copy import deepcopy
-from datetime import datetime
 from typing import Any
 
-from pynetdicom import AE, evt
-from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from node.access import PeerCertificate
 from node.ingest.admission import Admission
-from node.ingest.association import EventAssociation
+from node.ingest.association import EventAssociation, handshake_failure
 from node.ingest.c_store import StoreHandler
 from node.ingest.pdu_socket import PduSocket, set_kernel_timeouts
+from node.pynetdicom_seam import FAST_PATH, HookedRequestHandler
 from node.tls import subject_of
 
 __all__ = [
@@ -40,37 +45,26 @@ __all__ = [
 ]
 
 
-class EventRequestHandler(RequestHandler):
+LOGGER = logging.getLogger(__name__)
+
+
+class EventRequestHandler(HookedRequestHandler):
     """pynetdicom's request handler building an ``EventAssociation`` and a fast socket."""
 
-    def _create_association(self) -> Association:
-        request_timeout = getattr(self.server, "association_request_timeout", None)
-        assoc = EventAssociation(
+    def new_association(self, mode: str) -> Association:
+        return EventAssociation(
             self.ae,
-            MODE_ACCEPTOR,
+            mode,
             getattr(self.server, "store_handler", None),
-            request_timeout,
+            getattr(self.server, "association_request_timeout", None),
         )
-        assoc._server = self.server
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+
+    def new_socket(self, assoc: Association) -> AssociationSocket:
         sock = PduSocket(assoc, client_socket=self.request)
+        request_timeout = getattr(self.server, "association_request_timeout", None)
         if request_timeout is not None:
             sock.deadline = time.monotonic() + request_timeout
-        assoc.set_socket(sock)
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = self.server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
-        assoc.requestor.address_info = self.remote
-        for event in self.server._handlers:
-            if event.is_intervention and self.server._handlers[event]:
-                assoc.bind(event, *self.server._handlers[event])
-            elif isinstance(event, evt.NotificationEvent):
-                for handler in self.server._handlers[event]:
-                    assoc.bind(event, handler[0], handler[1])
-        return assoc
+        return sock
 
 
 class ConnectionCountingAE(AE):
@@ -97,7 +91,7 @@ class ListeningServer(ThreadedAssociationServer):
     request_queue_size = 128
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("request_handler", EventRequestHandler)
+        kwargs.setdefault("request_handler", EventRequestHandler if FAST_PATH else RequestHandler)
         super().__init__(*args, **kwargs)
         #: Serves plain C-STOREs straight off their PDUs (``direct_store``).
         self.store_handler: StoreHandler | None = None
@@ -116,14 +110,34 @@ class ListeningServer(ThreadedAssociationServer):
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A peer that stops in the middle of a PDU must not hold the receiving thread in
         # ``recv`` for ever (the association's idle timeout cannot reach it there); until its
-        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``EventAssociation``).
-        timeouts = [self.ae.network_timeout, self.association_request_timeout]
+        # A-ASSOCIATE-RQ is read the shorter request timeout applies (``EventAssociation``;
+        # pynetdicom's own association could not lift it once the request is read).
+        timeouts = [self.ae.network_timeout]
+        if FAST_PATH:
+            timeouts.append(self.association_request_timeout)
         set_kernel_timeouts(client, min((t for t in timeouts if t is not None), default=None))
         if self.tls_context is not None:
             client = self.tls_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
+            if not FAST_PATH:
+                self._handshake(client, address)
         return client, address
+
+    def _handshake(self, client: ssl.SSLSocket, address: Any) -> None:
+        """The stock path's TLS handshake, on the accepting thread as pynetdicom's server
+        makes it (bounded by the kernel timeouts). A failure is logged, reported and
+        raised: socketserver drops a connection whose ``get_request`` raises OSError."""
+        try:
+            client.do_handshake()
+        except OSError as exc:  # ssl.SSLError included
+            peer = (str(address[0]), int(address[1]))
+            reason = handshake_failure(exc)
+            LOGGER.warning("TLS handshake with %s:%s failed: %s", *peer, reason)
+            if self.on_tls_failure is not None:
+                self.on_tls_failure(peer, reason)
+            client.close()
+            raise
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Take the connection unless ``admission`` refuses it; refused, it is closed at once
@@ -138,6 +152,13 @@ class ListeningServer(ThreadedAssociationServer):
         keep a new connection out of ``active_associations``, so out of the count above,
         until it ran."""
         self.finish_request(request, client_address)
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket. pynetdicom's own shutdown also takes the
+        server off its AE's private list, which only ``AE.start_server`` puts it on; this
+        node starts its servers itself (``StorageSCP``) and stops them here."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 def bound_address(server: ThreadedAssociationServer) -> tuple[str, int]:

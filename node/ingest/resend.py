@@ -23,7 +23,7 @@ _META_LENGTH_AT = 128 + 4 + 8
 _META_START = _META_LENGTH_AT + 4
 
 
-def same_dataset(spool_file: Path, dataset: bytes) -> bool:
+def same_dataset(spool_file: Path, dataset: bytes | memoryview) -> bool:
     """Whether ``spool_file`` holds ``dataset`` (as received: no File Meta) after its meta.
 
     The File Meta is left out of the comparison: it names the sending AE, which may differ
@@ -54,7 +54,11 @@ def _spool_relpath(header: InstanceHeader) -> str:
 
 
 def already_held(
-    index: Index, spool: Spool, header: InstanceHeader, dataset: bytes, transfer_syntax: str
+    index: Index,
+    spool: Spool,
+    header: InstanceHeader,
+    dataset: bytes | memoryview,
+    transfer_syntax: str,
 ) -> str | None:
     """What a received instance is, if the node holds it already: one of its own results sent
     back, or byte for byte the indexed instance (whose committed row and fsynced spool file

@@ -14,7 +14,7 @@ import threading
 import time
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
@@ -33,8 +33,10 @@ from node.ingest.listener import (
     bound_address,
     peer_certificate,
 )
+from node.ingest.mover import JournalMover
 from node.ingest.spool import Spool
 from node.ingest.store import InstanceStore
+from node.pynetdicom_seam import release_sent, set_option
 from node.tls import parse_subject, pem_fingerprint
 from node.vendors.inbox import VendorInbox
 
@@ -42,9 +44,9 @@ LOGGER = logging.getLogger(__name__)
 
 # Accept every storage SOP class, including private and ones newer than pynetdicom (the
 # Label Map SEG, Philips 1.3.46.*, 2.25.*): we store bytes, we do not interpret them.
-_config.UNRESTRICTED_STORAGE_SERVICE = True
+set_option("UNRESTRICTED_STORAGE_SERVICE", True)
 # pynetdicom's per-message logging handlers cost time on every PDU and log nothing we want.
-_config.LOG_HANDLER_LEVEL = "none"
+set_option("LOG_HANDLER_LEVEL", "none")
 # pynetdicom logs every association at INFO; ours say what matters (refusals, failures).
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -83,6 +85,7 @@ class StorageSCP:
         index: Index,
         vendor_inbox: VendorInbox | None = None,
         audit: AuditTrail = DISABLED,
+        mover: JournalMover | None = None,
     ) -> None:
         self._config = config
         self._audit = ReceiveAudit(audit)
@@ -90,7 +93,9 @@ class StorageSCP:
         #: The plain listener, then the TLS one, each with its accepting thread.
         self._servers: list[tuple[ListeningServer, threading.Thread]] = []
         self._deliveries = OpenDeliveries()
-        self._instances = InstanceStore(spool, index, self._deliveries, self._audit, vendor_inbox)
+        self._instances = InstanceStore(
+            spool, index, self._deliveries, self._audit, vendor_inbox, mover
+        )
         #: pynetdicom's own refusals since the last log line (``_on_rejected``).
         self._lock = threading.Lock()
         self._rejections = 0
@@ -162,7 +167,6 @@ class StorageSCP:
         server.admission = Admission(listener.pending_connection_limit, listener.max_associations)
         server.tls_context = tls
         server.on_tls_failure = self._on_tls_failure
-        ae._servers.append(server)  # so AE/ server shutdown find it, as start_server does
         name = "scp-accept-tls" if tls else "scp-accept"
         thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
         thread.start()
@@ -256,19 +260,18 @@ class StorageSCP:
         self._audit.ended(id(event.assoc), released=True)
         finished = self._deliveries.forget(id(event.assoc))
         if finished:
-            self._index.mark_released(finished, time.time())
+            self._instances.mark_released(finished, time.time())
 
     def _on_closed(self, event: evt.Event) -> None:
         # pynetdicom sends the A-RELEASE-RP before it sets ``is_released``, so the peer's
         # close can be reported first: whichever event comes first claims the deliveries, and
-        # a close after our release response (``_sent_release`` is set before it is sent) is
-        # a release.
+        # a close after our release response (``release_sent``) is a release.
         assoc = event.assoc
-        released = assoc.is_released or getattr(assoc, "_sent_release", False)
+        released = assoc.is_released or release_sent(assoc)
         self._audit.ended(id(assoc), released)
         finished = self._deliveries.forget(id(assoc))
         if finished and released:
-            self._index.mark_released(finished, time.time())
+            self._instances.mark_released(finished, time.time())
 
     # -- C-STORE ------------------------------------------------------------------------
 

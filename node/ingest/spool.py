@@ -2,8 +2,11 @@
 
 A C-STORE Success promises the bytes are on disk. ``Spool.write`` therefore writes to a temp
 file beside the spool, fsyncs it, renames it into place (atomic, so a duplicate replaces the
-old file in one step) and fsyncs the folder that now names it. The dataset bytes are written
-exactly as the peer sent them; only the File Meta Information is put in front.
+old file in one step) and fsyncs the folder that now names it. With ``storage.durability:
+os`` both fsyncs are left out: the rename still makes the file whole or absent, and the data
+is with the operating system (safe from a crash of the node, not from a power loss). The
+dataset bytes are written exactly as the peer sent them; only the File Meta Information is
+put in front.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from node import __version__
 from node.durable import fsync_dir
+from node.ingest.journal_format import Durability
 
 #: Our Implementation Class UID (2.25 + a fixed UUID) and version name in every file's meta.
 IMPLEMENTATION_CLASS_UID = "2.25.170283409371940934287398231640416298112"
@@ -138,13 +142,18 @@ class _FolderSyncer:
 
 
 class Spool:
-    """The folder of received Part-10 files and its free-disk watermark."""
+    """The folder of received Part-10 files and its free-disk watermark; ``durability`` says
+    whether a write waits for the disk (``fsync``) or only for the operating system (``os``)."""
 
-    def __init__(self, root: Path, min_free_bytes: int) -> None:
+    def __init__(
+        self, root: Path, min_free_bytes: int, durability: Durability = Durability.FSYNC
+    ) -> None:
         if min_free_bytes < 0:
             raise ValueError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
+        self.durability = Durability(durability)
+        self._sync = self.durability is Durability.FSYNC
         self._temp = self.root / TEMP_DIR_NAME
         self._temp.mkdir(parents=True, exist_ok=True)
         self._folder_syncer = _FolderSyncer()
@@ -152,8 +161,9 @@ class Spool:
         self._room_checked_at = -FREE_SPACE_TRUSTED_S
         self._unchecked_room = 0
 
-    def has_room(self, size: int) -> bool:
-        """True if writing ``size`` more bytes keeps free disk above the watermark.
+    def has_room(self, size: int, reserve: int = 0) -> bool:
+        """True if writing ``size`` more bytes keeps free disk above the watermark, with
+        ``reserve`` bytes to spare (what the journal may need for a new segment).
 
         ``statvfs`` is asked again once a second, or sooner once the bytes written since the
         last answer could have used half the room it reported above the watermark; asking
@@ -162,11 +172,11 @@ class Spool:
         with self._room_lock:
             now = time.monotonic()
             fresh = now < self._room_checked_at + FREE_SPACE_TRUSTED_S
-            if fresh and size <= self._unchecked_room:
+            if fresh and size + reserve <= self._unchecked_room:
                 self._unchecked_room -= size
                 return True
             stats = os.statvfs(self.root)
-            room = stats.f_bavail * stats.f_frsize - self.min_free_bytes - size
+            room = stats.f_bavail * stats.f_frsize - self.min_free_bytes - size - reserve
             self._room_checked_at = now
             self._unchecked_room = max(room // 2, 0)
             return room >= 0
@@ -175,7 +185,8 @@ class Spool:
         return self.root / relpath
 
     def write(self, relpath: str, chunks: Sequence[bytes | memoryview]) -> int:
-        """Durably write ``chunks`` as the file ``relpath``; return its size.
+        """Write ``chunks`` as the file ``relpath`` as durably as the spool's mode promises;
+        return its size.
 
         Raises ``OutOfSpace`` (nothing written) below the watermark. On any error the temp
         file is removed, so the spool holds either the old file or the new one.
@@ -183,34 +194,49 @@ class Spool:
         size = sum(len(chunk) for chunk in chunks)
         if not self.has_room(size):
             raise OutOfSpace(f"free disk below {self.min_free_bytes} bytes")
+        target = self._place(relpath, chunks, sync=self._sync)
+        if self._sync:
+            self._folder_syncer.sync(target.parent)
+        return size
+
+    def place(self, relpath: str, chunks: Sequence[bytes | memoryview]) -> int:
+        """Write ``chunks`` as ``relpath`` (temp file, rename) without any fsync or watermark
+        check; return its size. For instances the journal already holds: the journal mover
+        syncs a whole batch at once."""
+        self._place(relpath, chunks, sync=False)
+        return sum(len(chunk) for chunk in chunks)
+
+    def _place(self, relpath: str, chunks: Sequence[bytes | memoryview], *, sync: bool) -> Path:
         target = self.root / relpath
         temp = self._temp / f"{os.getpid()}-{next(_TEMP_NAMES)}.part"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
                 _write_all(fd, chunks)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             try:
                 os.replace(temp, target)
             except FileNotFoundError:  # the series' first instance: no folder yet
-                self._ensure_dir(target.parent)
+                self._ensure_dir(target.parent, sync=sync)
                 os.replace(temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        self._folder_syncer.sync(target.parent)
-        return size
+        return target
 
-    def remove(self, relpath: str) -> None:
-        """Delete a spooled file (a duplicate moved to another study) and sync its folder."""
+    def remove(self, relpath: str, *, sync: bool | None = None) -> None:
+        """Delete a spooled file (a duplicate moved to another study) and, in ``fsync`` mode
+        (or with ``sync=True``), sync its folder."""
         target = self.root / relpath
         try:
             target.unlink()
         except FileNotFoundError:
             return
-        self._folder_syncer.sync(target.parent)
+        if self._sync if sync is None else sync:
+            self._folder_syncer.sync(target.parent)
 
     def clear_temp(self) -> int:
         """Remove temp files a crash left behind; return how many. Run before serving."""
@@ -237,8 +263,9 @@ class Spool:
                     if instance.name.endswith(".dcm") and instance.is_file():
                         yield f"{study.name}/{series.name}/{instance.name}"
 
-    def _ensure_dir(self, folder: Path) -> None:
-        """Create ``folder`` (and parents) and make each new name durable in its parent."""
+    def _ensure_dir(self, folder: Path, *, sync: bool) -> None:
+        """Create ``folder`` (and parents); with ``sync`` make each new name durable in its
+        parent."""
         missing: list[Path] = []
         current = folder
         while not current.is_dir():
@@ -246,7 +273,8 @@ class Spool:
             current = current.parent
         for new_dir in reversed(missing):
             new_dir.mkdir(exist_ok=True)
-            fsync_dir(new_dir.parent)
+            if sync:
+                fsync_dir(new_dir.parent)
 
 
 def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:

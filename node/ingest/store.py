@@ -4,15 +4,18 @@
 PDUs, pynetdicom's own through ``scp``). It reads the header up to the pixel data
 (``header``), checks the dataset's UIDs against the request, answers a re-send of what is
 held without writing (``resend``), writes the file durably (``spool``) and commits its row
-(``index``); only then is the answer Success. A refusal is an exception of a known type and
-its status is chosen by that type (``reply_for``), never by its text; anything else is
-0xC002, logged with its traceback. A refused instance leaves nothing behind.
+(``index``); only then is the answer Success. With ``storage.journal`` the last two steps are
+the journal's instead (``mover``): the instance is appended to it and the Success waits for its
+commit; the mover files it into the spool and index a batch later. A refusal is an exception
+of a known type and its status is chosen by that type (``reply_for``), never by its text;
+anything else is 0xC002, logged with its traceback. A refused instance leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from pynetdicom.association import Association
 
@@ -22,6 +25,7 @@ from node.ingest.dataset_end import HeaderError, MissingUidError
 from node.ingest.deliveries import OpenDeliveries
 from node.ingest.header import InstanceHeader, parse_header
 from node.ingest.index import Index, StoredInstance
+from node.ingest.mover import JournalMover
 from node.ingest.resend import already_held
 from node.ingest.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
 from node.vendors.inbox import VendorInbox
@@ -76,9 +80,11 @@ class InstanceStore:
         deliveries: OpenDeliveries,
         audit: ReceiveAudit,
         vendor_inbox: VendorInbox | None = None,
+        mover: JournalMover | None = None,
     ) -> None:
         self._spool = spool
         self._index = index
+        self._mover = mover  # with storage.journal: the journal takes what the spool took
         self._deliveries = deliveries
         self._audit = audit
         # results from vendors' AI nodes go to their inbox, never into the studies
@@ -109,7 +115,8 @@ class InstanceStore:
         data = request.dataset
         vendor_result = calling_ae in self._vendor_aes
         held = None
-        if not vendor_result:
+        journaled = self._mover is not None and not vendor_result
+        if not vendor_result and not (journaled and self._mover.holds(header.sop_instance_uid)):
             held = already_held(self._index, self._spool, header, data, request.transfer_syntax)
         if held is not None:
             self._audit.stored(
@@ -122,6 +129,13 @@ class InstanceStore:
                 calling_ae,
                 held,
             )
+            return StoreReply(StoreStatus.SUCCESS)
+        if journaled:
+            self._journal(assoc, request, header, calling_ae)
+            self._audit.stored(
+                id(assoc), header.study_instance_uid, header.patient_id, request.sop_class_uid
+            )
+            self._deliveries.remember(id(assoc), header.study_instance_uid)
             return StoreReply(StoreStatus.SUCCESS)
         spool = self._vendor_inbox.spool if vendor_result and self._vendor_inbox else self._spool
         relpath, size = self._write(spool, header, request, calling_ae)
@@ -196,6 +210,41 @@ class InstanceStore:
                 "cannot write %s from %s: %s", header.sop_instance_uid, calling_ae, exc.strerror
             )
             raise CannotWrite(exc.strerror) from exc
+
+    def _journal(
+        self, assoc: Association, request: StoreRequest, header: InstanceHeader, calling_ae: str
+    ) -> None:
+        """Append the instance to the journal and wait for its commit. Raises (and logs)
+        ``OutOfSpace`` when the disk could not also take a new journal segment,
+        ``CannotWrite`` when the journal failed or its mover stayed too far behind."""
+        mover = self._mover
+        assert mover is not None
+        uid = header.sop_instance_uid
+        meta = encode_file_meta(header.sop_class_uid, uid, request.transfer_syntax, calling_ae)
+        if not self._spool.has_room(len(meta) + len(request.dataset), mover.segment_size):
+            LOGGER.error(
+                "refused %s from %s: free disk below storage.min_free_mb and a journal segment",
+                uid,
+                calling_ae,
+            )
+            raise OutOfSpace("free disk below the watermark and a journal segment")
+        parties = (calling_ae, str(assoc.acceptor.ae_title).strip(), str(assoc.requestor.address))
+        request_uids = (request.sop_class_uid, request.sop_instance_uid)
+        try:
+            mover.receive(
+                header, request.transfer_syntax, request_uids, meta, request.dataset, parties
+            )
+        except OSError as exc:
+            LOGGER.error("cannot journal %s from %s: %s", uid, calling_ae, exc)
+            raise CannotWrite(exc.strerror or str(exc)) from exc
+
+    def mark_released(self, study_uids: Iterable[str], at: float) -> None:
+        """An association that delivered these studies was released (see ``Index``); with the
+        journal, once what it delivered is filed."""
+        if self._mover is not None:
+            self._mover.mark_released(study_uids, at)
+        else:
+            self._index.mark_released(study_uids, at)
 
     def _keep_vendor_result(self, header: InstanceHeader, relpath: str, calling_ae: str) -> None:
         """A vendor's result, written to its inbox: indexed there, never in the studies."""

@@ -74,7 +74,8 @@ class VendorInbox:
 
     def __init__(self, config: NodeConfig, result_aes: frozenset[str]) -> None:
         self.result_aes = result_aes
-        self.spool = Spool(inbox_dir(config), config.storage.min_free_mb * 1024 * 1024)
+        storage = config.storage
+        self.spool = Spool(inbox_dir(config), storage.min_free_mb * 1024 * 1024, storage.durability)
         self.spool.clear_temp()  # partial files of a result a crash interrupted
         self._conn = connect(config.storage.database_path)
 
