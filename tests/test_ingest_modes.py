@@ -84,8 +84,23 @@ SUITE = [
 ]
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
-@pytest.mark.parametrize(("test", "fixtures"), SUITE)
+#: Cases that run only with the slow tests (``make test-slow``), so the suite keeps to its
+#: 25 minutes: the second journal mode whole, and the long corpus sweeps in every mode.
+SLOW_MODES = {"journal-os"}
+SLOW_CASES = {"corpus", "malformed"}
+
+
+def _cases() -> list:
+    cases = []
+    for mode in sorted(MODES):
+        for case in SUITE:
+            slow = mode in SLOW_MODES or case.id in SLOW_CASES
+            marks = (*case.marks, pytest.mark.slow) if slow else case.marks
+            cases.append(pytest.param(mode, *case.values, id=f"{case.id}-{mode}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("mode", "test", "fixtures"), _cases())
 def test_suite_in_mode(
     mode: str,
     test: Callable[..., None],
