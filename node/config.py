@@ -8,9 +8,11 @@ the file's own folder, so ``ainode serve --config /etc/ainode/node.yaml`` works 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -29,6 +31,10 @@ from node.retention.settings import RetentionSettings
 from node.tls import TlsError, TlsSettings, parse_subject, pem_fingerprint
 
 LOGGER = logging.getLogger(__name__)
+
+#: ``listener.processes``: the most receiver processes, and the most ``auto`` starts.
+MAX_RECEIVER_PROCESSES = 32
+MAX_AUTO_PROCESSES = 8
 
 #: Where the commands look for node.yaml unless given ``--config``.
 DEFAULT_CONFIG = Path("config/node.yaml")
@@ -61,11 +67,31 @@ class ListenerConfig(Section):
         None,
         ge=1,
         le=4096,
-        description="connections that have not sent an A-ASSOCIATE-RQ yet; more are closed "
-        "at once (default: twice max_associations)",
+        description="connections that have not sent an A-ASSOCIATE-RQ yet, per receiver "
+        "process; more are closed at once (default: twice max_associations)",
+    )
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="receiver processes sharing the port (SO_REUSEPORT), each with its own "
+        "journal; auto = one per CPU core, at most 8; more than 1 needs storage.journal",
     )
 
     _ae = field_validator("ae_title")(check_ae_title)
+
+    @field_validator("processes")
+    @classmethod
+    def _processes_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= int(value) <= MAX_RECEIVER_PROCESSES:
+            raise ValueError(f"must be auto or 1 to {MAX_RECEIVER_PROCESSES}, got {value}")
+        return value
+
+    @property
+    def receiver_processes(self) -> int:
+        """``processes`` resolved: ``auto`` is one per CPU core this process may use, at most
+        ``MAX_AUTO_PROCESSES``."""
+        if self.processes == "auto":
+            return max(1, min(MAX_AUTO_PROCESSES, len(os.sched_getaffinity(0))))
+        return int(self.processes)
 
     @property
     def pending_connection_limit(self) -> int:
@@ -270,6 +296,11 @@ class NodeConfig(Section):
                     "jobs.executor: celery needs jobs.celery.worker_token_file, the token "
                     "workers present"
                 )
+        if self.listener.processes != 1 and not self.storage.journal:
+            raise ValueError(
+                f"listener.processes: {self.listener.processes} needs storage.journal: true "
+                "(receiver processes hand what they receive to the node through their journals)"
+            )
         pinned = [c.ae_title for c in self.access.callers if c.needs_certificate]
         if pinned and self.listener.tls_port is None:
             raise ValueError(

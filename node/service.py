@@ -22,7 +22,7 @@ from models.runtime import container_runtime_for
 from node.assembler import StudyAssembler
 from node.audit.events import ApplicationActivity
 from node.audit.trail import DISABLED, AuditTrail
-from node.config import ExecutorKind, NodeConfig, StorageConfig
+from node.config import ExecutorKind, NodeConfig
 from node.console.server import ConsoleServer
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
@@ -32,6 +32,7 @@ from node.ingest.journal import Journal
 from node.ingest.journal_format import Durability
 from node.ingest.move import BatchFiler
 from node.ingest.mover import JournalMover, replay
+from node.ingest.receivers import ReceiverPool, replay_receiver_journals
 from node.ingest.scp import StorageSCP
 from node.ingest.spool import Spool
 from node.jobs.executor import LocalExecutor
@@ -144,16 +145,22 @@ def _remove_container_leftovers(config: NodeConfig) -> None:
         )
 
 
-def _open_journal(storage: StorageConfig, spool: Spool, index: Index) -> JournalMover | None:
-    """Replay what the journal holds (whatever ``storage.journal`` says now: an earlier run
-    may have had it on), then the journal's mover, or None without ``storage.journal``."""
+def _open_journal(
+    config: NodeConfig, spool: Spool, index: Index
+) -> JournalMover | ReceiverPool | None:
+    """Replay what the journals hold (whatever ``storage.journal`` and ``listener.processes``
+    say now: an earlier run may have had them otherwise), then what receives into the
+    journal: the mover of the node's own journal, the receiver processes (not yet started),
+    or None without ``storage.journal``."""
+    storage = config.storage
     folder = storage.journal_dir
     if not storage.journal and not folder.is_dir():
         return None
+    filer = BatchFiler(spool, index, storage.durability, storage.database_path)
+    replay_receiver_journals(config, filer)
     journal = Journal.open(
         folder, durability=storage.durability, segment_size=storage.journal_segment_mb << 20
     )
-    filer = BatchFiler(spool, index, storage.durability, storage.database_path)
     try:
         replayed = replay(journal, filer)
     except BaseException:
@@ -168,9 +175,11 @@ def _open_journal(storage: StorageConfig, spool: Spool, index: Index) -> Journal
             replayed.held,
             replayed.unreadable,
         )
-    if storage.journal:
+    if storage.journal and config.listener.receiver_processes == 1:
         return JournalMover(journal, filer, index)
     journal.close()
+    if storage.journal:
+        return ReceiverPool(config, filer, index)
     shutil.rmtree(folder)  # everything in it is filed: give its segments' disk back
     fsync_dir(storage.data_dir)
     return None
@@ -210,7 +219,8 @@ class Node:
         self._index: Index | None = None
         self._vendor_inbox: VendorInbox | None = None
         self._mover: JournalMover | None = None
-        self.scp: StorageSCP | None = None
+        #: The storage SCP: in this process, or its receiver processes (``listener.processes``)
+        self.scp: StorageSCP | ReceiverPool | None = None
         self.audit: AuditTrail = DISABLED
 
     def start(self) -> None:
@@ -240,7 +250,9 @@ class Node:
         if clean:
             clean_stop.unlink()
             fsync_dir(storage.data_dir)  # a crash from now on must find no marker
-        self._mover = _open_journal(storage, spool, self._index)
+        receiving = _open_journal(self.config, spool, self._index)
+        receivers = receiving if isinstance(receiving, ReceiverPool) else None
+        self._mover = receiving if isinstance(receiving, JournalMover) else None
         if not clean and not journal_only.exists():
             recovered = recover_spool(spool, self._index)
             if recovered:
@@ -264,11 +276,14 @@ class Node:
                 stage.start()
                 self._started.append(stage)
                 LOGGER.debug("stage %s started", stage.name)
-            result_aes = vendor_result_aes(self.config)
-            self._vendor_inbox = VendorInbox(self.config, result_aes) if result_aes else None
-            self.scp = StorageSCP(
-                self.config, spool, self._index, self._vendor_inbox, self.audit, self._mover
-            )
+            if receivers is not None:
+                self.scp = receivers
+            else:
+                result_aes = vendor_result_aes(self.config)
+                self._vendor_inbox = VendorInbox(self.config, result_aes) if result_aes else None
+                self.scp = StorageSCP(
+                    self.config, spool, self._index, self._vendor_inbox, self.audit, self._mover
+                )
             self.scp.start()
             self.audit.record(ApplicationActivity(started=True))
         except BaseException:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from io import BytesIO
 from pathlib import Path
 from types import MappingProxyType
@@ -65,6 +65,17 @@ class InstanceHeader:
     derived_uids: tuple[str, ...] = ()
     #: Top-level keyword -> value for small, non-binary, non-sequence public elements.
     attributes: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __reduce__(self) -> tuple[object, tuple[dict[str, object]]]:
+        """Pickled for a receiver process's pipe: the read-only ``attributes`` go as a dict."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["attributes"] = dict(self.attributes)
+        return _unpickle_header, (values,)
+
+
+def _unpickle_header(values: dict[str, object]) -> InstanceHeader:
+    attributes = MappingProxyType(dict(values.pop("attributes")))  # type: ignore[call-overload]
+    return InstanceHeader(**values, attributes=attributes)  # type: ignore[arg-type]
 
 
 def derived_uid(keyword: str, sop_instance_uid: str) -> str:

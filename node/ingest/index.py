@@ -80,12 +80,15 @@ class Index:
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingStore] = []
 
-    def close(self) -> bool:
+    def close(self, *, checkpoint: bool = True) -> bool:
         """Close the connection after a checkpoint, which flushes the WAL (rows committed
         without a flush included) and the database file. False when the checkpoint failed (a
         full disk) or another connection blocked it: the rows stay in the WAL, which the next
-        start replays."""
+        start replays. A reader that wrote nothing (a receiver process) closes without one."""
         with self._lock:
+            if not checkpoint:
+                self._conn.close()
+                return True
             try:
                 busy = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()[0]
             except sqlite3.OperationalError as exc:

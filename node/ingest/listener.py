@@ -40,6 +40,7 @@ __all__ = [
     "ConnectionCountingAE",
     "EventRequestHandler",
     "ListeningServer",
+    "ReusePortServer",
     "bound_address",
     "peer_certificate",
 ]
@@ -159,6 +160,15 @@ class ListeningServer(ThreadedAssociationServer):
         node starts its servers itself (``StorageSCP``) and stops them here."""
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+
+
+class ReusePortServer(ListeningServer):
+    """A receiver process's server (``listener.processes`` > 1): it joins the node's
+    SO_REUSEPORT group on the port, and the kernel spreads new connections over the group."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def bound_address(server: ThreadedAssociationServer) -> tuple[str, int]:

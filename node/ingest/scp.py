@@ -24,18 +24,19 @@ from node.audit.receiving import ReceiveAudit
 from node.audit.trail import DISABLED, AuditTrail
 from node.config import NodeConfig
 from node.ingest.admission import REFUSAL_LOG_INTERVAL_S, Admission
+from node.ingest.association_slots import AssociationSlots
 from node.ingest.c_store import StoreReply, StoreRequest
 from node.ingest.deliveries import OpenDeliveries
 from node.ingest.index import Index
 from node.ingest.listener import (
     ConnectionCountingAE,
     ListeningServer,
+    ReusePortServer,
     bound_address,
     peer_certificate,
 )
-from node.ingest.mover import JournalMover
 from node.ingest.spool import Spool
-from node.ingest.store import InstanceStore
+from node.ingest.store import InstanceStore, JournalEnd
 from node.pynetdicom_seam import release_sent, set_option
 from node.tls import parse_subject, pem_fingerprint
 from node.vendors.inbox import VendorInbox
@@ -54,6 +55,9 @@ logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 # A-ASSOCIATE-RJ reasons (rejected permanent, by the service user), PS3.8 9.3.4
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
+# A-ASSOCIATE-RJ: rejected transient, by the service provider (presentation), local limit
+# exceeded: what pynetdicom answers beyond ``maximum_associations``, PS3.8 9.3.4
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
 def _refuse(assoc: Association, calling_ae: str, reason: int, why: str) -> None:
@@ -85,9 +89,13 @@ class StorageSCP:
         index: Index,
         vendor_inbox: VendorInbox | None = None,
         audit: AuditTrail = DISABLED,
-        mover: JournalMover | None = None,
+        mover: JournalEnd | None = None,
+        slots: AssociationSlots | None = None,
     ) -> None:
+        """``slots``: in a receiver process, the node-wide association count; its servers
+        then join the node's SO_REUSEPORT group on the port."""
         self._config = config
+        self._slots = slots
         self._audit = ReceiveAudit(audit)
         self._index = index
         #: The plain listener, then the TLS one, each with its accepting thread.
@@ -159,8 +167,9 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
+        server_class = ListeningServer if self._slots is None else ReusePortServer
         server = ae.make_server(
-            (listener.host, port), evt_handlers=handlers, server_class=ListeningServer
+            (listener.host, port), evt_handlers=handlers, server_class=server_class
         )
         server.store_handler = self.store
         server.association_request_timeout = listener.association_request_timeout_s
@@ -217,6 +226,11 @@ class StorageSCP:
             _refuse(assoc, calling_ae, CALLED_AE_NOT_RECOGNISED, why)
         elif (why := self._caller_refusal(assoc, calling_ae)) is not None:
             _refuse(assoc, calling_ae, CALLING_AE_NOT_RECOGNISED, why)
+        elif self._slots is not None and not self._slots.take(id(assoc)):
+            why = f"the node serves its max_associations ({self._config.listener.max_associations})"
+            LOGGER.warning("refused association from calling AE %r: %s", calling_ae, why)
+            assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
         else:
             return
         self._audit.refused(_party(assoc, calling_ae), called_ae, why)
@@ -257,6 +271,8 @@ class StorageSCP:
         return 0x0000
 
     def _on_released(self, event: evt.Event) -> None:
+        if self._slots is not None:
+            self._slots.give(id(event.assoc))
         self._audit.ended(id(event.assoc), released=True)
         finished = self._deliveries.forget(id(event.assoc))
         if finished:
@@ -267,6 +283,8 @@ class StorageSCP:
         # close can be reported first: whichever event comes first claims the deliveries, and
         # a close after our release response (``release_sent``) is a release.
         assoc = event.assoc
+        if self._slots is not None:
+            self._slots.give(id(assoc))
         released = assoc.is_released or release_sent(assoc)
         self._audit.ended(id(assoc), released)
         finished = self._deliveries.forget(id(assoc))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import Protocol
 
 from pynetdicom.association import Association
 
@@ -25,12 +26,34 @@ from node.ingest.dataset_end import HeaderError, MissingUidError
 from node.ingest.deliveries import OpenDeliveries
 from node.ingest.header import InstanceHeader, parse_header
 from node.ingest.index import Index, StoredInstance
-from node.ingest.mover import JournalMover
 from node.ingest.resend import already_held
 from node.ingest.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
 from node.vendors.inbox import VendorInbox
 
 LOGGER = logging.getLogger(__name__)
+
+
+class JournalEnd(Protocol):
+    """Where a journaled instance goes before its Success: the journal mover in one process
+    (``mover.JournalMover``), the pipe to the node in a receiver process
+    (``receiver.ChannelMover``)."""
+
+    @property
+    def segment_size(self) -> int: ...
+
+    def holds(self, sop_instance_uid: str) -> bool: ...
+
+    def receive(
+        self,
+        header: InstanceHeader,
+        transfer_syntax: str,
+        request_uids: tuple[str, str],
+        file_meta: bytes,
+        dataset: bytes,
+        parties: tuple[str | None, str | None, str | None],
+    ) -> None: ...
+
+    def mark_released(self, study_uids: Iterable[str], at: float) -> None: ...
 
 
 class DatasetMismatch(Exception):
@@ -80,7 +103,7 @@ class InstanceStore:
         deliveries: OpenDeliveries,
         audit: ReceiveAudit,
         vendor_inbox: VendorInbox | None = None,
-        mover: JournalMover | None = None,
+        mover: JournalEnd | None = None,
     ) -> None:
         self._spool = spool
         self._index = index
