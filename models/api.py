@@ -12,7 +12,7 @@ codes, e.g. ``Code("mm", "UCUM", "millimeter")``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from pydicom.sr.coding import Code
+
+from models.masks import MaskBox, check_mask_array
 
 if TYPE_CHECKING:
     import highdicom
@@ -35,6 +37,7 @@ __all__ = [
     "Findings",
     "GraphicKind",
     "ImageGraphic",
+    "MaskBox",
     "Measurement",
     "Plugin",
     "PluginInput",
@@ -168,44 +171,54 @@ class Segment:
     """One segment: a mask over the input frames with its SNOMED category and type.
 
     ``mask`` is bool (BINARY SEG) or float in [0, 1] (FRACTIONAL SEG where the manifest asks
-    for it) with shape ``PluginInput.shape``. ``key`` is unique within one Findings and is how
-    a Finding points at its segment.
+    for it), either of shape ``PluginInput.shape`` or a ``MaskBox`` (the box around the mask
+    in that volume: a nodule's few voxels instead of the whole series; ``cropped`` makes one).
+    ``key`` is unique within one Findings and is how a Finding points at its segment.
     """
 
     key: str
     label: str
     category: Code
     type: Code
-    mask: np.ndarray
+    mask: np.ndarray | MaskBox
     anatomic_site: Code | None = None
     color_rgb: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("Segment.key must not be empty")
-        if self.mask.ndim != 3:
-            raise ValueError(
-                f"segment {self.key!r}: mask must be (frames, rows, columns), "
-                f"got shape {self.mask.shape}"
-            )
-        if self.mask.dtype != np.bool_ and not np.issubdtype(self.mask.dtype, np.floating):
-            raise ValueError(
-                f"segment {self.key!r}: mask must be bool or float in [0, 1], got {self.mask.dtype}"
-            )
+        if not isinstance(self.mask, MaskBox):
+            check_mask_array(self.mask, f"segment {self.key!r}")
 
     @cached_property
+    def box(self) -> MaskBox:
+        """The mask as a box (over the whole volume for a full-volume array, not copied)."""
+        return self.mask if isinstance(self.mask, MaskBox) else MaskBox.whole(self.mask)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The volume the mask lies in: ``PluginInput.shape``."""
+        return self.box.volume_shape
+
+    @property
     def binary(self) -> np.ndarray:
-        """The mask as bool (a float mask is on where >= 0.5)."""
-        return self.mask if self.mask.dtype == np.bool_ else self.mask >= 0.5
+        """The whole mask as bool (a float mask is on where >= 0.5). A boxed mask is expanded
+        on every call: builders read ``box``, ``frame`` and ``frames_present`` instead."""
+        return self.box.full(binary=True)
 
-    @cached_property
+    @property
     def frames_present(self) -> np.ndarray:
         """Indices of the frames the mask is on anywhere, found once: the SEG, the SR and the
         report each ask, and a nodule's mask is empty on almost every frame."""
-        flat = np.ascontiguousarray(self.binary).reshape(self.mask.shape[0], -1)
-        if flat.shape[1] % 8 == 0:
-            flat = flat.view(np.uint64)  # 8 pixels per test: all-zero bytes mean an empty frame
-        return np.flatnonzero(flat.any(axis=1))
+        return self.box.frames_present
+
+    def frame(self, index: int) -> np.ndarray:
+        """Input frame ``index`` of the mask as a full-size bool plane."""
+        return self.box.frame(index)
+
+    def cropped(self) -> Segment:
+        """This segment with its mask cut to the box around its voxels (a copy)."""
+        return replace(self, mask=MaskBox.around(self.box.array, self.box.origin, self.shape))
 
 
 class GraphicKind(StrEnum):
@@ -392,9 +405,12 @@ class Findings:
         keys = [s.key for s in self.segments]
         if len(keys) != len(set(keys)):
             raise ValueError(f"segment keys must be unique, got {keys}")
-        shapes = {s.mask.shape for s in self.segments}
+        shapes = {s.shape for s in self.segments}
         if len(shapes) > 1:
-            raise ValueError(f"all segment masks must have one shape, got {sorted(shapes)}")
+            raise ValueError(
+                f"all segment masks must lie in one volume (full masks of one shape, boxes of "
+                f"one volume_shape), got {sorted(shapes)}"
+            )
         tracking = [f.tracking_id for f in self.findings]
         if len(tracking) != len(set(tracking)):
             raise ValueError(f"finding tracking ids must be unique, got {tracking}")

@@ -4,7 +4,10 @@ A container product writes it as ``findings.json`` (``models.containers.findings
 as files); an isolated interpreter sends it back on its pipe (``models.isolation``, masks as
 raw arrays beside the JSON). The document is validated on the way in (a product's JSON is
 untrusted input): every field is checked, with the path of what is wrong in the message.
-Masks are references the caller resolves: ``{"file": F, "label": N}`` or ``{"array": i}``.
+Masks are references the caller resolves: ``{"file": F, "label": N}`` or ``{"array": i}``;
+a boxed mask (``models.api.MaskBox``) adds ``"origin"`` (frame, row, column) and
+``"volume_shape"``, and its file or array holds the box only. A reference without them is a
+full-volume mask, as every document before boxes had.
 Graphics name their frame by index (``"frame": i``) or by instance (``"sop_instance_uid"``,
 optional ``"frame_number"``); points are (row, column) in that frame's pixels.
 """
@@ -15,7 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.api import (
     AlgorithmIdentification,
@@ -24,6 +34,7 @@ from models.api import (
     Findings,
     GraphicKind,
     ImageGraphic,
+    MaskBox,
     Measurement,
     QualitativeEvaluation,
     Report,
@@ -31,7 +42,14 @@ from models.api import (
     SourceFrame,
 )
 
-__all__ = ["CONTRACT", "FindingsDocumentError", "MaskReference", "decode", "encode"]
+__all__ = [
+    "CONTRACT",
+    "FindingsDocumentError",
+    "MaskReference",
+    "box_json",
+    "decode",
+    "encode",
+]
 
 CONTRACT = "ainode-findings/1"
 
@@ -81,11 +99,20 @@ class _Evaluation(_Model):
 
 
 class MaskReference(_Model):
-    """Where a segment's mask is: a file beside the document, or an array sent with it."""
+    """Where a segment's mask is: a file beside the document, or an array sent with it;
+    with ``origin`` and ``volume_shape`` it holds the box around the mask only."""
 
     file: str | None = None
     array: int | None = Field(None, ge=0)
     label: int | None = Field(None, ge=1)
+    origin: tuple[int, int, int] | None = None
+    volume_shape: tuple[int, int, int] | None = None
+
+    @model_validator(mode="after")
+    def _box_whole(self) -> MaskReference:
+        if (self.origin is None) != (self.volume_shape is None):
+            raise ValueError("a boxed mask gives both origin and volume_shape")
+        return self
 
 
 class _Segment(_Model):
@@ -137,7 +164,8 @@ def decode(
     mask_of: Callable[[MaskReference], np.ndarray],
 ) -> Findings:
     """Findings of a document; ``sources`` (the input's frames) resolve instance references
-    and bound frame indices, ``mask_of`` loads each mask (on the input grid)."""
+    and bound frame indices, ``mask_of`` loads each mask (on the input grid, or the box its
+    reference names)."""
     try:
         document = _Document.model_validate(data)
     except ValidationError as exc:
@@ -209,12 +237,15 @@ def _segment(s: _Segment, data: np.ndarray) -> Segment:
         mask = data.astype(np.float32)
     else:
         mask = data != 0
+    mask = np.ascontiguousarray(mask)
+    if s.mask.origin is not None and s.mask.volume_shape is not None:
+        mask = MaskBox(mask, s.mask.origin, s.mask.volume_shape)
     return Segment(
         key=s.key,
         label=s.label,
         category=s.category.code,
         type=s.type.code,
-        mask=np.ascontiguousarray(mask),
+        mask=mask,
         anatomic_site=None if s.anatomic_site is None else s.anatomic_site.code,
         color_rgb=s.color_rgb,
     )
@@ -252,8 +283,17 @@ def _evaluation_json(e: QualitativeEvaluation) -> dict[str, object]:
     }
 
 
+def box_json(segment: Segment) -> dict[str, list[int]]:
+    """What a mask reference adds for a boxed mask (written as ``segment.box.array``); nothing
+    for a full-volume one, which travels as it came."""
+    if not isinstance(segment.mask, MaskBox):
+        return {}
+    return {"origin": list(segment.mask.origin), "volume_shape": list(segment.mask.volume_shape)}
+
+
 def encode(findings: Findings, mask_refs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The document of ``findings``; ``mask_refs[i]`` is where segment ``i``'s mask went."""
+    """The document of ``findings``; ``mask_refs[i]`` is where segment ``i``'s mask went (with
+    ``box_json`` where it holds the box only)."""
     return {
         "contract": CONTRACT,
         "algorithm": {"name": findings.algorithm.name, "version": findings.algorithm.version},

@@ -88,7 +88,8 @@ def write_message(stream: IO[bytes], header: dict[str, Any], arrays: list[np.nda
     stream.write(_LENGTH.pack(len(data)))
     stream.write(data)
     for array in arrays:
-        stream.write(memoryview(array).cast("B"))
+        if array.size:  # an empty box is (0, 0, 0): no bytes, and memoryview cannot cast it
+            stream.write(memoryview(array).cast("B"))
     stream.flush()
 
 
@@ -128,11 +129,12 @@ def read_message(stream: IO[bytes]) -> tuple[dict[str, Any], list[np.ndarray]] |
 
 
 def encode_findings(findings: Findings, arrays: list[np.ndarray]) -> dict[str, Any]:
-    """Findings → the ``models.findings_codec`` document, appending masks to ``arrays``."""
+    """Findings → the ``models.findings_codec`` document, appending masks to ``arrays`` (a
+    boxed mask as its box: the pipe carries a nodule's voxels, not the volume)."""
     references = []
     for segment in findings.segments:
-        arrays.append(segment.mask)
-        references.append({"array": len(arrays) - 1})
+        arrays.append(segment.box.array)
+        references.append({"array": len(arrays) - 1, **codec.box_json(segment)})
     return codec.encode(findings, references)
 
 

@@ -376,7 +376,7 @@ class PluginHost:
                 raise InputRefused(f"{manifest.key} does not accept this series: {refusal}")
             given = replace(series, prior=MappingProxyType(dict(findings)))
             result, device = self._run_one(manifest, given, deadline)
-            shapes = {segment.mask.shape for segment in result.segments}
+            shapes = {segment.shape for segment in result.segments}
             if shapes and shapes != {series.shape}:
                 raise PluginError(
                     f"{manifest.key} returned masks of shape {sorted(shapes)}, "

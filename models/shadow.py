@@ -4,7 +4,8 @@ A shadow route runs a candidate plugin (or version) on the same series as a prod
 route, and its results go only to shadow destinations. The node keeps both plugins' findings
 (``node.shadow``, table ``shadow_findings``) in the form made here: a JSON summary of
 segments, measurements and evaluations (``findings_summary``) and the segment masks in a
-compressed ``.npz`` (``save_masks``). ``agreement`` pairs production and shadow records per
+compressed ``.npz`` (``save_masks``; a boxed mask as its box, with ``s{i}_origin`` and
+``s{i}_volume_shape``). ``agreement`` pairs production and shadow records per
 series and computes the Dice coefficient of segments (matched by segment type code, then by
 key) and the difference of measurements (matched by finding and concept); ``ainode shadow
 report`` prints it.
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from models.api import Findings, Measurement
+from models.api import Findings, MaskBox, Measurement
 
 __all__ = [
     "MeasurementDifference",
@@ -34,15 +35,29 @@ __all__ = [
 ]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two masks (fractional masks are thresholded at 0.5); 1.0 if both
-    are empty."""
-    a = a >= 0.5 if a.dtype != np.bool_ else a
-    b = b >= 0.5 if b.dtype != np.bool_ else b
-    if a.shape != b.shape:
-        raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+def dice(a: np.ndarray | MaskBox, b: np.ndarray | MaskBox) -> float:
+    """Dice coefficient of two masks, full or boxed (fractional masks are thresholded at
+    0.5); 1.0 if both are empty. Boxes are compared where they overlap, never expanded."""
+    first = a if isinstance(a, MaskBox) else MaskBox.whole(a)
+    second = b if isinstance(b, MaskBox) else MaskBox.whole(b)
+    if first.volume_shape != second.volume_shape:
+        raise ValueError(f"masks differ in shape: {first.volume_shape} vs {second.volume_shape}")
+    total = int(np.count_nonzero(first.binary)) + int(np.count_nonzero(second.binary))
+    if total == 0:
+        return 1.0
+    shared = [
+        slice(max(p.start, q.start), min(p.stop, q.stop))
+        for p, q in zip(first.slices, second.slices, strict=True)
+    ]
+    if any(s.start >= s.stop for s in shared):
+        return 0.0
+
+    def within(box: MaskBox) -> np.ndarray:
+        return box.binary[
+            tuple(slice(s.start - o, s.stop - o) for s, o in zip(shared, box.origin, strict=True))
+        ]
+
+    return 2.0 * int(np.count_nonzero(within(first) & within(second))) / total
 
 
 def _code_key(code: Any) -> str:
@@ -88,7 +103,22 @@ def findings_summary(findings: Findings, masks_file: str | None) -> dict[str, An
 
 def save_masks(findings: Findings, path: Path) -> None:
     """The segment masks of ``findings``, in segment order, as one compressed ``.npz``."""
-    np.savez_compressed(path, **{f"s{i}": s.mask for i, s in enumerate(findings.segments)})
+    arrays: dict[str, np.ndarray] = {}
+    for i, segment in enumerate(findings.segments):
+        arrays[f"s{i}"] = segment.box.array
+        if isinstance(segment.mask, MaskBox):
+            arrays[f"s{i}_origin"] = np.asarray(segment.mask.origin, np.int64)
+            arrays[f"s{i}_volume_shape"] = np.asarray(segment.mask.volume_shape, np.int64)
+    np.savez_compressed(path, **arrays)
+
+
+def _stored_mask(stored: Any, i: int) -> np.ndarray | MaskBox:
+    """Mask ``i`` of a ``save_masks`` file (full-volume in files written before boxes)."""
+    if f"s{i}_origin" not in stored:
+        return stored[f"s{i}"]
+    origin = tuple(int(v) for v in stored[f"s{i}_origin"])
+    volume_shape = tuple(int(v) for v in stored[f"s{i}_volume_shape"])
+    return MaskBox(stored[f"s{i}"], origin, volume_shape)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -176,12 +206,17 @@ class ShadowReport:
         return "\n".join(lines)
 
 
-def _masks(summary: Mapping[str, Any], masks_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
+def _masks(
+    summary: Mapping[str, Any], masks_dir: Path
+) -> dict[str, tuple[str, np.ndarray | MaskBox]]:
     """Segment type code (or key) → (label, mask)."""
     if not summary["masks"]:
         return {}
     with np.load(masks_dir / summary["masks"]) as stored:
-        return {s["type"]: (s["label"], stored[f"s{i}"]) for i, s in enumerate(summary["segments"])}
+        return {
+            s["type"]: (s["label"], _stored_mask(stored, i))
+            for i, s in enumerate(summary["segments"])
+        }
 
 
 def _compare(

@@ -64,17 +64,29 @@ def _load(path: Path) -> NodeConfig | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from node.ingest.receivers import ReceiverStartError
     from node.service import Node
 
     config = _load(args.config)
     if config is None:
         return 2
     node = Node(config)
+
+    def on_signal(signum: int, frame: object) -> None:
+        node.request_stop()
+
+    # before start: a stop asked for while it starts (receiver processes take seconds) is
+    # a clean stop once it has started
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         node.start()
     except (ConfigError, RoutesFileError) as exc:  # a stage's own file cannot be used
         print(f"ainode: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except ReceiverStartError as exc:
+        print(f"ainode: cannot start the receiver processes: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         listener = config.listener
         print(
@@ -82,12 +94,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-
-    def on_signal(signum: int, frame: object) -> None:
-        node.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         while not node.wait(1.0):
             pass

@@ -119,12 +119,15 @@ class RunningNode:
 #: Storage settings every test node gets (YAML mapping), e.g. ``durability: os`` or
 #: ``journal: true``: the ingest suite runs unchanged in another mode (``test_ingest_modes``).
 STORAGE_MODE_ENV = "AINODE_TEST_STORAGE"
+#: Listener settings every test node gets, e.g. ``processes: 4`` (with a journal mode above).
+LISTENER_MODE_ENV = "AINODE_TEST_LISTENER"
 
 
 def write_config(folder: Path, port: int, **sections: object) -> Path:
     mode = yaml.safe_load(os.environ.get(STORAGE_MODE_ENV) or "{}")
+    listener = yaml.safe_load(os.environ.get(LISTENER_MODE_ENV) or "{}")
     config = {
-        "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port},
+        "listener": {"ae_title": "AINODE", "host": "127.0.0.1", "port": port, **listener},
         "access": {"accept_any": True},
         "storage": {"data_dir": str(folder / "data"), "min_free_mb": 1, **mode},
         "stability": {"stable_after_s": 30, "after_release_s": None, "poll_interval_s": 0.1},

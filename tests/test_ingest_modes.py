@@ -3,7 +3,8 @@
 ``AINODE_TEST_STORAGE`` (``tests.ingest_support.STORAGE_MODE_ENV``) gives every node a test
 starts its storage settings, so the tests below are the suite's own, unchanged, run with
 ``storage.durability: os`` and with ``storage.journal`` in both durabilities (1 MiB segments,
-so they roll and retire): the corpus through DCMTK, malformed files, eight storescu at once,
+so they roll and retire), and with four receiver processes (``listener.processes: 4``): the
+corpus through DCMTK, malformed files, eight storescu at once,
 a kill -9 mid-send, duplicates, the disk watermark, the status page. The whole suite runs
 the same way with the variable set by hand.
 """
@@ -27,14 +28,22 @@ from node.ingest.journal_format import Durability
 from node.ingest.spool import Spool, instance_relpath
 from node.scu import Peer, send
 from tests.conftest import free_port, wait_until
-from tests.ingest_support import STORAGE_MODE_ENV, make_instances, running_node
+from tests.ingest_support import (
+    LISTENER_MODE_ENV,
+    STORAGE_MODE_ENV,
+    make_instances,
+    running_node,
+)
 
 #: node.yaml ``storage:`` settings per mode, beyond the default (fsync, a file per instance).
 MODES = {
     "os": "durability: os",
     "journal": "{journal: true, journal_segment_mb: 1}",
     "journal-os": "{journal: true, durability: os, journal_segment_mb: 1}",
+    "receivers-4": "{journal: true, journal_segment_mb: 1}",
 }
+#: node.yaml ``listener:`` settings per mode, beyond the default (one process).
+LISTENER_MODES = {"receivers-4": "processes: 4"}
 
 
 #: The suite's tests re-run in each mode: (test function, the fixtures it takes after
@@ -110,6 +119,8 @@ def test_suite_in_mode(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(STORAGE_MODE_ENV, MODES[mode])
+    if mode in LISTENER_MODES:
+        monkeypatch.setenv(LISTENER_MODE_ENV, LISTENER_MODES[mode])
     test(tmp_path, *(request.getfixturevalue(name) for name in fixtures))
 
 

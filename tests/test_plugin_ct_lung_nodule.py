@@ -12,7 +12,7 @@ import pytest
 from plugin_support import assert_outputs_validate, phantom_fixtures, phantom_order
 from pydicom.sr.codedict import codes
 
-from models.api import Findings
+from models.api import Findings, MaskBox
 from models.loading import load_plugin_input
 from models.manifest import load_manifest
 from models.manifest_checks import Severity, check_manifest
@@ -40,7 +40,7 @@ def match(findings: Findings, phantom: ChestCT, order: list[int]) -> dict[int, o
     spacing = (phantom.geometry.slice_spacing, *phantom.geometry.pixel_spacing)
     matched = {}
     for finding in findings.findings:
-        mask = findings.segment(finding.segment_key).mask
+        mask = findings.segment(finding.segment_key).binary
         in_phantom_order = np.empty_like(mask)
         in_phantom_order[order] = mask
         centre = centre_mm(in_phantom_order, spacing)
@@ -81,7 +81,7 @@ def test_no_finding_lies_on_a_vessel_or_an_airway(findings, written, series) -> 
     for finding in findings.findings:
         # a finding on a vessel lies almost wholly in it; a juxtavascular nodule's mask may
         # take in a sliver of the vessel it touches
-        mask = findings.segment(finding.segment_key).mask
+        mask = findings.segment(finding.segment_key).binary
         assert (mask & structures).sum() <= 0.1 * mask.sum(), f"{finding.tracking_id} is a vessel"
 
 
@@ -109,14 +109,29 @@ def test_lungs_are_segmented_and_counted(findings, written, series) -> None:
     phantom, paths = written
     order = phantom_order(series, paths)
     for side, truth in (("right", phantom.right_lung), ("left", phantom.left_lung)):
-        mask = findings.segment(f"{side}-lung").mask
+        mask = findings.segment(f"{side}-lung").binary
         dice = 2 * (mask & truth[order]).sum() / (mask.sum() + truth.sum())
         assert dice >= 0.95, f"{side} lung Dice {dice:.3f}"
     (count,) = findings.study_measurements
     assert count.concept == codes.SCT.NumberOfLesions
     assert count.value == len(findings.findings)
     for segment in findings.segments:
-        assert segment.mask.shape == series.shape and segment.mask.dtype == np.bool_
+        assert segment.shape == series.shape and segment.box.array.dtype == np.bool_
+
+
+def test_masks_are_boxed_around_their_voxels(findings, series) -> None:
+    """Each mask is the box around its voxels (a nodule's, not the series'), and expands to
+    the same voxels: what the SEG is built from."""
+    for segment in findings.segments:
+        box = segment.mask
+        assert isinstance(box, MaskBox) and box.volume_shape == series.shape
+        assert box.array.base is None, "a view would keep the full volume alive"
+        for axis in ((1, 2), (0, 2), (0, 1)):
+            on = box.array.any(axis=axis)
+            assert on[0] and on[-1], f"{segment.key}: the box is not tight"
+        assert int(np.count_nonzero(segment.binary)) == int(np.count_nonzero(box.array))
+    nodules = [s for s in findings.segments if s.key.startswith("nodule-")]
+    assert nodules and all(s.box.array.nbytes < series.pixels[0].size for s in nodules)
 
 
 def test_a_chest_without_nodules_says_so(tmp_path, plugin) -> None:
@@ -135,7 +150,7 @@ def test_each_axis_is_drawn_where_it_was_measured(findings, series) -> None:
     row_mm, column_mm = series.pixel_spacing
     assert findings.findings
     for finding in findings.findings:
-        mask = findings.segment(finding.segment_key).mask
+        mask = findings.segment(finding.segment_key).binary
         axes = {m.concept.meaning: m for m in finding.measurements if m.graphic is not None}
         assert set(axes) == {"Long axis", "Short axis"}
         long_line, short_line = axes["Long axis"].graphic, axes["Short axis"].graphic

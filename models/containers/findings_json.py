@@ -11,6 +11,9 @@ beside it, NIfTI (``.nii``/``.nii.gz``) or NumPy (``.npy``):
   voxel axes are (column, row, frame), the order nibabel reads a DICOM-derived image in.
 * ``{"file": F, "label": N}`` takes the voxels equal to N of a label map; without a label a
   mask is on where non-zero (a float mask in [0, 1] stays fractional).
+* ``{"file": F, "origin": [f, r, c], "volume_shape": [...]}``: a ``.npy`` of the box around
+  the mask only (``models.api.MaskBox``), ``volume_shape`` the input's; ``write_findings``
+  writes boxed segments so, full-volume ones as NIfTI.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from models.api import Findings, PluginInput
-from models.findings_codec import FindingsDocumentError, MaskReference, decode, encode
+from models.findings_codec import FindingsDocumentError, MaskReference, box_json, decode, encode
 
 __all__ = ["FINDINGS_FILE", "FindingsFileError", "read_findings", "write_findings"]
 
@@ -45,6 +48,8 @@ def read_findings(folder: Path, series: PluginInput) -> Findings:
     def mask_of(reference: MaskReference) -> np.ndarray:
         if reference.file is None:
             raise ValueError('a mask in findings.json is a file: {"file": "mask.nii.gz"}')
+        if reference.volume_shape is not None:
+            return _box_data(folder, reference, series)
         return _mask_data(folder, reference.file, series)
 
     try:
@@ -53,10 +58,28 @@ def read_findings(folder: Path, series: PluginInput) -> Findings:
         raise FindingsFileError(f"{FINDINGS_FILE} {exc}") from exc
 
 
-def _mask_data(folder: Path, name: str, series: PluginInput) -> np.ndarray:
+def _mask_path(folder: Path, name: str) -> Path:
     path = (folder / name).resolve()
     if not path.is_relative_to(folder.resolve()) or not path.is_file():
         raise ValueError(f"mask {name} is not a file in the output folder")
+    return path
+
+
+def _box_data(folder: Path, reference: MaskReference, series: PluginInput) -> np.ndarray:
+    """The box of a boxed mask: a .npy in (frames, rows, columns) order, placed by the codec."""
+    name = str(reference.file)
+    if not name.endswith(".npy"):
+        raise ValueError(f"mask {name}: a boxed mask (origin, volume_shape) is a .npy file")
+    if tuple(reference.volume_shape or ()) != series.shape:
+        raise ValueError(
+            f"mask {name} has volume_shape {reference.volume_shape}; the input is "
+            f"{series.shape} (frames, rows, columns)"
+        )
+    return np.load(_mask_path(folder, name), allow_pickle=False)
+
+
+def _mask_data(folder: Path, name: str, series: PluginInput) -> np.ndarray:
+    path = _mask_path(folder, name)
     if name.endswith(".npy"):
         data = np.load(path, allow_pickle=False)
         if data.shape != series.shape:
@@ -122,7 +145,8 @@ def _resliced(data: np.ndarray, affine: np.ndarray, series: PluginInput, name: s
 
 
 def write_findings(findings: Findings, series: PluginInput, folder: Path) -> Path:
-    """Write ``findings.json`` and one NIfTI mask per segment into ``folder``."""
+    """Write ``findings.json`` and one mask per segment into ``folder``: NIfTI, or the box
+    as ``.npy`` for a boxed mask."""
     import nibabel
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,10 +155,15 @@ def write_findings(findings: Findings, series: PluginInput, folder: Path) -> Pat
     else:
         row, column = series.pixel_spacing
         affine, code = np.diag([column, row, 1.0, 1.0]), 0
-    references = []
+    references: list[dict[str, object]] = []
     for index, segment in enumerate(findings.segments):
+        if box_json(segment):  # a boxed mask stays a box: its voxels, not the volume
+            np.save(folder / f"mask-{index + 1}.npy", segment.box.array, allow_pickle=False)
+            references.append({"file": f"mask-{index + 1}.npy", **box_json(segment)})
+            continue
         name = f"mask-{index + 1}.nii.gz"
-        data = segment.mask.astype(np.uint8 if segment.mask.dtype == np.bool_ else np.float32)
+        mask = segment.box.array
+        data = mask.astype(np.uint8 if mask.dtype == np.bool_ else np.float32)
         image = nibabel.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
         image.set_sform(affine, code=code)
         image.set_qform(affine, code=code)

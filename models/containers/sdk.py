@@ -3,9 +3,10 @@
 ``python -m models.containers.sdk --plugin /opt/plugin`` (the folder of a ``plugin.yaml``
 whose runner is python, onnx or torchscript) reads the series from ``MERCURE_IN_DIR``
 (else ``HOLOSCAN_INPUT_PATH`` or ``MONAI_INPUTPATH``), runs the plugin on the device named by
-``AINODE_DEVICE`` and writes ``findings.json`` with NIfTI masks to ``MERCURE_OUT_DIR`` (else
-``HOLOSCAN_OUTPUT_PATH`` or ``MONAI_OUTPUTPATH``). With ``AINODE_WARM_DIR`` set it stays up and
-serves job folders (``models.containers.plugin``'s warm protocol) until it is stopped.
+``AINODE_DEVICE`` and writes ``findings.json`` with NIfTI masks (a boxed mask as its box's
+``.npy``) to ``MERCURE_OUT_DIR`` (else ``HOLOSCAN_OUTPUT_PATH`` or ``MONAI_OUTPUTPATH``).
+With ``AINODE_WARM_DIR`` set it stays up and serves job folders
+(``models.containers.plugin``'s warm protocol) until it is stopped.
 
 This is how a vendor packages a product for ainode in a few lines::
 

@@ -277,7 +277,10 @@ def serve(
         return
     listener = threading.Thread(target=mover.listen, name="receiver-answers", daemon=True)
     listener.start()
-    mover.send(Listening(os.getpid(), journal.last_sequence))
+    try:
+        mover.send(Listening(os.getpid(), journal.last_sequence))
+    except OSError:
+        mover.stop_requested.set()  # the node's process is gone already
     mover.stop_requested.wait()
     scp.stop()
     mover.finish()

@@ -71,6 +71,14 @@ def open_journal_when_free(folder: Path, config: NodeConfig) -> Journal:
             time.sleep(0.05)
 
 
+class ReceiverStartError(RuntimeError):
+    """A receiver process could not start serving; the message says why."""
+
+
+class _ReceiverDied(ReceiverStartError):
+    """A receiver process ended before it said whether it serves (killed, out of memory)."""
+
+
 @dataclass(eq=False)
 class _Link:
     """One receiver process, as the filing thread sees it."""
@@ -126,7 +134,7 @@ class ReceiverPool:
 
     def start(self) -> None:
         """Hold the port(s), start every receiver and wait until each listens; ``OSError``
-        or ``RuntimeError`` (saying why) when one cannot."""
+        or ``ReceiverStartError`` (saying why) when one cannot."""
         self._config.storage.journal_dir.mkdir(parents=True, exist_ok=True)
         listener = self._config.listener
         try:
@@ -138,7 +146,11 @@ class ReceiverPool:
             self._receiver_config = self._config.model_copy(update={"listener": resolved})
             starting = [self._start_process(n) for n in range(1, self._count + 1)]
             for number, process, conn in starting:
-                self._links[number] = self._await_listening(number, process, conn)
+                try:
+                    self._links[number] = self._await_listening(number, process, conn)
+                except _ReceiverDied as exc:
+                    LOGGER.error("%s; starting it again", exc)
+                    self._links[number] = self._spawn(number)
         except BaseException:
             self.stop()
             raise
@@ -187,18 +199,20 @@ class ReceiverPool:
         link = _Link(number, process, ours)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ours.poll(0.1):
-            if not process.is_alive() or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 process.kill()
                 process.join()
-                raise RuntimeError(f"receiver-{number} did not start (exit {process.exitcode})")
+                raise ReceiverStartError(f"receiver-{number} did not start in time")
+            if not process.is_alive():
+                raise _ReceiverDied(f"receiver-{number} exited {process.exitcode} at start")
         try:
             first = ours.recv()
         except EOFError as exc:
             process.join(5)
-            raise RuntimeError(f"receiver-{number} exited {process.exitcode}") from exc
+            raise _ReceiverDied(f"receiver-{number} exited {process.exitcode} at start") from exc
         if isinstance(first, Failed):
             process.join(10)
-            raise RuntimeError(f"receiver-{number} cannot serve: {first.reason}")
+            raise ReceiverStartError(f"receiver-{number} cannot serve: {first.reason}")
         assert isinstance(first, Listening), first
         link.filed = first.filed_through
         return link
@@ -338,7 +352,7 @@ class ReceiverPool:
         time.sleep(max(0.0, link.started + RESTART_INTERVAL_S - time.monotonic()))
         try:
             self._links[link.number] = self._spawn(link.number)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, ReceiverStartError) as exc:
             LOGGER.error("receiver-%d cannot be started again: %s", link.number, exc)
             link.handed_over = True  # its journal is filed; the others go on
 

@@ -70,7 +70,7 @@ def build_burned_in(
     uids = ResultUids(context.job_id)
     headers = {header.SOPInstanceUID: header for header in source.headers}
     masks = [
-        (s.binary, np.array(s.color_rgb or DEFAULT_COLORS[n % len(DEFAULT_COLORS)], np.float32))
+        (s, np.array(s.color_rgb or DEFAULT_COLORS[n % len(DEFAULT_COLORS)], np.float32))
         for n, s in enumerate(findings.segments)
     ]
     touched = reduce(np.union1d, (s.frames_present for s in findings.segments), np.empty(0, int))
@@ -82,8 +82,8 @@ def build_burned_in(
             source.pixels[index], header, source.photometric_interpretation == "MONOCHROME1"
         )
         rgb = np.repeat(grey[..., None], 3, axis=2)
-        for mask, color in masks:
-            plane = mask[index]
+        for segment, color in masks:
+            plane = segment.frame(index)
             if not plane.any():
                 continue
             rgb[plane] = (1 - FILL_OPACITY) * rgb[plane] + FILL_OPACITY * color

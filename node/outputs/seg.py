@@ -5,6 +5,8 @@ Every SEG frame references its source image or source frame and carries its posi
 ``SegOptions.omit_empty_frames`` is off; viewers place the frames kept by those references.
 Segments that nest (a nodule in its lung) are made exclusive by default (``seg_overlap``).
 Binary masks go through the bit-packed path (``seg_packed``), the rest through highdicom's.
+A boxed mask (``MaskBox``) is packed from its box's frames; only highdicom's own path (label
+maps, frames that do not pack to whole bytes, probability maps) expands it to the volume.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def build_segmentation(
     """The SEG of all of ``findings.segments`` over the input frames (at least one segment)."""
     if not findings.segments:
         raise OutputBuildError("build_segmentation needs at least one segment")
-    shape = findings.segments[0].mask.shape
+    shape = findings.segments[0].shape
     if shape != source.shape:
         raise OutputBuildError(
             f"segment masks have shape {shape} but the input is {source.shape}; masks must "
@@ -133,7 +135,7 @@ def build_segmentation(
     layout = source_layout(source)
     check_distinct_positions(layout)
     fractional = context.fractional_segmentation and all(
-        np.issubdtype(s.mask.dtype, np.floating) for s in findings.segments
+        np.issubdtype(s.box.array.dtype, np.floating) for s in findings.segments
     )
     uids = ResultUids(context.job_id)
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -165,10 +167,10 @@ def build_segmentation(
     transfer_syntax = _transfer_syntax(options.transfer_syntax, shape)
     pixels: np.ndarray | PackedSegments
     if fractional:
-        pixels = segmentation_pixels([s.mask for s in findings.segments], layout, True)
+        pixels = segmentation_pixels([s.box.full() for s in findings.segments], layout, True)
     elif PACKED_PATH and not labelmap and PackedSegments.packable(shape):
         pixels = PackedSegments(
-            [s.binary for s in findings.segments],
+            [s.box for s in findings.segments],
             layout.frame_order,
             unpack_frames=transfer_syntax == JPEG2000Lossless,
         )

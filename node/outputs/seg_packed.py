@@ -13,6 +13,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 
+from models.masks import MaskBox
 from node.outputs.seg_overlap import claim_order
 
 
@@ -35,6 +36,24 @@ class _PackedPlane:
         return np.unpackbits(frame, bitorder="little").reshape(rows, columns)
 
 
+def _packed_frames(box: MaskBox) -> np.ndarray:
+    """The frames of the box's frame range at full frame size, bit-packed (one row each). A
+    box narrower than the frame is placed on one reused plane frame by frame, so no more
+    than the packed bytes are allocated."""
+    frames = box.array.shape[0]
+    _, rows, columns = box.volume_shape
+    if box.array.shape[1:] == (rows, columns):
+        flat = np.ascontiguousarray(box.binary).reshape(frames, rows * columns)
+        return np.packbits(flat, axis=1, bitorder="little")
+    _, y, x = box.slices
+    plane = np.zeros((rows, columns), np.bool_)
+    packed = np.empty((frames, rows * columns // 8), np.uint8)
+    for index in range(frames):
+        plane[y, x] = box.binary[index]  # outside the box the plane stays empty
+        packed[index] = np.packbits(plane.reshape(-1), bitorder="little")
+    return packed
+
+
 class PackedSegments:
     """Binary masks bit-packed once per segment, standing in for highdicom's 4D stack.
 
@@ -42,30 +61,36 @@ class PackedSegments:
     segments) bool stack: it sums that over the segments to detect overlap and packs every
     frame with pydicom's checked ``pack_bits``. For a lung CT (2 lungs + 11 nodules over
     300 slices of 512x512) that is a 1 GB stack and most of 10 s. Here each segment is packed
-    once (DICOM bit order, little-endian within a byte), its non-empty frames are kept and
-    every empty frame is the same zero buffer; overlap is found by ANDing the packed frames of
-    segment pairs that share a frame. Indexing by source position gives a ``_PackedPlane``,
-    which ``PrepackedSegmentation`` turns into the frame's bytes, or into its pixels where
-    ``unpack_frames`` (an encapsulated transfer syntax, whose codec takes pixels).
+    once (DICOM bit order, little-endian within a byte; a ``MaskBox`` from its box's frames
+    only), its non-empty frames are kept and every empty frame is the same zero buffer;
+    overlap is found by ANDing the packed frames of segment pairs that share a frame. Indexing
+    by source position gives a ``_PackedPlane``, which ``PrepackedSegmentation`` turns into the
+    frame's bytes, or into its pixels where ``unpack_frames`` (an encapsulated transfer
+    syntax, whose codec takes pixels).
     """
 
     ndim = 4
 
     def __init__(
-        self, masks: Sequence[np.ndarray], frame_order: Sequence[int], unpack_frames: bool = False
+        self,
+        masks: Sequence[np.ndarray | MaskBox],
+        frame_order: Sequence[int],
+        unpack_frames: bool = False,
     ) -> None:
-        frames, rows, columns = masks[0].shape
-        self.shape = (len(frame_order), rows, columns, len(masks))
+        boxes = [m if isinstance(m, MaskBox) else MaskBox.whole(m) for m in masks]
+        _, rows, columns = boxes[0].volume_shape
+        self.shape = (len(frame_order), rows, columns, len(boxes))
         self.unpack_frames = unpack_frames
         self._empty = np.zeros(rows * columns // 8, np.uint8)
         self._frames: list[dict[int, np.ndarray]] = []
-        for mask in masks:
-            # one pass over the mask: pack every frame, then find the non-empty frames in
-            # the packed bytes (an eighth of the size) rather than in the mask itself
-            flat = np.ascontiguousarray(mask).reshape(frames, rows * columns)
-            packed = np.packbits(flat, axis=1, bitorder="little")
+        for box in boxes:
+            # one pass over the box's frames (a boxed mask's only: outside them it is empty):
+            # pack every frame, then find the non-empty frames in the packed bytes (an eighth
+            # of the size) rather than in the mask itself
+            packed = _packed_frames(box)
             filled = np.flatnonzero(packed.view(np.uint64).any(axis=1))
-            by_input = dict(zip(filled.tolist(), packed[filled], strict=True))
+            first = box.origin[0]
+            by_input = dict(zip((filled + first).tolist(), packed[filled], strict=True))
             self._frames.append(
                 {
                     position: by_input[frame]

@@ -35,9 +35,10 @@ def key_frames(findings: Findings, source: PluginInput) -> list[SourceFrame]:
 def _largest_frame(segment: Segment) -> int | None:
     """The first of the frames with the most mask pixels, None for an empty mask (only the
     frames with any pixel are counted: a nodule touches a few of hundreds)."""
+    box = segment.box  # counted in the box: a boxed mask is never expanded
     largest, largest_area = None, 0
     for index in segment.frames_present:
-        area = np.count_nonzero(segment.binary[index])
+        area = np.count_nonzero(box.binary[index - box.origin[0]])
         if area > largest_area:
             largest, largest_area = int(index), area
     return largest

@@ -11,6 +11,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
+from models.api import MaskBox
+
 from .lungs import LungSide, LungZone, VolumeFrame, lung_zone
 from .morphology import ball_open, principal_elongation
 from .settings import DetectionSettings
@@ -33,7 +35,7 @@ class MeasuredNodule:
     ``at_scan_edge``: the nodule reaches the first or last slice of the series, so it may
     extend beyond the scanned range and its volume is a lower bound."""
 
-    mask: np.ndarray  # bool, full volume
+    mask: MaskBox  # bool, the box around the nodule in the volume (not 78 MB of a CT's)
     centre_voxel: tuple[float, float, float]
     long_axis_mm: float
     short_axis_mm: float
@@ -182,8 +184,7 @@ def measure_nodule(
 
     coords = np.argwhere(region)
     centre = coords.mean(axis=0) + np.array([s.start for s in box])
-    full = np.zeros(hu.shape, dtype=bool)
-    full[box] = region
+    mask = MaskBox.around(region, tuple(b.start for b in box), hu.shape)  # type: ignore[arg-type]
     # mean attenuation of the interior: the rim's partial-volume voxels would dilute it
     interior = ndimage.binary_erosion(region)
     if interior.sum() < 8:
@@ -196,7 +197,7 @@ def measure_nodule(
     if side is None:
         return None
     return MeasuredNodule(
-        mask=full,
+        mask=mask,
         centre_voxel=tuple(float(c) for c in centre),  # type: ignore[arg-type]
         long_axis_mm=axes.long_mm,
         short_axis_mm=min(axes.short_mm, axes.long_mm),
@@ -208,5 +209,5 @@ def measure_nodule(
         key_slice=k + box[0].start,
         long_axis_line=line(axes.long_ends),
         short_axis_line=line(axes.short_ends),
-        at_scan_edge=bool(full[0].any() or full[-1].any()),
+        at_scan_edge=bool({0, hu.shape[0] - 1} & set(mask.frames_present.tolist())),
     )

@@ -1,4 +1,7 @@
-"""ct-lung-nodule: the plugin wrapper that turns ``nodules.analyse_chest_ct`` into Findings."""
+"""ct-lung-nodule: the plugin wrapper that turns ``nodules.analyse_chest_ct`` into Findings.
+
+Every mask is a ``MaskBox``: a nodule's box is a few thousand voxels where a full-volume mask
+of a 300-slice CT is 78 MB, and a job holds up to 13 of them (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from models.api import (
     Findings,
     GraphicKind,
     ImageGraphic,
+    MaskBox,
     Measurement,
     PluginInput,
     QualitativeEvaluation,
@@ -160,7 +164,7 @@ class CtLungNodulePlugin:
                         label=f"{side.capitalize()} lung",
                         category=codes.SCT.AnatomicalStructure,
                         type=codes.SCT.Lung,
-                        mask=analysis.lungs[side],
+                        mask=MaskBox.around(analysis.lungs[side]),
                         color_rgb=_LUNG_COLOURS[side],
                     )
                 )
