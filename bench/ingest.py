@@ -10,7 +10,9 @@ Orthanc), best round of each. Not a test: run it on demand. Every round sends a 
 
 ainode's storage mode: ``--durability fsync|os`` and ``--journal`` select it; ``--also MODE``
 adds more ainode receivers to the same run (``files-fsync``, ``files-os``, ``journal-fsync``,
-``journal-os``). With the journal, a Success waits for the journal only and the mover files
+``journal-os``, and ``receivers-fsync``/``receivers-os``: the journal with four receiver
+processes, ``listener.processes: 4``, whose phases the wrapper cannot time). With the
+journal, a Success waits for the journal only and the mover files
 the instances afterwards: the bench waits for the mover after each round (outside the timed
 send) and prints that wait too, so the next receiver is not measured against it.
 
@@ -62,7 +64,16 @@ from ingest_support import make_instances  # noqa: E402  (the suite's fast serie
 from journal_floor import fdatasync_floor  # noqa: E402
 from tls_support import make_pki  # noqa: E402
 
-MODES = ("files-fsync", "files-os", "journal-fsync", "journal-os")
+MODES = (
+    "files-fsync",
+    "files-os",
+    "journal-fsync",
+    "journal-os",
+    "receivers-fsync",
+    "receivers-os",
+)
+#: ``receivers-*``: the journal with ``listener.processes`` receiver processes.
+RECEIVER_PROCESSES = 4
 
 
 def file_create_ms(folder: Path, count: int = 200) -> float:
@@ -181,8 +192,12 @@ def start_servers(args: argparse.Namespace, work: Path) -> list[Server]:
     ]
     for mode in dict.fromkeys(args.also):
         kind, durability = mode.split("-")
+        processes = RECEIVER_PROCESSES if kind == "receivers" else 1
         if servers[1].name != f"ainode {kind} {durability}":
-            servers.append(start_ainode(work, durability=durability, journal=kind == "journal"))
+            journal = kind in ("journal", "receivers")
+            servers.append(
+                start_ainode(work, durability=durability, journal=journal, processes=processes)
+            )
     if not args.no_split:
         servers.append(start_ainode(work, durable=False))
     if args.compare_tree is not None:

@@ -181,11 +181,14 @@ def start_ainode(
     repo: Path = REPO,
     name: str | None = None,
     pki: Pki | None = None,
+    processes: int = 1,
 ) -> Server:
     """``ainode serve`` under ``bench/ingest_node.py`` (this checkout's, or ``repo``'s); with
-    ``pki``, a TLS listener only. ``durable=False``: the bench-only no-fsync wrapper."""
+    ``pki``, a TLS listener only. ``durable=False``: the bench-only no-fsync wrapper.
+    ``processes``: ``listener.processes`` (with ``journal``)."""
     port = free_port()
-    default = f"ainode {'journal' if journal else 'files'} {durability}"
+    kind = "receivers" if processes > 1 else "journal" if journal else "files"
+    default = f"ainode {kind} {durability}"
     name = name or (default if durable else "ainode-nofsync")
     data = work / name.replace(" ", "-")
     storage: dict[str, object] = {"data_dir": str(data), "min_free_mb": 64}
@@ -198,6 +201,7 @@ def start_ainode(
             "port": port,
             "max_associations": 16,
             "max_pdu": 0,
+            **({"processes": processes} if processes > 1 else {}),
         },
         "access": {"accept_any": True},
         "storage": storage,
@@ -213,10 +217,15 @@ def start_ainode(
     command = [sys.executable, str(REPO / "bench" / "ingest_node.py"), "--config", str(path)]
     command += ["--stats", str(stats), "--repo", str(repo)]
     command += [] if durable else ["--no-durability"]
-    process = subprocess.Popen(
-        command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = work / f"{name.replace(' ', '-')}.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=log_file)
     wait_listening(port, process)
+    deadline = time.monotonic() + 60
+    while processes > 1 and "receiver processes listening" not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"{name}: the receivers did not all start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
     server = Server(name, port, "AINODE", process, data / "spool", stats)
     server.database = data / "ainode.sqlite3"
     if pki is not None:

@@ -10,7 +10,11 @@ first C-ECHO answered:
 
 Issue 22's goal: a restart after kill -9 with 1,000,000 instances indexed in under 5 s.
 
-Usage: python bench/restart.py [--instances 1000000] [--work DIR] [--journal]
+Usage: python bench/restart.py [--instances 1000000] [--work DIR] [--journal] [--reuse]
+[--profile]
+
+``--reuse`` keeps a data folder an earlier run with the same ``--work`` built (the build is
+skipped); ``--profile`` runs each ``ainode serve`` under cProfile and writes ``<work>/*.prof``.
 """
 
 from __future__ import annotations
@@ -91,11 +95,16 @@ def build(data: Path, count: int) -> None:
     print(f"built {count:,} instances in {time.monotonic() - started:.0f} s")
 
 
-def start_and_time(config: Path, port: int, log: Path) -> tuple[subprocess.Popen, float]:
+def start_and_time(
+    config: Path, port: int, log: Path, profile: Path | None = None
+) -> tuple[subprocess.Popen, float]:
+    """Start ``ainode serve`` (under cProfile, writing ``profile``, if given) and return it
+    with the seconds until it answered a C-ECHO."""
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     started = time.monotonic()
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "node", "serve", "--config", str(config)],
+            [sys.executable, *profiler, "-m", "node", "serve", "--config", str(config)],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -112,13 +121,36 @@ def start_and_time(config: Path, port: int, log: Path) -> tuple[subprocess.Popen
         time.sleep(0.05)
 
 
+def stop(process: subprocess.Popen, *, crash: bool) -> None:
+    """SIGTERM (a clean stop) or SIGKILL, and wait for the process to end."""
+    if crash:
+        process.kill()
+    else:
+        process.send_signal(signal.SIGTERM)
+    process.wait(300)
+
+
+def show_profile(path: Path) -> None:
+    """Where a profiled start went: the heaviest functions under ``Node.start``."""
+    import pstats
+
+    print(f"--- {path.name}: cumulative seconds, the top of Node.start")
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("cumulative").print_callees(r"service.py:\d+\(start\)")
+    stats.sort_stats("cumulative").print_stats(r"node/", 25)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=1_000_000)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--journal", action="store_true", help="storage.journal: true")
+    parser.add_argument("--reuse", action="store_true", help="keep the data folder if built")
+    parser.add_argument("--rounds", type=int, default=3, help="clean stop / kill -9 pairs")
+    parser.add_argument("--profile", action="store_true", help="cProfile each start")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ainode-bench-restart-", dir=REPO.parent))
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     port = _free_port()
     storage: dict = {"data_dir": str(data), "min_free_mb": 1}
@@ -131,31 +163,53 @@ def main() -> int:
         "routes_file": str(work / "no-routes.yaml"),
     }
     (work / "node.yaml").write_text(yaml.safe_dump(config))
+    profiles: list[Path] = []
+
+    def timed(name: str) -> tuple[subprocess.Popen, float]:
+        profile = work / f"{name}.prof" if args.profile else None
+        if profile is not None:
+            profiles.append(profile)
+        return start_and_time(work / "node.yaml", port, work / "node.log", profile)
+
     try:
-        build(data, args.instances)
-        log = work / "node.log"
-        process, first = start_and_time(work / "node.yaml", port, log)
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
-        process, clean = start_and_time(work / "node.yaml", port, log)
-        process.kill()
-        process.wait(60)
-        process, crashed = start_and_time(work / "node.yaml", port, log)
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
+        if args.reuse and (data / "ainode.sqlite3").exists():
+            print(f"reusing {data}")
+        else:
+            build(data, args.instances)
+        process, first = timed("first")
+        stop(process, crash=False)
+        clean: list[float] = []
+        crashed: list[float] = []
+        for round_number in range(args.rounds):
+            process, seconds = timed(f"clean-{round_number}")
+            clean.append(seconds)
+            stop(process, crash=True)
+            process, seconds = timed(f"crashed-{round_number}")
+            crashed.append(seconds)
+            stop(process, crash=False)
         count = (
             sqlite3.connect(data / "ainode.sqlite3")
             .execute("SELECT COUNT(*) FROM instances")
             .fetchone()[0]
         )
-        print(f"{count:,} instances indexed; start to first C-ECHO answered:")
+        mode = "storage.journal" if args.journal else "a file per instance"
+        print(f"{count:,} instances indexed ({mode}); start to first C-ECHO answered:")
         print(f"  first start (no marker)   {first:6.2f} s")
-        print(f"  after a clean stop        {clean:6.2f} s")
-        print(f"  after kill -9             {crashed:6.2f} s   (goal: under 5 s)")
+        print(f"  after a clean stop        {_figures(clean)}")
+        print(f"  after kill -9             {_figures(crashed)}   (goal: under 5 s)")
+        for profile in profiles:
+            if profile.exists():  # a start ended by kill -9 wrote none
+                show_profile(profile)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _figures(seconds: list[float]) -> str:
+    """Best and worst of the rounds, then each."""
+    each = ", ".join(f"{s:.2f}" for s in seconds)
+    return f"{min(seconds):6.2f} s best, {max(seconds):.2f} s worst ({each})"
 
 
 if __name__ == "__main__":

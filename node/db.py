@@ -84,6 +84,18 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+-- one row: every spool file created before indexed_before has its instance row
+-- (node.ingest.checkpoint: a start after a crash lists only folders written since)
+CREATE TABLE IF NOT EXISTS spool_checkpoint (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    indexed_before      REAL NOT NULL
+);
+-- node.retention.purge: when a study was purged, so that the journal never files an instance
+-- received before then (a record not yet retired at a crash) back into the spool
+CREATE TABLE IF NOT EXISTS purged_studies (
+    study_instance_uid  TEXT PRIMARY KEY,
+    purged_at           REAL NOT NULL
+);
 
 -- node.assembler: each stable version of a study, recorded once ------------------------------
 CREATE TABLE IF NOT EXISTS study_versions (

@@ -125,11 +125,26 @@ CREATE TABLE IF NOT EXISTS workers (
     )
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    # node.ingest.checkpoint: a start after a crash lists only the spool folders written
+    # since this time; a migrated database has none yet, so its first such start walks all
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS spool_checkpoint ("
+        "id INTEGER PRIMARY KEY CHECK (id = 1), indexed_before REAL NOT NULL)"
+    )
+    # node.retention.purge: journal records of a purged study are never filed back
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS purged_studies ("
+        "study_instance_uid TEXT PRIMARY KEY, purged_at REAL NOT NULL)"
+    )
+
+
 #: Version 1 is the first release's schema; each entry's version is one more than the last.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "vendor_requests, vendor_inbox, pseudonyms", _v2),
     Migration(3, "results(job_id) index, for retention", _v3),
     Migration(4, "jobs.worker, jobs.urgency, route_matches.urgency, workers", _v4),
+    Migration(5, "spool_checkpoint (start after a crash), purged_studies (journal)", _v5),
 )
 
 

@@ -27,12 +27,13 @@ from node.console.server import ConsoleServer
 from node.db import connect
 from node.dispatch.dispatcher import Dispatcher
 from node.durable import fsync_dir, sync_filesystem
-from node.ingest.index import Index, recover_spool
+from node.ingest.index import Index
 from node.ingest.journal import Journal
 from node.ingest.journal_format import Durability
 from node.ingest.move import BatchFiler
 from node.ingest.mover import JournalMover, replay
 from node.ingest.receivers import ReceiverPool, replay_receiver_journals
+from node.ingest.recovery import recover_spool
 from node.ingest.scp import StorageSCP
 from node.ingest.spool import Spool
 from node.jobs.executor import LocalExecutor
@@ -243,7 +244,7 @@ class Node:
             LOGGER.warning("removed %d partial file(s) left by an earlier crash", leftovers)
         _remove_container_leftovers(self.config)
         _finish_interrupted_purges(self.config)  # before recover_spool could re-index them
-        self._index = Index(storage.database_path)
+        self._index = Index(storage.database_path, spool.track_writes())  # the checkpoint
         clean_stop = storage.data_dir / CLEAN_STOP_FILE
         journal_only = storage.data_dir / JOURNAL_ONLY_FILE
         clean = clean_stop.exists()

@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 import node.ingest.mover as mover_module
 import node.service as service
 from node.config import NodeConfig, load_node_config
+from node.db import connect
 from node.ingest.c_store import StoreRequest, StoreStatus
 from node.ingest.index import Index
 from node.ingest.journal import Journal
@@ -32,9 +33,11 @@ from node.ingest.move import BatchFiler, FiledBatch
 from node.ingest.mover import JournalMover, replay
 from node.ingest.scp import StorageSCP
 from node.ingest.spool import Spool
+from node.retention.purge import PurgePaths, purge_lock, purge_study
 from node.scu import Peer, send
 from tests.conftest import free_port, wait_until
 from tests.ingest_support import make_instances, write_config
+from tests.retention_support import DAY, NOW, Study, settle
 
 MIB = 1024 * 1024
 
@@ -335,3 +338,41 @@ def test_a_start_after_a_crash_replays_the_journal_and_walks_no_spool(
     third.stop()
     assert log_conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 3
     log_conn.close()
+
+
+def test_a_purged_studys_unretired_records_are_not_filed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention purges a study whose journal records are filed but not yet retired, then
+    the node dies: replay must not bring the study back; a re-send after the purge is kept."""
+    monkeypatch.setattr(mover_module, "IDLE_ROTATE_S", 3600.0)  # nothing retires on its own
+    running = _JournalNode(tmp_path / "node")
+    files = make_instances(tmp_path / "in", 4)
+    for path in files[:3]:
+        assert running.store(path).status == StoreStatus.SUCCESS
+    running.filed()
+    storage = running.storage
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    relpaths = tuple(running.rows().values())
+    conn = connect(storage.database_path)
+    study = Study(study_uid, relpaths)
+    settle(conn, study, at=NOW - 40 * DAY, job_state="SUCCEEDED", outbox_state="SENT")
+    paths = PurgePaths(
+        storage.data_dir, storage.spool_dir, storage.outputs_dir, storage.data_dir / "vi"
+    )
+    with purge_lock(storage.data_dir):
+        assert purge_study(conn, paths, study_uid, now=NOW, max_age_s=30 * DAY) is not None
+    assert running.store(files[3]).status == StoreStatus.SUCCESS  # sent again after it
+    running.filed()
+    running.journal.close()  # the crash: the records stay in the journal, unretired
+    journal = Journal.open(storage.journal_dir, segment_size=MIB)
+    try:
+        replayed = replay(journal, running.filer)
+    finally:
+        journal.close()
+    assert (replayed.records, replayed.filed, replayed.held) == (4, 0, 4)
+    assert set(running.rows()) == {_uid(files[3])}
+    assert [p.name for p in storage.spool_dir.rglob("*.dcm")] == [f"{_uid(files[3])}.dcm"]
+    conn.close()
+    running.index.close()
+    running.conn.close()

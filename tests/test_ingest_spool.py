@@ -16,7 +16,8 @@ import node.service
 from node.config import load_node_config
 from node.ingest.dataset_end import HeaderError
 from node.ingest.header import InstanceHeader, parse_file_header, parse_header
-from node.ingest.index import Index, StoredInstance, StoreOutcome, recover_spool
+from node.ingest.index import Index, StoredInstance, StoreOutcome
+from node.ingest.recovery import recover_spool
 from node.ingest.spool import (
     IMPLEMENTATION_CLASS_UID,
     TEMP_DIR_NAME,

@@ -13,7 +13,8 @@ import pytest
 from node.config import NodeConfig
 from node.db import connect, transaction
 from node.ingest.header import parse_file_header
-from node.ingest.index import Index, recover_spool
+from node.ingest.index import Index
+from node.ingest.recovery import recover_spool
 from node.ingest.spool import Spool, instance_relpath
 from node.retention.purge import PurgePaths, purge_lock, purge_study
 from node.retention.trash import TRASH_DIR_NAME

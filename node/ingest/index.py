@@ -3,7 +3,8 @@
 ``Index.store`` records a ``StoredInstance`` (its ``header.InstanceHeader`` and where and when
 it arrived) as study, series and instance rows in one ``BEGIN IMMEDIATE … COMMIT``. A study
 that was stable and gets a new or replaced instance is re-opened as a new version for the
-assembler. ``recover_spool`` indexes the spool files a crash left without a row.
+assembler. It also records the spool checkpoint as it commits (``node.ingest.checkpoint``),
+which tells ``node.ingest.recovery`` where a crash can have left a file without its row.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.db import connect, transaction
-from node.ingest.dataset_end import HeaderError
-from node.ingest.header import InstanceHeader, parse_file_header
-from node.ingest.spool import Spool
+from node.ingest.checkpoint import (
+    MARGIN_S,
+    RECORD_EVERY_S,
+    SpoolWrites,
+    read_checkpoint,
+    write_checkpoint,
+)
+from node.ingest.header import InstanceHeader
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,15 +76,20 @@ class Index:
     those files again (``recover_spool``), as it does for a crash between rename and commit.
     A batch that replaces a row commits with ``synchronous=FULL``: the spool cannot tell a
     stale row of a replaced file from a current one.
+
+    With ``spool_writes`` (the node's spool's, ``Spool.track_writes``) a committed row closes
+    its file's window, and a commit records the spool checkpoint every ``RECORD_EVERY_S``.
     """
 
-    def __init__(self, database_path: Path) -> None:
+    def __init__(self, database_path: Path, spool_writes: SpoolWrites | None = None) -> None:
         self._conn = connect(database_path)
         self._synchronous = "FULL"  # connect's
         self._synchronise(replacing=False)
         self._lock = threading.Lock()  # the connection, and the commit in progress
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingStore] = []
+        self._writes = spool_writes
+        self._checkpoint_due = 0.0  # time.monotonic() of the next checkpoint to record
 
     def close(self, *, checkpoint: bool = True) -> bool:
         """Close the connection after a checkpoint, which flushes the WAL (rows committed
@@ -117,8 +128,10 @@ class Index:
                     batch, self._queue = self._queue, []
                 self._commit(batch)
         if pending.error is not None:
-            raise pending.error
+            raise pending.error  # the window stays open: see node.ingest.checkpoint
         assert pending.outcome is not None
+        if self._writes is not None:
+            self._writes.end((instance.path,))
         return pending.outcome
 
     def store_batch(self, instances: Sequence[StoredInstance]) -> list[StoreOutcome | Exception]:
@@ -128,6 +141,8 @@ class Index:
         if batch:
             with self._lock:
                 self._commit(batch)
+        if self._writes is not None:
+            self._writes.end(item.instance.path for item in batch if item.outcome is not None)
         return [item.outcome if item.outcome is not None else item.error for item in batch]
 
     def _commit(self, batch: list[_PendingStore]) -> None:
@@ -140,6 +155,7 @@ class Index:
                 self._synchronise(replacing=bool(previous) or len(set(uids)) < len(uids))
                 with transaction(self._conn) as conn:
                     outcomes = [self._store_one(conn, item.instance, previous) for item in batch]
+                    self._record_checkpoint(conn)
             except Exception as exc:
                 if len(batch) == 1:
                     batch[0].error = exc
@@ -154,6 +170,26 @@ class Index:
                 if item.outcome is None and item.error is None:
                     item.error = RuntimeError("index commit interrupted")
                 item.done = True
+
+    def _record_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Record the spool checkpoint in the open transaction, if one is due. This batch's
+        windows are still open, so it lies before their files too."""
+        if self._writes is None or time.monotonic() < self._checkpoint_due:
+            return
+        write_checkpoint(conn, self._writes.checkpoint())
+        self._checkpoint_due = time.monotonic() + RECORD_EVERY_S
+
+    def spool_checkpoint(self) -> float | None:
+        """The recorded spool checkpoint (``node.ingest.checkpoint``), None if none is."""
+        with self._lock:
+            return read_checkpoint(self._conn)
+
+    def spool_agrees(self) -> None:
+        """Every spool file has its row now (``recover_spool`` is done): record a checkpoint
+        at once."""
+        at = self._writes.checkpoint() if self._writes is not None else time.time() - MARGIN_S
+        with self._lock, transaction(self._conn) as conn:
+            write_checkpoint(conn, at)
 
     def _previous_rows(self, uids: list[str]) -> dict[str, tuple[str, str]]:
         """(path, study UID) of the rows of these SOP Instance UIDs. Only this index writes
@@ -223,6 +259,15 @@ class Index:
         with self._lock:
             row = self._conn.execute(
                 "SELECT received_at FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        return row[0] if row is not None else None
+
+    def purged_at(self, study_instance_uid: str) -> float | None:
+        """When retention purged this study (the journal files nothing received before)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT purged_at FROM purged_studies WHERE study_instance_uid = ?",
+                (study_instance_uid,),
             ).fetchone()
         return row[0] if row is not None else None
 
@@ -363,31 +408,3 @@ class Index:
                 json.dumps(dict(header.attributes), ensure_ascii=False, default=str),
             ),
         )
-
-
-def recover_spool(spool: Spool, index: Index) -> int:
-    """Index complete spool files whose row a crash prevented; return how many.
-
-    A ``kill -9`` between the rename into the spool and the index commit leaves a whole,
-    fsynced file that was never acknowledged. Indexing it keeps the index and the spool
-    equal; a file that cannot be parsed is removed (it can only be ours if it is whole).
-    """
-    known = index.indexed_paths()
-    recovered = 0
-    for relpath in spool.files():
-        if relpath in known:
-            continue
-        path = spool.path(relpath)
-        try:
-            header = parse_file_header(path)
-        except HeaderError:
-            spool.remove(relpath)
-            continue
-        stat = path.stat()
-        index.store(
-            StoredInstance(
-                header=header, path=relpath, size_bytes=stat.st_size, received_at=stat.st_mtime
-            )
-        )
-        recovered += 1
-    return recovered

@@ -139,7 +139,9 @@ class BatchFiler:
 
         ``replay``: records read back at start-up, some filed before the crash. One whose
         instance the index holds from a later C-STORE (a re-send that changed it) is skipped,
-        so replay never puts an older version back or re-opens a study for it.
+        so replay never puts an older version back or re-opens a study for it. A record
+        received before its study was purged (``purged_studies``) is skipped too, live or
+        replayed: the purge took it with the study, and a crash must not bring it back.
         """
         latest: dict[str, Journaled] = {}  # this batch's last copy of each instance
         to_index: list[StoredInstance] = []
@@ -179,6 +181,9 @@ class BatchFiler:
                 item.transfer_syntax,
             ) and earlier.dataset == item.dataset
         header = item.header
+        purged_at = self._index.purged_at(header.study_instance_uid)
+        if purged_at is not None and purged_at >= item.received_at:
+            return True  # received before its study was purged: it went with the study
         if replay:
             indexed_at = self._index.received_at(header.sop_instance_uid)
             if indexed_at is not None and indexed_at > item.received_at:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from node import __version__
 from node.durable import fsync_dir
+from node.ingest.checkpoint import SpoolWrites
 from node.ingest.journal_format import Durability
 
 #: Our Implementation Class UID (2.25 + a fixed UUID) and version name in every file's meta.
@@ -160,6 +161,14 @@ class Spool:
         self._room_lock = threading.Lock()
         self._room_checked_at = -FREE_SPACE_TRUSTED_S
         self._unchecked_room = 0
+        self._writes: SpoolWrites | None = None
+
+    def track_writes(self) -> SpoolWrites:
+        """From now on, note each file renamed in until its index row closes the window (the
+        node's spool, for the checkpoint: ``node.ingest.checkpoint``); returns the notes."""
+        if self._writes is None:
+            self._writes = SpoolWrites()
+        return self._writes
 
     def has_room(self, size: int, reserve: int = 0) -> bool:
         """True if writing ``size`` more bytes keeps free disk above the watermark, with
@@ -210,6 +219,7 @@ class Spool:
         target = self.root / relpath
         temp = self._temp / f"{os.getpid()}-{next(_TEMP_NAMES)}.part"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        writes = None
         try:
             try:
                 _write_all(fd, chunks)
@@ -217,12 +227,17 @@ class Spool:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            if self._writes is not None:  # open until the index commits the row
+                writes = self._writes
+                writes.begin(relpath)
             try:
                 os.replace(temp, target)
             except FileNotFoundError:  # the series' first instance: no folder yet
                 self._ensure_dir(target.parent, sync=sync)
                 os.replace(temp, target)
         except BaseException:
+            if writes is not None:  # not renamed in (nothing after the rename raises)
+                writes.end((relpath,))
             temp.unlink(missing_ok=True)
             raise
         return target
@@ -251,13 +266,18 @@ class Spool:
             fsync_dir(self._temp)
         return count
 
-    def files(self) -> Iterator[str]:
-        """Every spooled instance file, as a path relative to the spool folder."""
+    def files(self, changed_since: float | None = None) -> Iterator[str]:
+        """Every spooled instance file, as a path relative to the spool folder; with
+        ``changed_since``, only those in series folders modified at or after it (a rename or
+        removal in a folder sets its mtime): a ``stat`` of each series folder, a listing of
+        the recent ones."""
         for study in os.scandir(self.root):
             if not study.is_dir() or study.name.startswith("."):  # temp files, purge trash
                 continue
             for series in os.scandir(study.path):
                 if not series.is_dir():
+                    continue
+                if changed_since is not None and series.stat().st_mtime < changed_since:
                     continue
                 for instance in os.scandir(series.path):
                     if instance.name.endswith(".dcm") and instance.is_file():

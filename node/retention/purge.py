@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,12 +82,22 @@ _DELETE_ROWS = (
     "DELETE FROM instances WHERE study_instance_uid = :uid",
     "DELETE FROM series WHERE study_instance_uid = :uid",
     "DELETE FROM studies WHERE study_instance_uid = :uid",
+    # the journal's records of the study (not yet retired at a crash) must not file it back
+    """INSERT INTO purged_studies (study_instance_uid, purged_at) VALUES (:uid, :now)
+        ON CONFLICT (study_instance_uid) DO UPDATE SET purged_at = excluded.purged_at""",
+    "DELETE FROM purged_studies WHERE purged_at < :now - :tombstone_s",
 )
+#: How long a purge's mark is kept: a journal record retires within seconds of being filed,
+#: so a week covers every record a running node can still hold of the study.
+TOMBSTONE_S = 7 * 86400
 
 
-def _delete_rows(conn: sqlite3.Connection, paths: PurgePaths, study_uid: str) -> list[Path]:
-    """Delete every row of the study (inside the caller's transaction); return the files
-    outside the study's folders that its rows named: vendor inbox files, shadow masks."""
+def _delete_rows(
+    conn: sqlite3.Connection, paths: PurgePaths, study_uid: str, now: float
+) -> list[Path]:
+    """Delete every row of the study and mark it purged at ``now`` (inside the caller's
+    transaction); return the files outside the study's folders that its rows named: vendor
+    inbox files, shadow masks."""
     files = [
         paths.vendor_inbox_dir / row[0]
         for row in conn.execute(
@@ -96,8 +107,9 @@ def _delete_rows(conn: sqlite3.Connection, paths: PurgePaths, study_uid: str) ->
     files += [
         masks_dir_for(paths.data_dir) / f"{name}.npz" for name in _job_folders(conn, study_uid)
     ]
+    values = {"uid": study_uid, "now": now, "tombstone_s": TOMBSTONE_S}
     for statement in _DELETE_ROWS:
-        conn.execute(statement, {"uid": study_uid})
+        conn.execute(statement, values)
     return files
 
 
@@ -156,7 +168,7 @@ def purge_study(
             verdict = assess_one(conn, study_uid, now, max_age_s)
             keep = not _still_goes(verdict, emergency=emergency) or not trash.files() <= indexed
             patient_id = None if keep else _patient_id(conn, study_uid)
-            leftovers = [] if keep else _delete_rows(conn, paths, study_uid)
+            leftovers = [] if keep else _delete_rows(conn, paths, study_uid, time.time())
     except BaseException:  # a row this module does not know references the study, say
         trash.move_back()
         raise
@@ -202,7 +214,9 @@ def finish_interrupted(conn: sqlite3.Connection, paths: PurgePaths, now: float) 
                 keep = not trash.files() <= indexed
             patients = {} if keep else {uid: _patient_id(conn, uid) for uid in uids}
             leftovers = (
-                [f for uid in uids for f in _delete_rows(conn, paths, uid)] if not keep else []
+                [f for uid in uids for f in _delete_rows(conn, paths, uid, time.time())]
+                if not keep
+                else []
             )
         if keep:
             LOGGER.warning("undid an interrupted purge of a study that is needed again")
