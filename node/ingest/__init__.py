@@ -27,6 +27,12 @@ chain, never one below):
    ``FastResponseDIMSE``. The instance is on disk and indexed (or, with the journal,
    committed to the journal) before the peer reads 0x0000.
 
+With ``listener.processes`` > 1 steps 1 to 6 run in each of N receiver processes
+(``receiver``, started by ``receivers`` in the node's process; ``association_slots`` counts
+``max_associations`` across them): each journals into its own folder and sends the record
+over its pipe (``receiver_channel``); the node's process files every receiver's records
+(``move``), the only writer of the index.
+
 ``c_store`` holds the request, reply and statuses both paths share, so ``direct_store``
 needs nothing of ``association`` or ``scp``. What happens next (the quiet timer, versions)
 is ``node.assembler``'s, reading the index's tables.
