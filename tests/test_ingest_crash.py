@@ -177,8 +177,16 @@ def _replay_line(log: str) -> str:
     return lines[-1]
 
 
+#: Modes whose few cycles run only with the slow tests: the node's kill -9 with receivers is in
+#: the suite already (``test_ingest_modes``' kill-9-receivers-4), beside the receiver's below.
+SLOW_ONLY = {"receivers-4"}
+
+
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_ONLY else m for m in sorted(MODES)],
+)
 def test_kill_9_during_four_associations_loses_nothing_acknowledged(
     tmp_path: Path, dcmtk, mode: str
 ) -> None:

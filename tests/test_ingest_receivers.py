@@ -129,13 +129,14 @@ def test_a_receiver_that_dies_is_replaced_and_the_node_goes_on(tmp_path: Path) -
 
 def test_a_clean_stop_hands_every_journal_over(tmp_path: Path) -> None:
     files = make_instances(tmp_path / "in", 40)
-    with running_node(tmp_path / "node", listener={"processes": 3}, **RECEIVERS) as node:
+    with running_node(tmp_path / "node", listener={"processes": 2}, **RECEIVERS) as node:
+        wait_until(lambda: "2 receiver processes listening" in node.log(), 30, what="both")
         assert send(files, Peer("AINODE", "127.0.0.1", node.port)).ok
     assert node.process.returncode == 0
     assert (node.data_dir / "clean-stop").exists()
     conn = sqlite3.connect(node.database)
     assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 40
     conn.close()
-    with running_node(tmp_path / "node", listener={"processes": 3}, **RECEIVERS) as again:
+    with running_node(tmp_path / "node", listener={"processes": 2}, **RECEIVERS) as again:
         pass
     assert "journal replayed" not in again.log(), "a clean stop left records to replay"

@@ -285,6 +285,13 @@ class Index:
         with self._lock:
             return {row[0] for row in self._conn.execute("SELECT path FROM instances")}
 
+    def paths_of(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """The spool paths the rows of these SOP Instance UIDs name (a few hundred at once)."""
+        if not sop_instance_uids:
+            return set()
+        with self._lock:
+            return {path for path, _ in self._previous_rows(list(sop_instance_uids)).values()}
+
     @staticmethod
     def _touch_study(
         conn: sqlite3.Connection, header: InstanceHeader, now: float, *, changed: bool

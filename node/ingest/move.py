@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from pathlib import Path
 from node.durable import sync_filesystem
 from node.ingest.header import InstanceHeader, parse_header
 from node.ingest.index import Index, StoredInstance, StoreOutcome
-from node.ingest.journal_format import Durability, JournalRecord, MetaValue
+from node.ingest.journal import Journal
+from node.ingest.journal_format import Durability, JournalRecord, MetaValue, Ticket
 from node.ingest.resend import already_held
 from node.ingest.spool import Spool, instance_relpath
 
@@ -87,6 +89,47 @@ def journal_meta(
         "called": called or "",
         "peer": peer or "",
     }
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A received instance on its way into the journal: what the store path hands over.
+
+    ``request_uids``: the C-STORE's SOP Class and Instance UIDs, which replay needs to parse
+    the header again; ``parties``: calling AE, called AE, peer address."""
+
+    header: InstanceHeader
+    transfer_syntax: str
+    request_uids: tuple[str, str]
+    file_meta: bytes
+    dataset: Bytes
+    parties: tuple[str | None, str | None, str | None]
+
+    @property
+    def size(self) -> int:
+        return len(self.file_meta) + len(self.dataset)
+
+    def append_to(self, journal: Journal) -> tuple[Ticket, Journaled]:
+        """Append it to ``journal`` (not yet committed): the ticket and what the mover files."""
+        received_us = time.time_ns() // 1000
+        meta = journal_meta(
+            *self.request_uids,
+            self.transfer_syntax,
+            len(self.file_meta),
+            received_us,
+            self.parties,
+        )
+        ticket = journal.append(meta, (self.file_meta, self.dataset))
+        item = Journaled(
+            ticket.sequence,
+            self.header,
+            self.transfer_syntax,
+            self.file_meta,
+            self.dataset,
+            received_us,
+            *self.parties,
+        )
+        return ticket, item
 
 
 def from_record(record: JournalRecord) -> Journaled:

@@ -24,10 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from node.ingest.dataset_end import HeaderError
-from node.ingest.header import InstanceHeader
 from node.ingest.index import Index
 from node.ingest.journal import Journal, JournalError
-from node.ingest.move import BatchFiler, Journaled, from_record, journal_meta
+from node.ingest.move import BatchFiler, Incoming, Journaled, from_record
 
 LOGGER = logging.getLogger(__name__)
 
@@ -89,6 +88,17 @@ def replay(journal: Journal, filer: BatchFiler) -> Replayed:
     return Replayed(records, filed, held, unreadable)
 
 
+def seal_idle(journal: Journal) -> bool:
+    """Seal a journal nothing was appended to for ``IDLE_ROTATE_S``, so that its filed records
+    can retire; False (logged) if it could not be."""
+    try:
+        journal.rotate()
+    except OSError as exc:
+        LOGGER.error("cannot seal the idle journal: %s", exc)
+        return False
+    return True
+
+
 class JournalMover:
     """Receives instances into the journal and files them into the spool and index."""
 
@@ -119,33 +129,16 @@ class JournalMover:
 
     # -- the receiving end (association threads) -------------------------------------------
 
-    def receive(
-        self,
-        header: InstanceHeader,
-        transfer_syntax: str,
-        request_uids: tuple[str, str],
-        file_meta: bytes,
-        dataset: bytes,
-        parties: tuple[str | None, str | None, str | None],
-    ) -> None:
+    def receive(self, incoming: Incoming) -> None:
         """Journal one instance and return once it is committed (the Success may go).
-
-        ``request_uids``: the C-STORE's SOP Class and Instance UIDs, which replay needs to
-        parse the header again; ``parties``: calling AE, called AE, peer address. Raises
-        ``JournalError`` (an ``OSError``) when the journal failed or the mover is too far
-        behind for too long."""
-        size = len(file_meta) + len(dataset)
-        self._wait_for_room(size)
-        received_us = time.time_ns() // 1000
-        meta = journal_meta(*request_uids, transfer_syntax, len(file_meta), received_us, parties)
-        ticket = self._journal.append(meta, (file_meta, dataset))
-        item = Journaled(
-            ticket.sequence, header, transfer_syntax, file_meta, dataset, received_us, *parties
-        )
+        Raises ``JournalError`` (an ``OSError``) when the journal failed or the mover is too
+        far behind for too long."""
+        self._wait_for_room(incoming.size)
+        ticket, item = incoming.append_to(self._journal)
         with self._cond:
             self._pending[ticket.sequence] = item
-            self._uids[header.sop_instance_uid] += 1
-            self._backlog += size
+            self._uids[item.header.sop_instance_uid] += 1
+            self._backlog += item.size
             self._last_received = time.monotonic()
             self._unsealed = True
             self._cond.notify_all()
@@ -273,12 +266,8 @@ class JournalMover:
     def _rotate_idle(self) -> None:
         with self._cond:
             self._unsealed = False
-        try:
-            self._journal.rotate()
-        except OSError as exc:
-            LOGGER.error("cannot seal the idle journal: %s", exc)
-            return
-        self._retire()
+        if seal_idle(self._journal):
+            self._retire()
 
     def _retire(self) -> None:
         """Retire the segments everything filed completes, once it is durable (one sync for

@@ -14,6 +14,7 @@ appended with ``O_APPEND``) work per process as they do in one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -29,23 +30,13 @@ from pydicom import config as pydicom_config
 
 from node.audit.trail import AuditTrail
 from node.config import NodeConfig
+from node.ingest import receiver_channel as channel
 from node.ingest.association_slots import AssociationSlots
-from node.ingest.header import InstanceHeader
 from node.ingest.index import Index
 from node.ingest.journal import Journal, JournalError
-from node.ingest.move import Journaled, journal_meta
-from node.ingest.mover import BACKLOG_BYTES, BACKLOG_WAIT_S, IDLE_ROTATE_S
-from node.ingest.receiver_channel import (
-    Failed,
-    Filed,
-    Listening,
-    Received,
-    Released,
-    Stop,
-    Stopped,
-    Sync,
-    Synced,
-)
+from node.ingest.move import Incoming
+from node.ingest.mover import BACKLOG_BYTES, BACKLOG_WAIT_S, IDLE_ROTATE_S, seal_idle
+from node.ingest.receiver_channel import Mark, MarkKind
 from node.ingest.scp import StorageSCP
 from node.ingest.spool import Spool
 from node.vendors.inbox import VendorInbox, vendor_result_aes
@@ -97,35 +88,22 @@ class ChannelMover:
 
     # -- association threads ---------------------------------------------------------------
 
-    def receive(
-        self,
-        header: InstanceHeader,
-        transfer_syntax: str,
-        request_uids: tuple[str, str],
-        file_meta: bytes,
-        dataset: bytes,
-        parties: tuple[str | None, str | None, str | None],
-    ) -> None:
+    def receive(self, incoming: Incoming) -> None:
         """Journal one instance, hand it to the node and return once the journal committed
         it. Raises ``JournalError`` when the journal failed, the node is gone, or it stayed
         too far behind for too long."""
-        size = len(file_meta) + len(dataset)
-        self._wait_for_room(size)
-        received_us = time.time_ns() // 1000
-        meta = journal_meta(*request_uids, transfer_syntax, len(file_meta), received_us, parties)
-        ticket = self._journal.append(meta, (file_meta, dataset))
-        data = dataset if isinstance(dataset, bytes) else bytes(dataset)  # to be pickled
-        item = Journaled(
-            ticket.sequence, header, transfer_syntax, bytes(file_meta), data, received_us, *parties
-        )
+        self._wait_for_room(incoming.size)
+        if not isinstance(incoming.dataset, bytes):  # a view of the PDUs cannot be pickled
+            incoming = dataclasses.replace(incoming, dataset=bytes(incoming.dataset))
+        ticket, item = incoming.append_to(self._journal)
         with self._cond:
-            self._unfiled[ticket.sequence] = (header.sop_instance_uid, size)
-            self._uids[header.sop_instance_uid] += 1
-            self._backlog += size
+            self._unfiled[ticket.sequence] = (item.header.sop_instance_uid, item.size)
+            self._uids[item.header.sop_instance_uid] += 1
+            self._backlog += item.size
             self._last_received = time.monotonic()
             self._unsealed = True
         try:
-            self.send(Received(item))
+            self.send(channel.Received(item))
         except OSError as exc:
             self._closed.set()
             raise JournalError(f"the node's process is gone: {exc}") from exc
@@ -138,7 +116,7 @@ class ChannelMover:
 
     def mark_released(self, study_uids: Iterable[str], at: float) -> None:
         try:
-            self.send(Released(tuple(study_uids), at, self._journal.last_sequence))
+            self.send(channel.Released(tuple(study_uids), at, self._journal.last_sequence))
         except OSError:
             self._closed.set()  # the node replays the journal; the release mark is lost
 
@@ -174,13 +152,13 @@ class ChannelMover:
 
     def _answer(self, message: object) -> None:
         match message:
-            case Filed(through):
+            case Mark(MarkKind.FILED, through):
                 self._filed_through(through)
-            case Synced(through):
+            case Mark(MarkKind.SYNCED, through):
                 self._journal.retire_through(through)
                 if self._closed.is_set() and through >= self._journal.last_sequence:
                     self._synced_stop.set()
-            case Stop():
+            case channel.Stop():
                 self._closed.set()
             case _:
                 LOGGER.error("unexpected message from the node: %r", message)
@@ -202,7 +180,7 @@ class ChannelMover:
         filed = self._filed
         if filed > self._sync_asked and self._journal.retirable(filed):
             self._sync_asked = filed
-            self.send(Sync(filed))
+            self.send(Mark(MarkKind.SYNC_WANTED, filed))
 
     def _rotate_if_idle(self) -> None:
         with self._cond:
@@ -210,12 +188,8 @@ class ChannelMover:
             if not (quiet and self._unsealed and not self._unfiled):
                 return
             self._unsealed = False
-        try:
-            self._journal.rotate()
-        except OSError as exc:
-            LOGGER.error("cannot seal the idle journal: %s", exc)
-            return
-        self._ask_sync()
+        if seal_idle(self._journal):
+            self._ask_sync()
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -226,7 +200,7 @@ class ChannelMover:
         self._closed.set()
         try:
             self._journal.rotate()
-            self.send(Stopped(self._journal.last_sequence))
+            self.send(Mark(MarkKind.STOPPED, self._journal.last_sequence))
         except OSError as exc:
             LOGGER.error("cannot hand the journal over at stop (%s): it is replayed", exc)
         self._synced_stop.wait(STOP_WAIT_S)
@@ -258,7 +232,7 @@ def serve(
             segment_size=storage.journal_segment_mb << 20,
         )
     except OSError as exc:
-        conn.send(Failed(f"journal: {exc}"))
+        conn.send(channel.Failed(f"journal: {exc}"))
         return
     mover = ChannelMover(journal, conn)
     signal.signal(signal.SIGTERM, lambda *_: mover.stop_requested.set())
@@ -272,13 +246,13 @@ def serve(
     try:
         scp.start()
     except Exception as exc:  # a port, a TLS file
-        conn.send(Failed(f"{type(exc).__name__}: {exc}"))
+        conn.send(channel.Failed(f"{type(exc).__name__}: {exc}"))
         journal.close()
         return
     listener = threading.Thread(target=mover.listen, name="receiver-answers", daemon=True)
     listener.start()
     try:
-        mover.send(Listening(os.getpid(), journal.last_sequence))
+        mover.send(channel.Listening(os.getpid(), journal.last_sequence))
     except OSError:
         mover.stop_requested.set()  # the node's process is gone already
     mover.stop_requested.wait()

@@ -2,39 +2,48 @@
 
 A receiver (``node.ingest.receiver``) journals each instance, then sends it as ``Received``;
 the node's process (``node.ingest.receivers``) files what it gets in sequence order and
-answers ``Filed``. When a whole journal segment is filed the receiver asks for ``Sync``; the
-node makes the spool and index durable and answers ``Synced``, and only then does the receiver
-retire the segment. The journal is thus written by one process only (the receiver) and the
-index by one process only (the node). Messages are pickled by ``multiprocessing.connection``
-between processes of the same node.
+answers ``Mark(FILED)``. When a whole journal segment is filed the receiver asks
+``Mark(SYNC_WANTED)``; the node makes the spool and index durable and answers
+``Mark(SYNCED)``, and only then does the receiver retire the segment. The journal is thus
+written by one process only (the receiver) and the index by one process only (the node).
+Messages are pickled by ``multiprocessing.connection`` between processes of the same node.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from node.ingest.move import Journaled
 
-__all__ = [
-    "Failed",
-    "Filed",
-    "Listening",
-    "Received",
-    "Released",
-    "Stop",
-    "Stopped",
-    "Sync",
-    "Synced",
-]
+__all__ = ["Failed", "Listening", "Mark", "MarkKind", "Received", "Released", "Stop"]
 
 
-# -- from a receiver ------------------------------------------------------------------------
+class MarkKind(Enum):
+    """What a ``Mark`` says of the records up to its sequence."""
+
+    #: node → receiver: in the spool and the index (not yet durably)
+    FILED = "filed"
+    #: receiver → node: they complete a journal segment; make them durable to retire it
+    SYNC_WANTED = "sync-wanted"
+    #: node → receiver: durable in the spool and the index
+    SYNCED = "synced"
+    #: receiver → node: the receiver stopped serving; this is its last record
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A sequence number in a receiver's journal, and what holds up to it."""
+
+    kind: MarkKind
+    through: int
 
 
 @dataclass(frozen=True)
 class Listening:
-    """The receiver serves; everything up to ``filed_through`` in its journal is filed (the
-    node replayed the journal before starting it)."""
+    """From a receiver: it serves; everything up to ``filed_through`` in its journal is
+    filed (the node replayed the journal before starting it)."""
 
     pid: int
     filed_through: int
@@ -42,22 +51,22 @@ class Listening:
 
 @dataclass(frozen=True)
 class Failed:
-    """The receiver could not start (a port, a TLS file, the journal): why."""
+    """From a receiver: it could not start (a port, a TLS file, the journal), and why."""
 
     reason: str
 
 
 @dataclass(frozen=True)
 class Received:
-    """One journaled instance for the node to file."""
+    """From a receiver: one journaled instance for the node to file."""
 
     item: Journaled
 
 
 @dataclass(frozen=True)
 class Released:
-    """An association that delivered these studies was released; records up to ``after``
-    were sent before it (the release counts once they are filed)."""
+    """From a receiver: an association that delivered these studies was released; records
+    up to ``after`` were sent before it (the release counts once they are filed)."""
 
     studies: tuple[str, ...]
     at: float
@@ -65,36 +74,5 @@ class Released:
 
 
 @dataclass(frozen=True)
-class Sync:
-    """Records up to ``through`` complete a segment: make them durable to retire it."""
-
-    through: int
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """The receiver stopped serving; ``last`` is the last record it sent."""
-
-    last: int
-
-
-# -- from the node --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Filed:
-    """Every record up to ``through`` is in the spool and the index (not yet durably)."""
-
-    through: int
-
-
-@dataclass(frozen=True)
-class Synced:
-    """Every record up to ``through`` is durable in the spool and the index."""
-
-    through: int
-
-
-@dataclass(frozen=True)
 class Stop:
-    """Stop serving (a clean stop of the node)."""
+    """From the node: stop serving (a clean stop of the node)."""

@@ -25,23 +25,14 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from node.config import NodeConfig
+from node.ingest import receiver_channel as channel
 from node.ingest.association_slots import AssociationSlots
 from node.ingest.index import Index
 from node.ingest.journal import Journal, JournalError
 from node.ingest.move import BatchFiler, Journaled
 from node.ingest.mover import BATCH_INSTANCES, GATHER_INSTANCES, GATHER_S, replay
 from node.ingest.receiver import receiver_journal_dir, serve
-from node.ingest.receiver_channel import (
-    Failed,
-    Filed,
-    Listening,
-    Received,
-    Released,
-    Stop,
-    Stopped,
-    Sync,
-    Synced,
-)
+from node.ingest.receiver_channel import Mark, MarkKind
 
 LOGGER = logging.getLogger(__name__)
 
@@ -210,10 +201,10 @@ class ReceiverPool:
         except EOFError as exc:
             process.join(5)
             raise _ReceiverDied(f"receiver-{number} exited {process.exitcode} at start") from exc
-        if isinstance(first, Failed):
+        if isinstance(first, channel.Failed):
             process.join(10)
             raise ReceiverStartError(f"receiver-{number} cannot serve: {first.reason}")
-        assert isinstance(first, Listening), first
+        assert isinstance(first, channel.Listening), first
         link.filed = first.filed_through
         return link
 
@@ -247,13 +238,13 @@ class ReceiverPool:
                 link.conn.close()
                 return
             match message:
-                case Received(item):
+                case channel.Received(item):
                     link.pending[item.sequence] = item
-                case Released(studies, at, after):
+                case channel.Released(studies, at, after):
                     link.releases.append((after, studies, at))
-                case Sync(through):
+                case Mark(MarkKind.SYNC_WANTED, through):
                     link.sync_wanted = max(link.sync_wanted, through)
-                case Stopped(last):
+                case Mark(MarkKind.STOPPED, last):
                     link.stopped_at = last
                 case _:
                     LOGGER.error("unexpected message from receiver-%d: %r", link.number, message)
@@ -279,7 +270,7 @@ class ReceiverPool:
             for item in batch:
                 del link.pending[item.sequence]
             link.filed = batch[-1].sequence
-            self._tell(link, Filed(link.filed))
+            self._tell(link, Mark(MarkKind.FILED, link.filed))
             due = [r for r in link.releases if r[0] <= link.filed]
             link.releases = [r for r in link.releases if r[0] > link.filed]
             for _, studies, at in due:
@@ -307,7 +298,7 @@ class ReceiverPool:
         for link in due:
             if link.stopped_at is not None and link.stopped_at <= link.filed:
                 link.handed_over = True
-            self._tell(link, Synced(link.filed))
+            self._tell(link, Mark(MarkKind.SYNCED, link.filed))
             link.sync_wanted = 0
 
     @staticmethod
@@ -362,7 +353,7 @@ class ReceiverPool:
         """Stop every receiver, file and sync what each sent, let each retire its journal."""
         self._stopping.set()
         for link in self._links.values():
-            self._tell(link, Stop())
+            self._tell(link, channel.Stop())
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT_S)
             if self._thread.is_alive():

@@ -8,11 +8,16 @@ since; without one, every file of the spool.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from node.ingest.checkpoint import named_uid
 from node.ingest.dataset_end import HeaderError
 from node.ingest.header import parse_file_header
 from node.ingest.index import Index, StoredInstance
 from node.ingest.spool import Spool
+
+#: Spool files looked up in the index per query after a crash.
+LOOKUP_CHUNK = 500
 
 
 def recover_spool(spool: Spool, index: Index) -> int:
@@ -29,13 +34,9 @@ def recover_spool(spool: Spool, index: Index) -> int:
     since = index.spool_checkpoint()
     if since is None:
         known = index.indexed_paths()
-        candidates = (relpath for relpath in spool.files() if relpath not in known)
+        candidates: Iterable[str] = (p for p in spool.files() if p not in known)
     else:
-        candidates = (
-            relpath
-            for relpath in spool.files(changed_since=since)
-            if not _has_row(index, relpath, named_uid(relpath))
-        )
+        candidates = _without_rows(index, spool.files(changed_since=since))
     recovered = 0
     for relpath in candidates:
         path = spool.path(relpath)
@@ -55,6 +56,25 @@ def recover_spool(spool: Spool, index: Index) -> int:
         recovered += 1
     index.spool_agrees()
     return recovered
+
+
+def _without_rows(index: Index, relpaths: Iterable[str]) -> Iterator[str]:
+    """The files among ``relpaths`` whose name's UID has no row naming them, looked up
+    ``LOOKUP_CHUNK`` at a time; a hashed name is yielded (its header tells)."""
+    chunk: list[str] = []
+    for relpath in relpaths:
+        chunk.append(relpath)
+        if len(chunk) < LOOKUP_CHUNK:
+            continue
+        yield from _unindexed(index, chunk)
+        chunk = []
+    yield from _unindexed(index, chunk)
+
+
+def _unindexed(index: Index, relpaths: list[str]) -> list[str]:
+    uids = [uid for uid in map(named_uid, relpaths) if uid is not None]
+    known = index.paths_of(uids)
+    return [relpath for relpath in relpaths if relpath not in known]
 
 
 def _has_row(index: Index, relpath: str, sop_instance_uid: str | None) -> bool:

@@ -26,6 +26,7 @@ from node.ingest.dataset_end import HeaderError, MissingUidError
 from node.ingest.deliveries import OpenDeliveries
 from node.ingest.header import InstanceHeader, parse_header
 from node.ingest.index import Index, StoredInstance
+from node.ingest.move import Incoming
 from node.ingest.resend import already_held
 from node.ingest.spool import OutOfSpace, Spool, encode_file_meta, instance_relpath
 from node.vendors.inbox import VendorInbox
@@ -43,15 +44,7 @@ class JournalEnd(Protocol):
 
     def holds(self, sop_instance_uid: str) -> bool: ...
 
-    def receive(
-        self,
-        header: InstanceHeader,
-        transfer_syntax: str,
-        request_uids: tuple[str, str],
-        file_meta: bytes,
-        dataset: bytes,
-        parties: tuple[str | None, str | None, str | None],
-    ) -> None: ...
+    def receive(self, incoming: Incoming) -> None: ...
 
     def mark_released(self, study_uids: Iterable[str], at: float) -> None: ...
 
@@ -255,7 +248,9 @@ class InstanceStore:
         request_uids = (request.sop_class_uid, request.sop_instance_uid)
         try:
             mover.receive(
-                header, request.transfer_syntax, request_uids, meta, request.dataset, parties
+                Incoming(
+                    header, request.transfer_syntax, request_uids, meta, request.dataset, parties
+                )
             )
         except OSError as exc:
             LOGGER.error("cannot journal %s from %s: %s", uid, calling_ae, exc)
