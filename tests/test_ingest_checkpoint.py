@@ -195,3 +195,25 @@ def test_a_new_or_migrated_database_has_no_checkpoint(tmp_path: Path) -> None:
         assert read_recorded(conn) is None
     finally:
         conn.close()
+
+
+def test_a_hashed_name_after_the_checkpoint_is_looked_up_by_its_header(tmp_path: Path) -> None:
+    """A file whose UID was not safe as a name: indexed if its row is missing, left alone if
+    its row names it."""
+    database = tmp_path / "ainode.sqlite3"
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    index = Index(database, spool.track_writes())
+    sources = make_instances(tmp_path / "in", 2)
+    hashed = []
+    for number, source in enumerate(sources):
+        ds = dcmread(source)
+        relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, f"bad uid {number}")
+        spool.write(relpath, (source.read_bytes(),))
+        hashed.append(relpath)
+    _indexed(index, spool, hashed[0], 1.0)  # the other one's row never committed
+    assert index.spool_checkpoint() is not None
+    restarted = Index(database)
+    assert recover_spool(spool, restarted) == 1
+    assert _rows(database) == set(hashed)
+    restarted.close()
+    index.close()

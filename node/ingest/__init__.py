@@ -33,6 +33,10 @@ With ``listener.processes`` > 1 steps 1 to 6 run in each of N receiver processes
 over its pipe (``receiver_channel``); the node's process files every receiver's records
 (``move``), the only writer of the index.
 
+At start-up after a crash ``recovery`` indexes the spool files that missed their row,
+listing only the series folders written since the spool checkpoint (``checkpoint``: the
+spool notes each file's window from rename to row, the index records the checkpoint).
+
 ``c_store`` holds the request, reply and statuses both paths share, so ``direct_store``
 needs nothing of ``association`` or ``scp``. What happens next (the quiet timer, versions)
 is ``node.assembler``'s, reading the index's tables.

@@ -26,11 +26,11 @@ What it assumes:
 - *The file system.* A local one (ext4, XFS, btrfs) where a rename or a create in a folder
   updates the folder's mtime, not a network one whose server clock differs.
 - *Who writes the spool.* Only the node's own ``Spool`` (``InstanceStore``, the journal's
-  ``BatchFiler``) and retention's trash, which moves whole study folders and leaves series
-  folders' mtimes as they were. A file put into an old series folder by hand, or left there
-  by a write that failed after its rename and whose removal failed too, is not indexed by a
-  start after a crash (the first start without a checkpoint walks everything, as before).
-  A window whose row failed stays open: the checkpoint stays behind it until the node stops.
+  ``BatchFiler``, which also files for the receiver processes) and retention's trash, which
+  moves whole study folders and leaves series folders' mtimes as they were. A file put into
+  an old series folder by hand is not indexed by a start after a crash (a start without a
+  checkpoint walks everything, as before). A write whose row failed keeps its window open,
+  so the checkpoint stays behind its file until the node stops.
 """
 
 from __future__ import annotations
