@@ -114,6 +114,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--no-durability", action="store_true")
+    parser.add_argument("--log-level", default="WARNING", help="INFO: the start-up lines too")
     parser.add_argument(
         "--repo", type=Path, default=REPO, help="the ainode source tree to run (default: ours)"
     )
@@ -125,7 +126,7 @@ def main() -> int:
     instrument(timer, durable=not args.no_durability)
     signal.signal(signal.SIGUSR1, lambda signum, frame: timer.write(args.stats))
     try:
-        return ainode_main(["--log-level", "WARNING", "serve", "--config", str(args.config)])
+        return ainode_main(["--log-level", args.log_level, "serve", "--config", str(args.config)])
     finally:
         timer.write(args.stats)
 

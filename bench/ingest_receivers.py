@@ -217,6 +217,7 @@ def start_ainode(
     command = [sys.executable, str(REPO / "bench" / "ingest_node.py"), "--config", str(path)]
     command += ["--stats", str(stats), "--repo", str(repo)]
     command += [] if durable else ["--no-durability"]
+    command += ["--log-level", "INFO"] if processes > 1 else []  # "... listening" below
     log = work / f"{name.replace(' ', '-')}.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=log_file)

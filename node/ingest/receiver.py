@@ -93,8 +93,6 @@ class ChannelMover:
         it. Raises ``JournalError`` when the journal failed, the node is gone, or it stayed
         too far behind for too long."""
         self._wait_for_room(incoming.size)
-        if not isinstance(incoming.dataset, bytes):  # a view of the PDUs cannot be pickled
-            incoming = dataclasses.replace(incoming, dataset=bytes(incoming.dataset))
         ticket, item = incoming.append_to(self._journal)
         with self._cond:
             self._unfiled[ticket.sequence] = (item.header.sop_instance_uid, item.size)
@@ -103,7 +101,10 @@ class ChannelMover:
             self._last_received = time.monotonic()
             self._unsealed = True
         try:
-            self.send(channel.Received(item))
+            length = len(item.dataset)  # the record ends with the dataset: read it there
+            at = ticket.offset + ticket.length - length
+            bare = dataclasses.replace(item, dataset=b"")
+            self.send(channel.Received(bare, ticket.segment, at, length))
         except OSError as exc:
             self._closed.set()
             raise JournalError(f"the node's process is gone: {exc}") from exc

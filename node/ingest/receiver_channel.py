@@ -58,9 +58,15 @@ class Failed:
 
 @dataclass(frozen=True)
 class Received:
-    """From a receiver: one journaled instance for the node to file."""
+    """From a receiver: one journaled instance for the node to file. ``item`` comes without
+    its dataset: the node reads those ``length`` bytes at ``offset`` of the receiver's
+    journal segment ``segment`` (one copy out of the page cache, instead of pickling half a
+    megabyte through the pipe). The segment stays until the node has filed the record."""
 
     item: Journaled
+    segment: int
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ reset, and their callers retry.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -29,6 +31,7 @@ from node.ingest import receiver_channel as channel
 from node.ingest.association_slots import AssociationSlots
 from node.ingest.index import Index
 from node.ingest.journal import Journal, JournalError
+from node.ingest.journal_format import segment_name
 from node.ingest.move import BatchFiler, Journaled
 from node.ingest.mover import BATCH_INSTANCES, GATHER_INSTANCES, GATHER_S, replay
 from node.ingest.receiver import receiver_journal_dir, serve
@@ -70,6 +73,32 @@ class _ReceiverDied(ReceiverStartError):
     """A receiver process ended before it said whether it serves (killed, out of memory)."""
 
 
+class SegmentReader:
+    """Reads datasets out of one receiver's journal segments (a descriptor kept for the
+    segment being read; an older one is closed when a newer one is opened: its records
+    came first, and it stays on disk until they are filed, so a late one reopens it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._open: dict[int, int] = {}
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        fd = self._open.get(segment)
+        if fd is None:
+            fd = os.open(self._folder / segment_name(segment), os.O_RDONLY | os.O_CLOEXEC)
+            for older in [number for number in self._open if number < segment]:
+                os.close(self._open.pop(older))
+            self._open[segment] = fd
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise OSError(f"segment {segment} of {self._folder} ends before byte {offset + length}")
+        return data
+
+    def close(self) -> None:
+        while self._open:
+            os.close(self._open.popitem()[1])
+
+
 @dataclass(eq=False)
 class _Link:
     """One receiver process, as the filing thread sees it."""
@@ -77,6 +106,7 @@ class _Link:
     number: int
     process: BaseProcess
     conn: Connection
+    segments: SegmentReader
     filed: int = 0
     pending: dict[int, Journaled] = field(default_factory=dict)
     releases: list[tuple[int, tuple[str, ...], float]] = field(default_factory=list)
@@ -187,7 +217,8 @@ class ReceiverPool:
         return number, process, ours
 
     def _await_listening(self, number: int, process: BaseProcess, ours: Connection) -> _Link:
-        link = _Link(number, process, ours)
+        folder = receiver_journal_dir(self._config.storage.data_dir, number)
+        link = _Link(number, process, ours, SegmentReader(folder))
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ours.poll(0.1):
             if time.monotonic() > deadline:
@@ -238,8 +269,15 @@ class ReceiverPool:
                 link.conn.close()
                 return
             match message:
-                case channel.Received(item):
-                    link.pending[item.sequence] = item
+                case channel.Received(item, segment, offset, length):
+                    try:
+                        dataset = link.segments.read(segment, offset, length)
+                    except OSError as exc:  # its journal is the record: replay it
+                        LOGGER.error("receiver-%d's journal cannot be read: %s", link.number, exc)
+                        link.process.kill()
+                        link.conn.close()
+                        return
+                    link.pending[item.sequence] = dataclasses.replace(item, dataset=dataset)
                 case channel.Released(studies, at, after):
                     link.releases.append((after, studies, at))
                 case Mark(MarkKind.SYNC_WANTED, through):
@@ -316,6 +354,7 @@ class ReceiverPool:
             link.process.join()
         if not link.conn.closed:
             link.conn.close()
+        link.segments.close()
         LOGGER.error(
             "receiver-%d (pid %s) ended with exit code %s; filing its journal",
             link.number,
@@ -360,6 +399,7 @@ class ReceiverPool:
                 LOGGER.error("the receivers did not hand over within %.0f s", STOP_TIMEOUT_S)
             self._thread = None
         for link in self._links.values():
+            link.segments.close()
             link.process.join(10)
             if link.process.is_alive():
                 LOGGER.error("receiver-%d did not stop: killed; its journal replays", link.number)
