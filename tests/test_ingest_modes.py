@@ -41,9 +41,10 @@ MODES = {
     "journal": "{journal: true, journal_segment_mb: 1}",
     "journal-os": "{journal: true, durability: os, journal_segment_mb: 1}",
     "receivers-4": "{journal: true, journal_segment_mb: 1}",
+    "receivers-4-os": "{journal: true, durability: os, journal_segment_mb: 1}",
 }
 #: node.yaml ``listener:`` settings per mode, beyond the default (one process).
-LISTENER_MODES = {"receivers-4": "processes: 4"}
+LISTENER_MODES = {"receivers-4": "processes: 4", "receivers-4-os": "processes: 4"}
 
 
 #: The suite's tests re-run in each mode: (test function, the fixtures it takes after
@@ -94,8 +95,9 @@ SUITE = [
 
 
 #: Cases that run only with the slow tests (``make test-slow``), so the suite keeps to its
-#: 25 minutes: the second journal mode whole, and the long corpus sweeps in every mode.
-SLOW_MODES = {"journal-os"}
+#: 25 minutes: the second journal mode and the receivers' ``os`` mode whole, and the long
+#: corpus sweeps in every mode.
+SLOW_MODES = {"journal-os", "receivers-4-os"}
 SLOW_CASES = {"corpus", "malformed"}
 
 
