@@ -156,7 +156,10 @@ class ChannelMover:
             case Mark(MarkKind.FILED, through):
                 self._filed_through(through)
             case Mark(MarkKind.SYNCED, through):
-                self._journal.retire_through(through)
+                try:
+                    self._journal.retire_through(through)
+                except OSError as exc:  # kept: the node's next replay finds them held
+                    LOGGER.error("journal segments not retired (%s): a restart replays them", exc)
                 if self._closed.is_set() and through >= self._journal.last_sequence:
                     self._synced_stop.set()
             case channel.Stop():
