@@ -29,7 +29,7 @@ install-test: $(PY)
 test: install-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 image: install
 	$(PY) scripts/build-node-image.py --tag ainode:cpu

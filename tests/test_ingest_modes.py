@@ -95,17 +95,20 @@ SUITE = [
 
 
 #: Cases that run only with the slow tests (``make test-slow``), so the suite keeps to its
-#: 25 minutes: the second journal mode and the receivers' ``os`` mode whole, and the long
-#: corpus sweeps in every mode.
-SLOW_MODES = {"journal-os", "receivers-4-os"}
+#: 25 minutes: the ``os`` modes whole (the suite keeps ``fsync``, the journal and four
+#: receivers), and the long corpus sweeps in every mode.
+SLOW_MODES = {"os", "journal-os", "receivers-4-os"}
 SLOW_CASES = {"corpus", "malformed"}
+#: (case, mode) pairs beyond those: the node's kill -9 with receivers (the suite kills a
+#: receiver in ``test_ingest_crash``).
+SLOW_PAIRS = {("kill-9", "receivers-4")}
 
 
 def _cases() -> list:
     cases = []
     for mode in sorted(MODES):
         for case in SUITE:
-            slow = mode in SLOW_MODES or case.id in SLOW_CASES
+            slow = mode in SLOW_MODES or case.id in SLOW_CASES or (case.id, mode) in SLOW_PAIRS
             marks = (*case.marks, pytest.mark.slow) if slow else case.marks
             cases.append(pytest.param(mode, *case.values, id=f"{case.id}-{mode}", marks=marks))
     return cases
