@@ -177,17 +177,14 @@ def _replay_line(log: str) -> str:
     return lines[-1]
 
 
-#: Modes whose few cycles run only with the slow tests (20 cycles each there), so the suite
-#: keeps to its 25 minutes: the suite keeps a file per instance and the journal in ``fsync``
-#: mode, and the kill -9 of one receiver process below.
+#: Modes the suite's few cycles leave to the 20 cycles of the slow tests, so the suite keeps
+#: to its 25 minutes: it keeps a file per instance and the journal in ``fsync`` mode, and
+#: the kill -9 of one receiver process below.
 SLOW_ONLY = {"files-os", "journal-os", "receivers-4"}
 
 
 @pytest.mark.dcmtk
-@pytest.mark.parametrize(
-    "mode",
-    [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_ONLY else m for m in sorted(MODES)],
-)
+@pytest.mark.parametrize("mode", sorted(set(MODES) - SLOW_ONLY))
 def test_kill_9_during_four_associations_loses_nothing_acknowledged(
     tmp_path: Path, dcmtk, mode: str
 ) -> None:
