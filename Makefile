@@ -34,8 +34,9 @@ test: install-test
 image: install
 	$(PY) scripts/build-node-image.py --tag ainode:cpu
 
-# the slow tests (100,000 fuzzed PDUs, retraining dx-chest, the large CT phantom, the SCU's
-# lost-response proof, 20 kill -9 cycles) and 25 times the dataset-fuzz examples: ~20 min here
+# the slow tests (100,000 fuzzed PDUs, retraining dx-chest, the large CT phantom, 20 kill -9
+# cycles in every storage mode and of one receiver process, the ingest suite in the os modes)
+# and 25 times the dataset-fuzz examples: ~27 min here
 test-slow: install-test
 	AINODE_SLOW=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 	AINODE_SLOW=1 $(PY) -m pytest tests/test_ingest_fuzz_dataset.py $(PYTEST_ARGS)
