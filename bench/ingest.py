@@ -185,11 +185,21 @@ def parse_args() -> argparse.Namespace:
 
 
 def start_servers(args: argparse.Namespace, work: Path) -> list[Server]:
-    """DCMTK first (the reference), then the ainode receivers, then the others."""
-    servers = [
-        start_dcmtk(work),
-        start_ainode(work, durability=args.durability, journal=args.journal),
-    ]
+    """DCMTK first (the reference), then the ainode receivers, then the others; if one cannot
+    start, those already started are stopped."""
+    servers: list[Server] = []
+    try:
+        _start_servers(args, work, servers)
+    except BaseException:  # sys.exit from a receiver that did not start included
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
+def _start_servers(args: argparse.Namespace, work: Path, servers: list[Server]) -> None:
+    servers.append(start_dcmtk(work))
+    servers.append(start_ainode(work, durability=args.durability, journal=args.journal))
     for mode in dict.fromkeys(args.also):
         kind, durability = mode.split("-")
         processes = RECEIVER_PROCESSES if kind == "receivers" else 1
@@ -210,7 +220,6 @@ def start_servers(args: argparse.Namespace, work: Path) -> list[Server]:
         tls_ainode = start_ainode(work, name="ainode TLS", pki=pki)
         tls_ainode.plain_name = servers[1].name
         servers += [start_dcmtk(work, pki), tls_ainode]
-    return servers
 
 
 def main() -> int:
