@@ -193,7 +193,7 @@ class Segment:
     @cached_property
     def box(self) -> MaskBox:
         """The mask as a box (over the whole volume for a full-volume array, not copied)."""
-        return self.mask if isinstance(self.mask, MaskBox) else MaskBox.whole(self.mask)
+        return MaskBox.of(self.mask)
 
     @property
     def shape(self) -> tuple[int, int, int]:

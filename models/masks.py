@@ -91,6 +91,11 @@ class MaskBox:
         """A full-volume mask as a box over the whole volume (no copy)."""
         return cls(mask, (0, 0, 0), tuple(mask.shape))  # type: ignore[arg-type]
 
+    @classmethod
+    def of(cls, mask: np.ndarray | MaskBox) -> MaskBox:
+        """``mask`` as a box: itself, or a full-volume array wrapped by ``whole``."""
+        return mask if isinstance(mask, MaskBox) else cls.whole(mask)
+
     @property
     def slices(self) -> tuple[slice, slice, slice]:
         """Where the box lies in the volume."""

@@ -38,8 +38,7 @@ __all__ = [
 def dice(a: np.ndarray | MaskBox, b: np.ndarray | MaskBox) -> float:
     """Dice coefficient of two masks, full or boxed (fractional masks are thresholded at
     0.5); 1.0 if both are empty. Boxes are compared where they overlap, never expanded."""
-    first = a if isinstance(a, MaskBox) else MaskBox.whole(a)
-    second = b if isinstance(b, MaskBox) else MaskBox.whole(b)
+    first, second = MaskBox.of(a), MaskBox.of(b)
     if first.volume_shape != second.volume_shape:
         raise ValueError(f"masks differ in shape: {first.volume_shape} vs {second.volume_shape}")
     total = int(np.count_nonzero(first.binary)) + int(np.count_nonzero(second.binary))

@@ -72,14 +72,7 @@ def boxed(findings: Findings) -> Findings:
 
 
 def seg_context(options: SegOptions, fractional: bool = False) -> OutputContext:
-    return OutputContext(
-        job_id="job-boxed",
-        plugin_name="test-plugin",
-        plugin_version="1.0.0",
-        outputs=(OutputKind.SEG,),
-        seg=options,
-        fractional_segmentation=fractional,
-    )
+    return context(outputs=(OutputKind.SEG,), seg=options, fractional_segmentation=fractional)
 
 
 def frames(seg: pydicom.Dataset) -> list[tuple[object, ...]]:

@@ -72,12 +72,8 @@ class PackedSegments:
     ndim = 4
 
     def __init__(
-        self,
-        masks: Sequence[np.ndarray | MaskBox],
-        frame_order: Sequence[int],
-        unpack_frames: bool = False,
+        self, boxes: Sequence[MaskBox], frame_order: Sequence[int], unpack_frames: bool = False
     ) -> None:
-        boxes = [m if isinstance(m, MaskBox) else MaskBox.whole(m) for m in masks]
         _, rows, columns = boxes[0].volume_shape
         self.shape = (len(frame_order), rows, columns, len(boxes))
         self.unpack_frames = unpack_frames
