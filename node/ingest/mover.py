@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from node.ingest.dataset_end import HeaderError
@@ -86,6 +86,20 @@ def replay(journal: Journal, filer: BatchFiler) -> Replayed:
     filer.sync()
     journal.retire_through(journal.last_sequence)
     return Replayed(records, filed, held, unreadable)
+
+
+def next_batch(pending: Mapping[int, Journaled], filed: int) -> list[Journaled]:
+    """The received records that follow sequence ``filed`` without a gap, at most a batch
+    (``BATCH_INSTANCES``, ``BATCH_BYTES``): what may be filed next, in order."""
+    batch: list[Journaled] = []
+    size = 0
+    sequence = filed + 1
+    while sequence in pending and len(batch) < BATCH_INSTANCES and size < BATCH_BYTES:
+        item = pending[sequence]
+        batch.append(item)
+        size += item.size
+        sequence += 1
+    return batch
 
 
 def seal_idle(journal: Journal) -> bool:
@@ -222,15 +236,7 @@ class JournalMover:
 
     def _next_batch(self) -> list[Journaled]:
         """Received instances that follow the last filed one without a gap (under the lock)."""
-        batch: list[Journaled] = []
-        size = 0
-        sequence = self._filed + 1
-        while sequence in self._pending and len(batch) < BATCH_INSTANCES and size < BATCH_BYTES:
-            item = self._pending[sequence]
-            batch.append(item)
-            size += item.size
-            sequence += 1
-        return batch
+        return next_batch(self._pending, self._filed)
 
     def _idle(self) -> bool:
         quiet = time.monotonic() - self._last_received >= IDLE_ROTATE_S

@@ -33,7 +33,7 @@ from node.ingest.index import Index
 from node.ingest.journal import Journal, JournalError
 from node.ingest.journal_format import segment_name
 from node.ingest.move import BatchFiler, Journaled
-from node.ingest.mover import BATCH_INSTANCES, GATHER_INSTANCES, GATHER_S, replay
+from node.ingest.mover import BATCH_INSTANCES, GATHER_INSTANCES, GATHER_S, next_batch, replay
 from node.ingest.receiver import receiver_journal_dir, serve
 from node.ingest.receiver_channel import Mark, MarkKind
 
@@ -289,11 +289,7 @@ class ReceiverPool:
 
     def _file_all(self, links: list[_Link], *, force: bool) -> None:
         for link in links:
-            batch: list[Journaled] = []
-            sequence = link.filed + 1
-            while sequence in link.pending and len(batch) < BATCH_INSTANCES:
-                batch.append(link.pending[sequence])
-                sequence += 1
+            batch = next_batch(link.pending, link.filed)
             if not batch:
                 continue
             young = time.time() - batch[0].received_at < GATHER_S
@@ -362,18 +358,7 @@ class ReceiverPool:
             link.process.exitcode,
         )
         folder = receiver_journal_dir(self._config.storage.data_dir, link.number)
-        journal = open_journal_when_free(folder, self._config)
-        try:
-            replayed = replay(journal, self._filer)
-        finally:
-            journal.close()
-        LOGGER.warning(
-            "receiver-%d's journal: %d record(s), %d filed, %d held already",
-            link.number,
-            replayed.records,
-            replayed.filed,
-            replayed.held,
-        )
+        replay_receiver_journal(folder, self._config, self._filer)
         for _, studies, at in link.releases:
             self._index.mark_released(studies, at)
         if self._stopping.is_set():
@@ -410,26 +395,27 @@ class ReceiverPool:
             self._reserved.pop().close()
 
 
-def replay_receiver_journals(config: NodeConfig, filer: BatchFiler) -> int:
+def replay_receiver_journal(folder: Path, config: NodeConfig, filer: BatchFiler) -> None:
+    """File what one receiver's journal holds, once no process holds it, and say so."""
+    journal = open_journal_when_free(folder, config)
+    try:
+        replayed = replay(journal, filer)
+    finally:
+        journal.close()
+    if replayed.records:
+        LOGGER.warning(
+            "%s's journal replayed: %d record(s), %d filed, %d held already, %d unreadable",
+            folder.name,
+            replayed.records,
+            replayed.filed,
+            replayed.held,
+            replayed.unreadable,
+        )
+
+
+def replay_receiver_journals(config: NodeConfig, filer: BatchFiler) -> None:
     """At start-up, before any receiver runs: file what every receiver journal holds (an
-    earlier run's receivers, whatever ``listener.processes`` is now); records found."""
-    found = 0
+    earlier run's receivers, whatever ``listener.processes`` is now)."""
     for folder in sorted(config.storage.journal_dir.glob("receiver-*")):
-        if not folder.is_dir():
-            continue
-        journal = open_journal_when_free(folder, config)
-        try:
-            replayed = replay(journal, filer)
-        finally:
-            journal.close()
-        found += replayed.records
-        if replayed.records:
-            LOGGER.warning(
-                "%s's journal replayed: %d record(s), %d filed, %d held already, %d unreadable",
-                folder.name,
-                replayed.records,
-                replayed.filed,
-                replayed.held,
-                replayed.unreadable,
-            )
-    return found
+        if folder.is_dir():
+            replay_receiver_journal(folder, config, filer)
