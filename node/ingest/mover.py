@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from node.ingest.dataset_end import HeaderError
@@ -88,6 +88,43 @@ def replay(journal: Journal, filer: BatchFiler) -> Replayed:
     return Replayed(records, filed, held, unreadable)
 
 
+class Unfiled:
+    """Instances received and not yet filed, as the Success path needs them: by UID (a
+    re-send of one must be journaled again: the spool does not show it yet) and in bytes
+    (bounded: beyond the limit a sender waits). Not locked itself: its owner calls it under
+    its own condition, which ``wait_for_room`` waits on and the owner notifies on removal."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.bytes = 0
+        self._uids: Counter[str] = Counter()
+
+    def add(self, sop_instance_uid: str, size: int) -> None:
+        self._uids[sop_instance_uid] += 1
+        self.bytes += size
+
+    def remove(self, sop_instance_uid: str, size: int) -> None:
+        self._uids[sop_instance_uid] -= 1
+        if not self._uids[sop_instance_uid]:
+            del self._uids[sop_instance_uid]
+        self.bytes -= size
+
+    def holds(self, sop_instance_uid: str) -> bool:
+        return sop_instance_uid in self._uids
+
+    def wait_for_room(
+        self, cond: threading.Condition, size: int, stopped: Callable[[], bool], behind: str
+    ) -> None:
+        """Return once ``size`` more bytes fit (call holding ``cond``); raise ``JournalError``
+        ("``behind`` is N MiB behind") after ``BACKLOG_WAIT_S`` or once ``stopped()``."""
+        deadline = time.monotonic() + BACKLOG_WAIT_S
+        while self.bytes and self.bytes + size > self.limit_bytes:
+            left = deadline - time.monotonic()
+            if stopped() or left <= 0:
+                raise JournalError(f"{behind} is {self.bytes // (1024 * 1024)} MiB behind")
+            cond.wait(min(left, 1.0))
+
+
 def next_batch(pending: Mapping[int, Journaled], filed: int) -> list[Journaled]:
     """The received records that follow sequence ``filed`` without a gap, at most a batch
     (``BATCH_INSTANCES``, ``BATCH_BYTES``): what may be filed next, in order."""
@@ -124,11 +161,9 @@ class JournalMover:
         self._journal = journal
         self._filer = filer
         self._index = index
-        self._backlog_limit = backlog_bytes
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[int, Journaled] = {}
-        self._uids: Counter[str] = Counter()  # instances received and not yet filed
-        self._backlog = 0
+        self._unfiled = Unfiled(backlog_bytes)
         self._filed = journal.last_sequence  # every record up to here is filed
         self._releases: list[tuple[int, list[str], float]] = []
         self._last_received = time.monotonic()
@@ -147,12 +182,14 @@ class JournalMover:
         """Journal one instance and return once it is committed (the Success may go).
         Raises ``JournalError`` (an ``OSError``) when the journal failed or the mover is too
         far behind for too long."""
-        self._wait_for_room(incoming.size)
+        with self._cond:
+            self._unfiled.wait_for_room(
+                self._cond, incoming.size, lambda: self._stopping, "the journal mover"
+            )
         ticket, item = incoming.append_to(self._journal)
         with self._cond:
             self._pending[ticket.sequence] = item
-            self._uids[item.header.sop_instance_uid] += 1
-            self._backlog += item.size
+            self._unfiled.add(item.header.sop_instance_uid, item.size)
             self._last_received = time.monotonic()
             self._unsealed = True
             self._cond.notify_all()
@@ -167,7 +204,7 @@ class JournalMover:
         """Whether an instance of this UID is received and not yet filed: a re-send of it must
         be journaled too (the spool does not show the pending copy yet)."""
         with self._cond:
-            return sop_instance_uid in self._uids
+            return self._unfiled.holds(sop_instance_uid)
 
     def mark_released(self, study_uids: Iterable[str], at: float) -> None:
         """Record an association's release once everything received before it is filed (a
@@ -178,16 +215,6 @@ class JournalMover:
                 self._releases.append((max(self._pending), studies, at))
                 return
         self._index.mark_released(studies, at)
-
-    def _wait_for_room(self, size: int) -> None:
-        deadline = time.monotonic() + BACKLOG_WAIT_S
-        with self._cond:
-            while self._backlog and self._backlog + size > self._backlog_limit:
-                left = deadline - time.monotonic()
-                if self._stopping or left <= 0:
-                    behind = self._backlog // (1024 * 1024)
-                    raise JournalError(f"the journal mover is {behind} MiB behind")
-                self._cond.wait(left)
 
     # -- the mover (its own thread) --------------------------------------------------------
 
@@ -259,11 +286,7 @@ class JournalMover:
         with self._cond:
             for item in batch:
                 del self._pending[item.sequence]
-                uid = item.header.sop_instance_uid
-                self._uids[uid] -= 1
-                if not self._uids[uid]:
-                    del self._uids[uid]
-                self._backlog -= item.size
+                self._unfiled.remove(item.header.sop_instance_uid, item.size)
             self._filed = batch[-1].sequence
             self._cond.notify_all()
         self._retire()

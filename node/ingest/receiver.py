@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, MutableSequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,7 +34,7 @@ from node.ingest.association_slots import AssociationSlots
 from node.ingest.index import Index
 from node.ingest.journal import Journal, JournalError
 from node.ingest.move import Incoming
-from node.ingest.mover import BACKLOG_BYTES, BACKLOG_WAIT_S, IDLE_ROTATE_S, seal_idle
+from node.ingest.mover import BACKLOG_BYTES, IDLE_ROTATE_S, Unfiled, seal_idle
 from node.ingest.receiver_channel import Mark, MarkKind
 from node.ingest.scp import StorageSCP
 from node.ingest.spool import Spool
@@ -60,12 +59,10 @@ class ChannelMover:
     ) -> None:
         self._journal = journal
         self._conn = conn
-        self._backlog_limit = backlog_bytes
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
-        self._unfiled: dict[int, tuple[str, int]] = {}  # sequence: (SOP Instance UID, size)
-        self._uids: Counter[str] = Counter()
-        self._backlog = 0
+        self._sent: dict[int, tuple[str, int]] = {}  # sequence: (SOP Instance UID, size)
+        self._unfiled = Unfiled(backlog_bytes)
         self._filed = journal.last_sequence  # the node replayed the journal before we started
         self._sync_asked = self._filed
         self._last_received = time.monotonic()
@@ -92,12 +89,14 @@ class ChannelMover:
         """Journal one instance, hand it to the node and return once the journal committed
         it. Raises ``JournalError`` when the journal failed, the node is gone, or it stayed
         too far behind for too long."""
-        self._wait_for_room(incoming.size)
+        with self._cond:
+            self._unfiled.wait_for_room(
+                self._cond, incoming.size, self._closed.is_set, "the node's process"
+            )
         ticket, item = incoming.append_to(self._journal)
         with self._cond:
-            self._unfiled[ticket.sequence] = (item.header.sop_instance_uid, item.size)
-            self._uids[item.header.sop_instance_uid] += 1
-            self._backlog += item.size
+            self._sent[ticket.sequence] = (item.header.sop_instance_uid, item.size)
+            self._unfiled.add(item.header.sop_instance_uid, item.size)
             self._last_received = time.monotonic()
             self._unsealed = True
         try:
@@ -113,23 +112,13 @@ class ChannelMover:
     def holds(self, sop_instance_uid: str) -> bool:
         """Whether this process sent an instance of this UID the node has not filed yet."""
         with self._cond:
-            return sop_instance_uid in self._uids
+            return self._unfiled.holds(sop_instance_uid)
 
     def mark_released(self, study_uids: Iterable[str], at: float) -> None:
         try:
             self.send(channel.Released(tuple(study_uids), at, self._journal.last_sequence))
         except OSError:
             self._closed.set()  # the node replays the journal; the release mark is lost
-
-    def _wait_for_room(self, size: int) -> None:
-        deadline = time.monotonic() + BACKLOG_WAIT_S
-        with self._cond:
-            while self._backlog and self._backlog + size > self._backlog_limit:
-                left = deadline - time.monotonic()
-                if self._closed.is_set() or left <= 0:
-                    behind = self._backlog // (1024 * 1024)
-                    raise JournalError(f"the node is {behind} MiB behind this receiver")
-                self._cond.wait(min(left, 1.0))
 
     # -- the node's answers (their own thread) ---------------------------------------------
 
@@ -169,12 +158,8 @@ class ChannelMover:
 
     def _filed_through(self, through: int) -> None:
         with self._cond:
-            for sequence in [s for s in self._unfiled if s <= through]:
-                uid, size = self._unfiled.pop(sequence)
-                self._uids[uid] -= 1
-                if not self._uids[uid]:
-                    del self._uids[uid]
-                self._backlog -= size
+            for sequence in [s for s in self._sent if s <= through]:
+                self._unfiled.remove(*self._sent.pop(sequence))
             self._filed = max(self._filed, through)
             self._cond.notify_all()
         self._ask_sync()
@@ -189,7 +174,7 @@ class ChannelMover:
     def _rotate_if_idle(self) -> None:
         with self._cond:
             quiet = time.monotonic() - self._last_received >= IDLE_ROTATE_S
-            if not (quiet and self._unsealed and not self._unfiled):
+            if not (quiet and self._unsealed and not self._sent):
                 return
             self._unsealed = False
         if seal_idle(self._journal):
