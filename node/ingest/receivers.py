@@ -142,15 +142,6 @@ class ReceiverPool:
             raise RuntimeError("the receivers are not started")
         return self._config.listener.host, port
 
-    @property
-    def tls_address(self) -> tuple[str, int] | None:
-        port = self._ports.get("tls_port")
-        return (self._config.listener.host, port) if port else None
-
-    def pids(self) -> dict[int, int]:
-        """Receiver number: process id, of the receivers running now."""
-        return {n: link.process.pid for n, link in self._links.items() if link.process.pid}
-
     # -- starting --------------------------------------------------------------------------
 
     def start(self) -> None:
