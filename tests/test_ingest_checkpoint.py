@@ -11,12 +11,12 @@ from pydicom import dcmread
 
 import node.ingest.spool
 from node.db import connect
-from node.ingest.checkpoint import MARGIN_S, RECORD_EVERY_S, SpoolWrites, named_uid
+from node.ingest.checkpoint import MARGIN_S, RECORD_EVERY_S, SpoolWrites
 from node.ingest.checkpoint import read_checkpoint as read_recorded
 from node.ingest.header import parse_file_header
 from node.ingest.index import Index, StoredInstance
 from node.ingest.recovery import recover_spool
-from node.ingest.spool import Spool, instance_relpath
+from node.ingest.spool import Spool, instance_relpath, named_uid
 from tests.ingest_support import make_instances
 
 

@@ -106,12 +106,3 @@ def write_checkpoint(conn: sqlite3.Connection, indexed_before: float) -> None:
         "ON CONFLICT (id) DO UPDATE SET indexed_before = excluded.indexed_before",
         (indexed_before,),
     )
-
-
-def named_uid(relpath: str) -> str | None:
-    """The SOP Instance UID a spool file's name spells, or None for a hashed name (a UID that
-    was not safe as a name: ``spool.uid_component``): only its header says which it is."""
-    name = relpath.rpartition("/")[2]
-    if not name.endswith(".dcm") or name.startswith("x"):
-        return None
-    return name[: -len(".dcm")]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from node.ingest.checkpoint import named_uid
 from node.ingest.dataset_end import HeaderError
 from node.ingest.header import parse_file_header
 from node.ingest.index import Index, StoredInstance
-from node.ingest.spool import Spool
+from node.ingest.spool import Spool, named_uid
 
 #: Spool files looked up in the index per query after a crash.
 LOOKUP_CHUNK = 500

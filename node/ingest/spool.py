@@ -89,6 +89,15 @@ def uid_component(uid: str) -> str:
     return "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()
 
 
+def named_uid(relpath: str) -> str | None:
+    """The SOP Instance UID a spool file's name spells (``instance_relpath``), or None for a
+    hashed name (a UID that was not safe as a name): only its header says which it is."""
+    name = relpath.rpartition("/")[2]
+    if not name.endswith(".dcm") or name.startswith("x"):
+        return None
+    return name[: -len(".dcm")]
+
+
 def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
     """Where an instance lives, relative to the spool folder."""
     return (
