@@ -115,6 +115,11 @@ class _Link:
     handed_over: bool = False  # everything it sent is filed and synced
     started: float = field(default_factory=time.monotonic)
 
+    @property
+    def drained(self) -> bool:
+        """It stopped serving and everything it sent is filed."""
+        return self.stopped_at is not None and self.stopped_at <= self.filed
+
 
 class ReceiverPool:
     """N receiver processes on the node's port(s) and the filing thread behind them."""
@@ -307,11 +312,7 @@ class ReceiverPool:
             link
             for link in links
             if (link.sync_wanted and link.sync_wanted <= link.filed)
-            or (
-                not link.handed_over
-                and link.stopped_at is not None
-                and link.stopped_at <= link.filed
-            )
+            or (link.drained and not link.handed_over)
         ]
         if not due:
             return
@@ -321,7 +322,7 @@ class ReceiverPool:
             LOGGER.error("cannot sync the spool and index (%s): the journals keep it", exc)
             return
         for link in due:
-            if link.stopped_at is not None and link.stopped_at <= link.filed:
+            if link.drained:
                 link.handed_over = True
             self._tell(link, Mark(MarkKind.SYNCED, link.filed))
             link.sync_wanted = 0
